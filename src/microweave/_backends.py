@@ -1,0 +1,112 @@
+"""Scheme → backend tables, URL parsing and the one place the environment is read.
+
+Precedence for every setting: explicit argument > URL query > environment > default.
+Backends are imported lazily, so `import microweave` never pulls in a driver; third-party
+backends plug in through entry points (`microweave.registries`, ...).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+__all__ = ["BackendURL", "Settings", "load_registry", "parse_url", "settings"]
+
+# scheme -> (module, class, pip extra or None)
+REGISTRIES: dict[str, tuple[str, str, str | None]] = {
+    "memory": ("microweave.registry.memory", "MemoryRegistry", None),
+    "local": ("microweave.registry.local", "LocalRegistry", None),
+}
+DEFAULT_REGISTRY = "local://"
+
+
+@dataclass(frozen=True)
+class BackendURL:
+    scheme: str
+    hosts: list[str]
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+
+
+def parse_url(url: str) -> BackendURL:
+    """`etcd://h1:2379,h2:2379/micro?ttl=15` → scheme, hosts, path, query."""
+    if "://" not in url:
+        raise ConfigurationError(f"{url!r} is not a backend URL; write it as scheme://address")
+    parts = urlsplit(url)
+    hosts = [h for h in parts.netloc.split(",") if h]
+    return BackendURL(parts.scheme.lower(), hosts, parts.path, dict(parse_qsl(parts.query)))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the environment says, read once (go-micro's MICRO_* names)."""
+
+    registry: str | None
+    registry_address: str | None
+    server_address: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            registry=env.get("MICRO_REGISTRY") or None,
+            registry_address=env.get("MICRO_REGISTRY_ADDRESS") or None,
+            server_address=env.get("MICRO_SERVER_ADDRESS") or None,
+        )
+
+
+def settings() -> Settings:
+    # Read on each use, not at import: tests and `microweave run` set the environment late.
+    return Settings.from_env()
+
+
+def _table(group: str, builtin: dict[str, tuple[str, str, str | None]]) -> dict[str, Any]:
+    table: dict[str, Any] = dict(builtin)
+    for ep in entry_points(group=group):
+        table.setdefault(ep.name, ep)
+    return table
+
+
+def _load(kind: str, group: str, builtin: dict[str, tuple[str, str, str | None]], scheme: str) -> Any:
+    table = _table(group, builtin)
+    entry = table.get(scheme)
+    if entry is None:
+        known = ", ".join(f"{s}://" for s in sorted(table))
+        raise ConfigurationError(f"unknown {kind} scheme {scheme!r}; known: {known}")
+    if not isinstance(entry, tuple):
+        return entry.load()
+    module, name, extra = entry
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        if extra is None:
+            raise
+        raise ConfigurationError(
+            f"the {scheme} {kind} needs a driver that is not installed ({exc.name}); "
+            f'run: pip install "microweave[{extra}]"'
+        ) from None
+
+
+def load_registry(url: str | None = None, **kwargs: Any) -> Registry:
+    """Build a registry from a URL, else MICRO_REGISTRY(+_ADDRESS), else the default."""
+    env = settings()
+    if url is None:
+        url = env.registry or DEFAULT_REGISTRY
+        if "://" not in url:  # go-micro style: MICRO_REGISTRY=etcd
+            url = f"{url}://"
+        if env.registry_address and url.endswith("://"):
+            url += env.registry_address
+    parsed = parse_url(url)
+    cls = _load("registry", "microweave.registries", REGISTRIES, parsed.scheme)
+    registry: Registry = cls.from_url(parsed, **kwargs)
+    return registry

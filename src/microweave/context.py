@@ -1,0 +1,94 @@
+"""Context: what a handler knows about the call it serves.
+
+The current context lives in a contextvar, so a call made from inside a handler inherits what is
+left of the caller's deadline and its tracing metadata without the user threading it through.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Mapping
+from typing import Final
+
+__all__ = ["Context", "current_context"]
+
+# Metadata keys on the wire (lowercase: gRPC and HTTP/2 require it; go-micro matches case-insensitively).
+FROM_SERVICE: Final = "micro-from-service"
+FROM_NODE: Final = "micro-from-id"
+ENDPOINT: Final = "micro-endpoint"
+SERVICE: Final = "micro-service"
+_INTERNAL: Final = frozenset({FROM_SERVICE, FROM_NODE, ENDPOINT, SERVICE})
+
+
+class Context:
+    """One inbound call: deadline, metadata in and out, who called, which endpoint."""
+
+    __slots__ = ("_response_metadata", "deadline", "endpoint", "metadata", "service")
+
+    def __init__(
+        self,
+        *,
+        service: str = "",
+        endpoint: str = "",
+        deadline: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        self.service = service
+        self.endpoint = endpoint
+        #: absolute `time.monotonic()` value, or None for no deadline
+        self.deadline = deadline
+        self.metadata: dict[str, str] = dict(metadata) if metadata else {}
+        self._response_metadata: dict[str, str] | None = None
+
+    @property
+    def caller(self) -> str:
+        """The calling service's name, or "" when the caller is not a microweave service."""
+        return self.metadata.get(FROM_SERVICE, "")
+
+    @property
+    def caller_node(self) -> str:
+        return self.metadata.get(FROM_NODE, "")
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the deadline (never negative), or None without a deadline."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def set_response_metadata(self, key: str, value: str) -> None:
+        """Send a key/value back to the caller with the reply (gRPC trailing metadata)."""
+        if self._response_metadata is None:
+            self._response_metadata = {}
+        self._response_metadata[key.lower()] = value
+
+    @property
+    def response_metadata(self) -> dict[str, str]:
+        return self._response_metadata or {}
+
+    def propagated_metadata(self) -> dict[str, str]:
+        """Metadata an outbound call made inside this handler carries on (tracing, user keys)."""
+        return {k: v for k, v in self.metadata.items() if k not in _INTERNAL}
+
+    def __repr__(self) -> str:
+        left = self.time_remaining()
+        return (
+            f"Context(endpoint={self.endpoint!r}, caller={self.caller!r}, "
+            f"time_remaining={left if left is None else round(left, 3)})"
+        )
+
+
+_current: contextvars.ContextVar[Context | None] = contextvars.ContextVar("microweave_context", default=None)
+
+
+def current_context() -> Context | None:
+    """The context of the call being served by this task, if any."""
+    return _current.get()
+
+
+def _set_current(ctx: Context) -> contextvars.Token[Context | None]:
+    return _current.set(ctx)

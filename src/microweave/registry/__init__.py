@@ -1,0 +1,155 @@
+"""Registry: where services announce their nodes and callers look them up.
+
+The records are go-micro's (Service/Node/Endpoint/Value, same JSON field names), so a go-micro
+process reading the same etcd or Consul sees our nodes and we see theirs. A registration has a
+TTL: the owner re-registers within it (the heartbeat) or the node disappears from lookups.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "Action",
+    "Endpoint",
+    "Event",
+    "Node",
+    "Registry",
+    "Service",
+    "Value",
+    "Watcher",
+    "merge_nodes",
+]
+
+
+class Value(msgspec.Struct, omit_defaults=False):
+    name: str
+    type: str
+    values: list[Value] | None = None
+
+
+class Endpoint(msgspec.Struct):
+    name: str
+    request: Value | None = None
+    response: Value | None = None
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class Node(msgspec.Struct):
+    id: str
+    address: str
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class Service(msgspec.Struct):
+    name: str
+    version: str = ""
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    endpoints: list[Endpoint] = msgspec.field(default_factory=list)
+    nodes: list[Node] = msgspec.field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return msgspec.json.encode(self)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Service:
+        return msgspec.json.decode(data, type=cls)
+
+    def with_nodes(self, nodes: list[Node]) -> Service:
+        return msgspec.structs.replace(self, nodes=nodes)
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class Event(msgspec.Struct, frozen=True):
+    """One change seen by a watcher: `service` holds the node(s) concerned."""
+
+    action: Action
+    service: Service
+
+
+class Watcher(abc.ABC):
+    """An async iterator of events; close it to stop watching."""
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    @abc.abstractmethod
+    async def __anext__(self) -> Event: ...
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Watcher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Registry(abc.ABC):
+    """The interface every registry backend implements (go-micro's registry.Registry)."""
+
+    #: the URL scheme the backend answers to
+    scheme: str = ""
+
+    @abc.abstractmethod
+    async def register(self, service: Service, *, ttl: float | None = None) -> None:
+        """Add or refresh the service's nodes; with a TTL they expire unless registered again."""
+
+    @abc.abstractmethod
+    async def deregister(self, service: Service) -> None:
+        """Remove the service's nodes (the others of the same service stay)."""
+
+    @abc.abstractmethod
+    async def get_service(self, name: str) -> list[Service]:
+        """Every version of the service with its live nodes; empty when there is none."""
+
+    @abc.abstractmethod
+    async def list_services(self) -> list[Service]:
+        """Every registered service (nodes may be left out by some backends)."""
+
+    @abc.abstractmethod
+    def watch(self, service: str | None = None) -> Watcher:
+        """Events for one service, or for all when `service` is None."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; registrations made through this instance may stay until TTL."""
+
+    async def __aenter__(self) -> Registry:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+def merge_nodes(records: list[Service]) -> list[Service]:
+    """Fold one-node records (as etcd and files hold them) into one Service per version."""
+    by_version: dict[str, Service] = {}
+    for record in records:
+        known = by_version.get(record.version)
+        if known is None:
+            by_version[record.version] = record.with_nodes(list(record.nodes))
+        else:
+            seen = {n.id for n in known.nodes}
+            known.nodes.extend(n for n in record.nodes if n.id not in seen)
+    return list(by_version.values())
+
+
+def from_url(url: str | None = None, **kwargs: Any) -> Registry:
+    """A registry from a URL such as `local://`, `memory://` or `etcd://host:2379`."""
+    from .._backends import load_registry
+
+    return load_registry(url, **kwargs)

@@ -1,0 +1,113 @@
+"""Server side: the router every transport serves, and the description of one endpoint.
+
+A `Router` is transport-neutral: it knows the typed endpoints (`Greeter.SayHello`, with their
+request and response types and codecs) and the grpcio servicers. Each transport (gRPC, tcp,
+in-process) turns its wire form into a `Context` plus bytes and asks the router to run the call,
+so error handling, deadlines and the handler contract are written once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..codec import TypeCodec
+
+__all__ = ["Kind", "Method", "Router", "ServicerEntry", "grpc_path"]
+
+
+class Kind(enum.Enum):
+    UNARY = "unary"
+    SERVER_STREAM = "server_stream"
+    CLIENT_STREAM = "client_stream"
+    BIDI = "bidi"
+
+    @property
+    def request_streaming(self) -> bool:
+        return self in (Kind.CLIENT_STREAM, Kind.BIDI)
+
+    @property
+    def response_streaming(self) -> bool:
+        return self in (Kind.SERVER_STREAM, Kind.BIDI)
+
+    @classmethod
+    def of(cls, request_streaming: bool, response_streaming: bool) -> Kind:
+        if request_streaming:
+            return cls.BIDI if response_streaming else cls.CLIENT_STREAM
+        return cls.SERVER_STREAM if response_streaming else cls.UNARY
+
+
+def grpc_path(package: str, endpoint: str) -> str:
+    """`("greeter", "Greeter.SayHello")` → `/greeter.Greeter/SayHello` (go-micro's rule)."""
+    handler, _, method = endpoint.rpartition(".")
+    return f"/{package}.{handler}/{method}"
+
+
+@dataclass(slots=True)
+class Method:
+    """One typed endpoint of a handler class."""
+
+    name: str  # Greeter.SayHello
+    path: str  # /greeter.Greeter/SayHello
+    kind: Kind
+    fn: Callable[..., Any]  # the bound method
+    request_type: Any
+    response_type: Any
+    request_codec: TypeCodec
+    response_codec: TypeCodec
+    takes_context: bool
+    is_async: bool
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ServicerEntry:
+    """A grpcio-generated servicer and what its `add_XServicer_to_server` registered."""
+
+    servicer: Any
+    add_to_server: Callable[[Any, Any], None]
+    # full service name (helloworld.Greeter) -> method name -> grpc.RpcMethodHandler
+    handlers: dict[str, dict[str, Any]]
+
+
+class Router:
+    """Endpoints by gRPC path and by go-micro name."""
+
+    def __init__(self, package: str) -> None:
+        self.package = package
+        self.methods: dict[str, Method] = {}  # by path
+        self.by_name: dict[str, Method] = {}
+        self.servicers: list[ServicerEntry] = []
+
+    def add_handler(self, handler: object, *, name: str | None = None) -> list[Method]:
+        from .handlers import introspect
+
+        methods = introspect(handler, package=self.package, name=name)
+        for method in methods:
+            if method.path in self.methods:
+                raise ValueError(f"endpoint {method.name} is registered twice")
+        for method in methods:
+            self.methods[method.path] = method
+            self.by_name[method.name] = method
+        return methods
+
+    def add_servicer(self, servicer: object, add_to_server: Callable[[Any, Any], None]) -> None:
+        from .handlers import record_servicer
+
+        self.servicers.append(record_servicer(servicer, add_to_server))
+
+    def servicer_names(self) -> list[str]:
+        return [name for entry in self.servicers for name in entry.handlers]
+
+    def servicer_methods(self) -> Iterable[tuple[str, Any]]:
+        """(`/pkg.Service/Method`, grpc.RpcMethodHandler) for every servicer method."""
+        for entry in self.servicers:
+            for service, handlers in entry.handlers.items():
+                for method, handler in handlers.items():
+                    yield f"/{service}/{method}", handler
+
+    def lookup(self, endpoint: str) -> Method | None:
+        """By `Greeter.SayHello` or by `/greeter.Greeter/SayHello`."""
+        return self.methods.get(endpoint) or self.by_name.get(endpoint)

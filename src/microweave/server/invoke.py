@@ -1,0 +1,107 @@
+"""Running one call against a typed endpoint: decode, call the handler, encode, map errors.
+
+Every transport calls these, so a handler behaves the same whichever wire reached it. A handler
+that raises something other than a `MicroError` gives the caller INTERNAL with a correlation id;
+the traceback goes to the server log under that id and never to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ..codec import JSON
+from ..context import Context, _current
+from ..errors import Cancelled, InternalServerError, MicroError, Timeout
+from . import Method
+
+__all__ = ["Invoker"]
+
+log = logging.getLogger("microweave.server")
+
+
+class Invoker:
+    """Runs calls for one service; `service` names it in errors sent to callers."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    def error(self, exc: BaseException, ctx: Context) -> MicroError:
+        """What the caller is told about an exception raised while serving `ctx`."""
+        if isinstance(exc, MicroError):
+            if not exc.id:
+                exc.id = self.service
+            return exc
+        if isinstance(exc, asyncio.CancelledError):
+            if ctx.expired:
+                return Timeout(f"deadline exceeded serving {ctx.endpoint}", id=self.service)
+            return Cancelled(f"call to {ctx.endpoint} was cancelled", id=self.service)
+        correlation = uuid.uuid4().hex[:16]
+        log.error(
+            "handler %s raised (correlation id %s)",
+            ctx.endpoint,
+            correlation,
+            exc_info=exc,
+            extra={
+                "service": self.service,
+                "endpoint": ctx.endpoint,
+                "correlation_id": correlation,
+            },
+        )
+        return InternalServerError(
+            f"internal error in {ctx.endpoint}; correlation id {correlation}", id=self.service
+        )
+
+    async def _call(self, method: Method, arg: Any, ctx: Context) -> Any:
+        _current.set(ctx)  # each call runs in its own task: no reset needed
+        if not method.is_async:
+            # to_thread copies the contextvars, so the handler still sees `ctx`
+            if method.takes_context:
+                return await asyncio.to_thread(method.fn, arg, ctx)
+            return await asyncio.to_thread(method.fn, arg)
+        if method.takes_context:
+            return await method.fn(arg, ctx)
+        return await method.fn(arg)
+
+    async def unary(self, method: Method, body: bytes, ctx: Context, content_type: str = JSON) -> bytes:
+        request = method.request_codec.decode(body, content_type)
+        result = await self._call(method, request, ctx)
+        return method.response_codec.encode(result, content_type)
+
+    async def client_stream(
+        self, method: Method, bodies: AsyncIterator[bytes], ctx: Context, content_type: str = JSON
+    ) -> bytes:
+        result = await self._call(method, self._decode_stream(method, bodies, content_type), ctx)
+        return method.response_codec.encode(result, content_type)
+
+    async def stream(
+        self,
+        method: Method,
+        arg: bytes | AsyncIterator[bytes],
+        ctx: Context,
+        content_type: str = JSON,
+    ) -> AsyncIterator[bytes]:
+        """Server-streaming (`arg` is one body) or bidi (`arg` is an iterator of bodies)."""
+        _current.set(ctx)
+        if isinstance(arg, bytes | bytearray | memoryview):
+            request: Any = method.request_codec.decode(bytes(arg), content_type)
+        else:
+            request = self._decode_stream(method, arg, content_type)
+        gen = method.fn(request, ctx) if method.takes_context else method.fn(request)
+        encode = method.response_codec.encode
+        try:
+            async for item in gen:
+                yield encode(item, content_type)
+        finally:
+            await gen.aclose()
+
+    @staticmethod
+    async def _decode_stream(
+        method: Method, bodies: AsyncIterator[bytes], content_type: str
+    ) -> AsyncIterator[Any]:
+        decode = method.request_codec.decode
+        async for body in bodies:
+            yield decode(body, content_type)

@@ -1,0 +1,267 @@
+"""Service: the handlers, the transports that serve them, and the registry entry that finds them.
+
+Lifecycle: `start()` listens, registers the node and heartbeats within the TTL; `stop()`
+deregisters first (callers stop picking this node), keeps serving for `drain_delay` while their
+caches catch up, then refuses new calls and lets in-flight ones finish for up to `grace` seconds.
+`run()` does all that under SIGTERM/SIGINT handling and returns when the service has stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ._backends import load_registry, settings
+from .client import Client
+from .codec import describe
+from .errors import ConfigurationError, MicroError
+from .registry import Endpoint, Node, Registry, Value
+from .registry import Service as ServiceRecord
+from .server import Router
+from .server.invoke import Invoker
+from .transport import ServerTransport
+
+__all__ = ["Service"]
+
+log = logging.getLogger("microweave.service")
+H = TypeVar("H")
+
+DEFAULT_TTL = 15.0
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigurationError(f"address {address!r} must be host:port (port 0 picks a free one)")
+    return host or "0.0.0.0", int(port)
+
+
+def _advertised(address: str) -> str:
+    """Callers cannot dial 0.0.0.0: advertise this host's name-resolved address instead."""
+    host, port = address.rsplit(":", 1)
+    if host in ("0.0.0.0", "::", "[::]"):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def _value(data: dict[str, Any] | None) -> Value | None:
+    if data is None:
+        return None
+    values = data.get("values")
+    return Value(data["name"], data["type"], [v for d in values if (v := _value(d))] if values else None)
+
+
+class Service:
+    def __init__(
+        self,
+        name: str,
+        *,
+        version: str = "latest",
+        metadata: dict[str, str] | None = None,
+        registry: Registry | str | None = None,
+        address: str | None = None,
+        ttl: float = DEFAULT_TTL,
+        grace: float = 10.0,
+        drain_delay: float = 0.5,
+    ) -> None:
+        if not name or any(c in name for c in "/ "):
+            raise ConfigurationError(f"service name {name!r} must be non-empty, without '/' or spaces")
+        self.name = name
+        self.version = version
+        self.metadata = dict(metadata or {})
+        self.address = address or settings().server_address or "127.0.0.1:0"
+        _split_address(self.address)
+        self.ttl = ttl
+        self.grace = grace
+        self.drain_delay = drain_delay
+        self.node_id = f"{name}-{uuid.uuid4()}"
+        self._registry_arg = registry
+        self._registry: Registry | None = registry if isinstance(registry, Registry) else None
+        self.router = Router(package=name)
+        self.transports: list[ServerTransport] = []
+        self.addresses: dict[str, str] = {}
+        self._client: Client | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._record: ServiceRecord | None = None
+        self._stop_lock = asyncio.Lock()
+        self.running = False
+
+    # -- what it serves ---------------------------------------------------------------
+
+    def handler(self, handler: H | None = None, *, name: str | None = None) -> Any:
+        """Serve a handler class (or instance): `@service.handler` or `@service.handler(name=...)`."""
+
+        def add(target: H) -> H:
+            self.router.add_handler(target, name=name)
+            return target
+
+        return add if handler is None else add(handler)
+
+    def add_servicer(self, servicer: object, add_to_server: Callable[[Any, Any], None]) -> None:
+        """Serve a grpcio-generated servicer: `service.add_servicer(S(), add_SServicer_to_server)`."""
+        self.router.add_servicer(servicer, add_to_server)
+
+    # -- collaborators ----------------------------------------------------------------
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            arg = self._registry_arg
+            self._registry = load_registry(arg if isinstance(arg, str) else None)
+        return self._registry
+
+    @property
+    def client(self) -> Client:
+        """A client that shares this service's registry and names it as the caller."""
+        if self._client is None:
+            self._client = Client(registry=self.registry, name=self.name, node_id=self.node_id)
+        return self._client
+
+    def record(self) -> ServiceRecord:
+        """This node as a go-micro registry record."""
+        endpoints = [
+            Endpoint(
+                name=m.name,
+                request=_value(describe(m.request_type)),
+                response=_value(describe(m.response_type)),
+                metadata=dict(m.metadata),
+            )
+            for m in self.router.by_name.values()
+        ]
+        for path, handler in self.router.servicer_methods():
+            service, _, method = path[1:].partition("/")
+            request = getattr(handler.request_deserializer, "__self__", None)
+            response = getattr(handler.response_serializer, "__self__", None)
+            endpoints.append(
+                Endpoint(
+                    name=f"{service.rpartition('.')[2]}.{method}",
+                    request=_value(describe(request)),
+                    response=_value(describe(response)),
+                    metadata={"path": path},
+                )
+            )
+        metadata = {
+            "protocol": "grpc",
+            "transport": "grpc",
+            "server": "grpc",
+            "registry": self.registry.scheme,
+            # go-micro reads `address` (gRPC); our faster transports advertise here
+            **{f"{k}_address": v for k, v in self.addresses.items() if k != "grpc"},
+            **self.metadata,
+        }
+        node = Node(id=self.node_id, address=self.addresses.get("grpc", ""), metadata=metadata)
+        return ServiceRecord(
+            name=self.name, version=self.version, metadata={}, endpoints=endpoints, nodes=[node]
+        )
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        from .transport.grpc import GrpcServer
+
+        host, port = _split_address(self.address)
+        invoker = Invoker(self.name)
+        self.transports = [GrpcServer()]
+        try:
+            for transport in self.transports:
+                bound = await transport.start(self.router, invoker, host=host, port=port)
+                self.addresses[transport.name] = _advertised(bound)
+            self._record = self.record()
+            await self.registry.register(self._record, ttl=self.ttl)
+        except BaseException:
+            for transport in self.transports:
+                await transport.stop(0)
+            raise
+        self.running = True
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+        log.info(
+            "%s %s serving %s on %s (node %s, registry %r)",
+            self.name,
+            self.version,
+            ", ".join(self.router.by_name) or "servicers",
+            ", ".join(f"{k} {v}" for k, v in self.addresses.items()),
+            self.node_id,
+            self.registry,
+        )
+
+    async def _beat(self) -> None:
+        """Re-register well within the TTL, so one missed beat does not drop the node."""
+        interval = max(self.ttl / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            if self._record is None:
+                return
+            try:
+                await self.registry.register(self._record, ttl=self.ttl)
+            except Exception as exc:  # the registry may come back before the TTL runs out
+                log.warning("heartbeat to %r failed: %s", self.registry, exc)
+
+    async def stop(self) -> None:
+        async with self._stop_lock:
+            if not self.running:
+                return
+            self.running = False
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._heartbeat
+            if self._record is not None:
+                try:
+                    await self.registry.deregister(self._record)
+                except MicroError as exc:
+                    log.warning("could not deregister from %r: %s", self.registry, exc)
+                self._record = None
+            if self.drain_delay > 0:
+                await asyncio.sleep(self.drain_delay)  # callers' caches drop this node meanwhile
+            await asyncio.gather(*(t.stop(self.grace) for t in self.transports))
+            if self._client is not None:
+                await self._client.aclose()
+                self._client = None
+            log.info("%s stopped (node %s)", self.name, self.node_id)
+
+    async def __aenter__(self) -> Service:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def serve(self) -> None:
+        """Start, wait for SIGTERM or SIGINT, stop gracefully."""
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        try:
+            await self.start()
+            await stopping.wait()
+            log.info("%s: signal received, draining", self.name)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (blocking); uses uvloop when it is installed."""
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        run_async(self.serve())
+
+
+def run_async(main: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)

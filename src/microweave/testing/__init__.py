@@ -1,0 +1,1 @@
+"""Test helpers for services built on microweave (the pytest plugin lives in `plugin`)."""

@@ -1,0 +1,111 @@
+"""Native gRPC client: one grpc.aio channel per node address, raw-bytes multicallables cached."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc
+
+from ...codec import JSON
+from ...errors import MicroError, from_grpc
+from ...server import Kind
+from .. import ClientTransport, StreamBody
+from .server import MAX_MESSAGE
+
+__all__ = ["GrpcClient"]
+
+_FACTORIES = {
+    Kind.UNARY: "unary_unary",
+    Kind.SERVER_STREAM: "unary_stream",
+    Kind.CLIENT_STREAM: "stream_unary",
+    Kind.BIDI: "stream_stream",
+}
+
+
+def _error(exc: grpc.aio.AioRpcError, address: str) -> MicroError:
+    err = from_grpc(exc.code(), exc.details())
+    if exc.code() is grpc.StatusCode.UNAVAILABLE and not err.id:
+        err.detail = f"node {address} unavailable: {err.detail}"
+    return err
+
+
+class GrpcClient(ClientTransport):
+    name = "grpc"
+
+    def __init__(self, *, max_message: int = MAX_MESSAGE) -> None:
+        self._options = [
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message),
+        ]
+        self._channels: dict[str, Any] = {}
+        self._callables: dict[tuple[str, str, Kind], Any] = {}
+
+    def channel(self, address: str) -> Any:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=self._options)
+        return channel
+
+    def _callable(self, address: str, path: str, kind: Kind) -> Any:
+        key = (address, path, kind)
+        multicallable = self._callables.get(key)
+        if multicallable is None:
+            factory = getattr(self.channel(address), _FACTORIES[kind])
+            multicallable = self._callables[key] = factory(path)
+        return multicallable
+
+    async def unary(
+        self,
+        address: str,
+        path: str,
+        body: bytes,
+        *,
+        timeout: float | None,
+        metadata: Mapping[str, str],
+        content_type: str = JSON,
+        response_metadata: dict[str, str] | None = None,
+    ) -> bytes:
+        call = self._callable(address, path, Kind.UNARY)(
+            body, timeout=timeout, metadata=tuple(metadata.items()) or None
+        )
+        try:
+            reply: bytes = await call
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc, address) from None
+        if response_metadata is not None:
+            trailing = await call.trailing_metadata()
+            response_metadata.update((k, v) for k, v in (trailing or ()) if isinstance(v, str))
+        return reply
+
+    async def stream(
+        self,
+        address: str,
+        path: str,
+        kind: Kind,
+        body: StreamBody,
+        *,
+        timeout: float | None,
+        metadata: Mapping[str, str],
+        content_type: str = JSON,
+    ) -> AsyncIterator[bytes]:
+        call = self._callable(address, path, kind)(
+            body, timeout=timeout, metadata=tuple(metadata.items()) or None
+        )
+        try:
+            if kind.response_streaming:
+                async for item in call:
+                    yield item
+            else:
+                yield await call
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc, address) from None
+        finally:
+            if not call.done():
+                call.cancel()
+
+    async def aclose(self) -> None:
+        channels, self._channels = self._channels, {}
+        self._callables.clear()
+        for channel in channels.values():
+            await channel.close()

@@ -44,8 +44,10 @@ __all__ = [
     "Timeout",
     "Unauthorized",
     "Unavailable",
+    "error_for_code",
     "from_grpc",
     "from_wire",
+    "grpc_to_code",
 ]
 
 
@@ -201,6 +203,11 @@ def error_for_code(code: int, detail: str, *, id: str = "") -> MicroError:
     return _CLASS_BY_CODE.get(code, MicroError)(detail, id=id, code=code)
 
 
+def grpc_to_code(code: grpc.StatusCode) -> int:
+    """The go-micro code for a gRPC status code (UNKNOWN and the like become 500)."""
+    return _GRPC_TO_CODE.get(code, 500)
+
+
 def from_wire(payload: str | bytes | dict[str, Any], *, fallback_code: int = 500) -> MicroError:
     """Rebuild an error from go-micro's JSON; text that is not that JSON becomes the detail."""
     data: Any = payload
@@ -219,6 +226,4 @@ def from_wire(payload: str | bytes | dict[str, Any], *, fallback_code: int = 500
 
 def from_grpc(code: grpc.StatusCode, details: str | None) -> MicroError:
     """Map a gRPC status to our tree; the status message may hold go-micro error JSON."""
-    fallback = _GRPC_TO_CODE.get(code, 500)
-    err = from_wire(details or code.name.lower(), fallback_code=fallback)
-    return err
+    return from_wire(details or code.name.lower(), fallback_code=grpc_to_code(code))

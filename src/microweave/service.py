@@ -25,7 +25,7 @@ from .registry import Endpoint, Node, Registry, Value
 from .registry import Service as ServiceRecord
 from .server import Router
 from .server.invoke import Invoker
-from .transport import ServerTransport
+from .transport import ServerTransport, local
 
 __all__ = ["Service"]
 
@@ -137,7 +137,7 @@ class Service:
             )
             for m in self.router.by_name.values()
         ]
-        for path, handler in self.router.servicer_methods():
+        for path, handler in self.router.servicer_handlers.items():
             service, _, method = path[1:].partition("/")
             request = getattr(handler.request_deserializer, "__self__", None)
             response = getattr(handler.response_serializer, "__self__", None)
@@ -171,7 +171,7 @@ class Service:
         from .transport.grpc import GrpcServer
 
         host, port = _split_address(self.address)
-        invoker = Invoker(self.name)
+        invoker = Invoker(self.router)
         self.transports = [GrpcServer()]
         try:
             for transport in self.transports:
@@ -183,6 +183,7 @@ class Service:
             for transport in self.transports:
                 await transport.stop(0)
             raise
+        local.serve(self.node_id, invoker)
         self.running = True
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
         log.info(
@@ -222,6 +223,7 @@ class Service:
                 except MicroError as exc:
                     log.warning("could not deregister from %r: %s", self.registry, exc)
                 self._record = None
+            local.unserve(self.node_id)
             if self.drain_delay > 0:
                 await asyncio.sleep(self.drain_delay)  # callers' caches drop this node meanwhile
             await asyncio.gather(*(t.stop(self.grace) for t in self.transports))

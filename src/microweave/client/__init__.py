@@ -24,7 +24,7 @@ from ..registry import Node, Registry
 from ..registry.cache import RegistryCache
 from ..selector import Filter, Selector
 from ..server import Kind, grpc_path
-from ..transport import ClientTransport
+from ..transport import ClientTransport, local
 
 if TYPE_CHECKING:
     from .channel import Channel
@@ -53,6 +53,7 @@ class Client:
         name: str = "",
         node_id: str = "",
         cache_ttl: float = 60.0,
+        transports: Sequence[str] = ("local", "grpc"),
     ) -> None:
         if registry is None or isinstance(registry, str):
             from .._backends import load_registry
@@ -66,11 +67,19 @@ class Client:
         self.name = name  # the calling service, sent as micro-from-service
         self.node_id = node_id
         self._grpc: ClientTransport | None = None
+        self._local = local.LocalClient()
+        unknown = set(transports) - {"local", "grpc"}
+        if unknown or not transports:
+            raise ValueError(f"unknown transports {sorted(unknown)}; choose from local, grpc")
+        #: in order of preference; a node is reached by the first one it offers
+        self.transports = tuple(transports)
 
     # -- the transports ---------------------------------------------------------------
 
     def _route(self, node: Node) -> tuple[ClientTransport, str]:
-        """Which transport and address reach this node."""
+        """Which transport and address reach this node, in order of `self.transports`."""
+        if "local" in self.transports and local.serving(node.id):
+            return self._local, node.id
         if self._grpc is None:
             from ..transport.grpc import GrpcClient
 

@@ -9,7 +9,7 @@ so error handling, deadlines and the handler contract are written once.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +80,7 @@ class Router:
         self.methods: dict[str, Method] = {}  # by path
         self.by_name: dict[str, Method] = {}
         self.servicers: list[ServicerEntry] = []
+        self.servicer_handlers: dict[str, Any] = {}  # /pkg.Service/Method -> grpc.RpcMethodHandler
 
     def add_handler(self, handler: object, *, name: str | None = None) -> list[Method]:
         from .handlers import introspect
@@ -96,17 +97,14 @@ class Router:
     def add_servicer(self, servicer: object, add_to_server: Callable[[Any, Any], None]) -> None:
         from .handlers import record_servicer
 
-        self.servicers.append(record_servicer(servicer, add_to_server))
+        entry = record_servicer(servicer, add_to_server)
+        self.servicers.append(entry)
+        for service, handlers in entry.handlers.items():
+            for method, handler in handlers.items():
+                self.servicer_handlers[f"/{service}/{method}"] = handler
 
     def servicer_names(self) -> list[str]:
         return [name for entry in self.servicers for name in entry.handlers]
-
-    def servicer_methods(self) -> Iterable[tuple[str, Any]]:
-        """(`/pkg.Service/Method`, grpc.RpcMethodHandler) for every servicer method."""
-        for entry in self.servicers:
-            for service, handlers in entry.handlers.items():
-                for method, handler in handlers.items():
-                    yield f"/{service}/{method}", handler
 
     def lookup(self, endpoint: str) -> Method | None:
         """By `Greeter.SayHello` or by `/greeter.Greeter/SayHello`."""

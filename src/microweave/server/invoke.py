@@ -15,8 +15,9 @@ from typing import Any
 
 from ..codec import JSON
 from ..context import Context, _current
-from ..errors import Cancelled, InternalServerError, MicroError, Timeout
-from . import Method
+from ..errors import BadRequest, Cancelled, InternalServerError, MicroError, NotImplementedError_, Timeout
+from . import Method, Router
+from .servicer import run_servicer, stream_servicer
 
 __all__ = ["Invoker"]
 
@@ -24,10 +25,60 @@ log = logging.getLogger("microweave.server")
 
 
 class Invoker:
-    """Runs calls for one service; `service` names it in errors sent to callers."""
+    """Runs calls for one service's router; the service's name is the `id` of its errors."""
 
-    def __init__(self, service: str) -> None:
-        self.service = service
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.service = router.package
+
+    def unknown(self, path: str) -> NotImplementedError_:
+        known = ", ".join(sorted(self.router.by_name)) or "none"
+        return NotImplementedError_(
+            f"unknown endpoint {path} on service {self.service}; known endpoints: {known}",
+            id=self.service,
+        )
+
+    # -- by path: for transports that do not dispatch themselves (tcp, in-process) ---------
+
+    async def unary_path(
+        self, path: str, body: bytes | AsyncIterator[bytes], ctx: Context, content_type: str = JSON
+    ) -> bytes:
+        """A unary (or client-streaming, when `body` is an iterator) call to any endpoint."""
+        method = self.router.methods.get(path)
+        if method is not None:
+            ctx.endpoint = method.name
+            if isinstance(body, bytes | bytearray | memoryview):
+                return await self.unary(method, body, ctx, content_type)
+            return await self.client_stream(method, body, ctx, content_type)
+        handler = self.router.servicer_handlers.get(path)
+        if handler is None or handler.response_streaming:
+            raise self.unknown(path)
+        ctx.endpoint = path
+        if isinstance(body, bytes | bytearray | memoryview):
+            arg: Any = _deserialize(handler.request_deserializer, body)
+        else:
+            arg = _map(handler.request_deserializer, body)
+        result = await run_servicer(handler, arg, ctx)
+        out: bytes = handler.response_serializer(result)
+        return out
+
+    def stream_path(
+        self, path: str, arg: bytes | AsyncIterator[bytes], ctx: Context, content_type: str = JSON
+    ) -> AsyncIterator[bytes]:
+        """A server-streaming or bidi call to any endpoint."""
+        method = self.router.methods.get(path)
+        if method is not None:
+            ctx.endpoint = method.name
+            return self.stream(method, arg, ctx, content_type)
+        handler = self.router.servicer_handlers.get(path)
+        if handler is None or not handler.response_streaming:
+            raise self.unknown(path)
+        ctx.endpoint = path
+        if isinstance(arg, bytes | bytearray | memoryview):
+            request: Any = _deserialize(handler.request_deserializer, arg)
+        else:
+            request = _map(handler.request_deserializer, arg)
+        return _serialize_each(handler.response_serializer, stream_servicer(handler, request, ctx))
 
     def error(self, exc: BaseException, ctx: Context) -> MicroError:
         """What the caller is told about an exception raised while serving `ctx`."""
@@ -105,3 +156,20 @@ class Invoker:
         decode = method.request_codec.decode
         async for body in bodies:
             yield decode(body, content_type)
+
+
+def _deserialize(deserializer: Any, body: bytes | bytearray | memoryview) -> Any:
+    try:
+        return deserializer(bytes(body)) if deserializer else body
+    except Exception as exc:  # protobuf's DecodeError, or whatever a custom deserializer raises
+        raise BadRequest(f"invalid request body: {exc}") from None
+
+
+async def _map(deserializer: Any, bodies: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+    async for body in bodies:
+        yield _deserialize(deserializer, body)
+
+
+async def _serialize_each(serializer: Any, items: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    async for item in items:
+        yield serializer(item) if serializer else item

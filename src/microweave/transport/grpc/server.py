@@ -16,7 +16,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ...context import Context
-from ...errors import NotImplementedError_
 from ...server import Kind, Method, Router
 from ...server.invoke import Invoker
 from .. import ServerTransport
@@ -74,7 +73,7 @@ class GrpcServer(ServerTransport):
         reflection.enable_server_reflection(
             [*router.servicer_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        server.add_generic_rpc_handlers((_Unknown(router, invoker.service),))
+        server.add_generic_rpc_handlers((_Unknown(invoker),))
 
         bound = server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
@@ -149,17 +148,11 @@ def _method_handler(method: Method, invoker: Invoker) -> Any:
 class _Unknown(grpc.GenericRpcHandler):  # type: ignore[misc]
     """Any path no endpoint claims: UNIMPLEMENTED, with the names a caller could have meant."""
 
-    def __init__(self, router: Router, service: str) -> None:
-        self._router = router
-        self._service = service
+    def __init__(self, invoker: Invoker) -> None:
+        self._invoker = invoker
 
     def service(self, handler_call_details: Any) -> Any:
-        path = handler_call_details.method
-        known = ", ".join(sorted(self._router.by_name)) or "none"
-        err = NotImplementedError_(
-            f"unknown endpoint {path} on service {self._service}; known endpoints: {known}",
-            id=self._service,
-        )
+        err = self._invoker.unknown(handler_call_details.method)
 
         async def unimplemented(request: Any, grpc_context: Any) -> bytes:
             await grpc_context.abort(err.grpc_code, err.to_json())

@@ -11,7 +11,7 @@ from ...codec import JSON
 from ...errors import MicroError, from_grpc
 from ...server import Kind
 from .. import ClientTransport, StreamBody
-from .server import MAX_MESSAGE
+from .server import CONTENT_TYPE_KEY, MAX_MESSAGE
 
 __all__ = ["GrpcClient"]
 
@@ -21,6 +21,13 @@ _FACTORIES = {
     Kind.CLIENT_STREAM: "stream_unary",
     Kind.BIDI: "stream_stream",
 }
+
+
+def _grpc_metadata(metadata: Mapping[str, str], content_type: str) -> tuple[tuple[str, str], ...] | None:
+    pairs = tuple(metadata.items())
+    if content_type != JSON:
+        pairs += ((CONTENT_TYPE_KEY, content_type),)
+    return pairs or None
 
 
 def _error(exc: grpc.aio.AioRpcError, address: str) -> MicroError:
@@ -67,7 +74,7 @@ class GrpcClient(ClientTransport):
         response_metadata: dict[str, str] | None = None,
     ) -> bytes:
         call = self._callable(address, path, Kind.UNARY)(
-            body, timeout=timeout, metadata=tuple(metadata.items()) or None
+            body, timeout=timeout, metadata=_grpc_metadata(metadata, content_type)
         )
         try:
             reply: bytes = await call
@@ -90,7 +97,7 @@ class GrpcClient(ClientTransport):
         content_type: str = JSON,
     ) -> AsyncIterator[bytes]:
         call = self._callable(address, path, kind)(
-            body, timeout=timeout, metadata=tuple(metadata.items()) or None
+            body, timeout=timeout, metadata=_grpc_metadata(metadata, content_type)
         )
         try:
             if kind.response_streaming:

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ...codec import JSON
 from ...context import Context
 from ...server import Kind, Method, Router
 from ...server.invoke import Invoker
@@ -23,6 +24,7 @@ from .. import ServerTransport
 __all__ = ["MAX_MESSAGE", "GrpcServer"]
 
 MAX_MESSAGE = 4 * 1024 * 1024  # gRPC's own default, said out loud
+CONTENT_TYPE_KEY = "x-content-type"
 
 
 def _context(method_name: str, grpc_context: Any) -> Context:
@@ -32,6 +34,11 @@ def _context(method_name: str, grpc_context: Any) -> Context:
         deadline=None if remaining is None else time.monotonic() + remaining,
         metadata={k: v for k, v in grpc_context.invocation_metadata() if isinstance(v, str)},
     )
+
+
+def _content_type(ctx: Context) -> str:
+    # gRPC owns the content-type header; go-micro names the body's codec in x-content-type
+    return ctx.metadata.get(CONTENT_TYPE_KEY, JSON)
 
 
 def _trailers(ctx: Context, grpc_context: Any) -> None:
@@ -104,7 +111,7 @@ def _method_handler(method: Method, invoker: Invoker) -> Any:
         async def unary(request: bytes, grpc_context: Any) -> bytes:
             ctx = _context(name, grpc_context)
             try:
-                reply = await invoker.unary(method, request, ctx)
+                reply = await invoker.unary(method, request, ctx, _content_type(ctx))
             except Exception as exc:
                 await fail(exc, ctx, grpc_context)
                 raise  # abort raised already; keeps type checkers sure we never fall through
@@ -118,7 +125,7 @@ def _method_handler(method: Method, invoker: Invoker) -> Any:
         async def client_stream(requests: AsyncIterator[bytes], grpc_context: Any) -> bytes:
             ctx = _context(name, grpc_context)
             try:
-                reply = await invoker.client_stream(method, requests, ctx)
+                reply = await invoker.client_stream(method, requests, ctx, _content_type(ctx))
             except Exception as exc:
                 await fail(exc, ctx, grpc_context)
                 raise
@@ -130,7 +137,7 @@ def _method_handler(method: Method, invoker: Invoker) -> Any:
     async def streaming(arg: Any, grpc_context: Any) -> AsyncIterator[bytes]:
         ctx = _context(name, grpc_context)
         try:
-            async for out in invoker.stream(method, arg, ctx):
+            async for out in invoker.stream(method, arg, ctx, _content_type(ctx)):
                 yield out
         except Exception as exc:
             await fail(exc, ctx, grpc_context)

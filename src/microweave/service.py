@@ -15,7 +15,7 @@ import signal
 import socket
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ._backends import load_registry, settings
 from .client import Client
@@ -23,7 +23,7 @@ from .codec import describe
 from .errors import ConfigurationError, MicroError
 from .registry import Endpoint, Node, Registry, Value
 from .registry import Service as ServiceRecord
-from .server import Router
+from .server import Kind, Router
 from .server.invoke import Invoker
 from .transport import ServerTransport, local
 
@@ -60,6 +60,26 @@ def _value(data: dict[str, Any] | None) -> Value | None:
     return Value(data["name"], data["type"], [v for d in values if (v := _value(d))] if values else None)
 
 
+def _servicer_types(path: str, handler: Any) -> tuple[Any, Any]:
+    """A servicer method's message classes, for its registry record.
+
+    The request deserializer is a bound `FromString`, but the response serializer is the
+    unbound `SerializeToString` (it names no class), so ask the generated code's descriptors.
+    """
+    request = getattr(handler.request_deserializer, "__self__", None)
+    response = getattr(handler.response_serializer, "__self__", None)
+    if response is None:
+        from google.protobuf import descriptor_pool, message_factory
+
+        service, _, method = path[1:].partition("/")
+        try:
+            found = descriptor_pool.Default().FindServiceByName(service).methods_by_name[method]
+        except KeyError:
+            return request, None
+        response = message_factory.GetMessageClass(found.output_type)
+    return request, response
+
+
 class Service:
     def __init__(
         self,
@@ -69,6 +89,7 @@ class Service:
         metadata: dict[str, str] | None = None,
         registry: Registry | str | None = None,
         address: str | None = None,
+        tcp_address: str | Literal[False] | None = None,
         ttl: float = DEFAULT_TTL,
         grace: float = 10.0,
         drain_delay: float = 0.5,
@@ -80,6 +101,13 @@ class Service:
         self.metadata = dict(metadata or {})
         self.address = address or settings().server_address or "127.0.0.1:0"
         _split_address(self.address)
+        # microweave's own transport listens beside gRPC: on the same host, a free port, unless
+        # given an address of its own, or turned off with `tcp_address=False`
+        self.tcp_address: str | None = (
+            None if tcp_address is False else tcp_address or f"{_split_address(self.address)[0]}:0"
+        )
+        if self.tcp_address:
+            _split_address(self.tcp_address)
         self.ttl = ttl
         self.grace = grace
         self.drain_delay = drain_delay
@@ -119,6 +147,15 @@ class Service:
             self._registry = load_registry(arg if isinstance(arg, str) else None)
         return self._registry
 
+    @registry.setter
+    def registry(self, registry: Registry | str) -> None:
+        """Swap the registry before start (e.g. `microweave run --registry`); a URL loads lazily."""
+        if self.running:
+            raise ConfigurationError(f"cannot change the registry of {self.name} while it is running")
+        self._registry_arg = registry
+        self._registry = registry if isinstance(registry, Registry) else None
+        self._client = None  # it was bound to the old registry
+
     @property
     def client(self) -> Client:
         """A client that shares this service's registry and names it as the caller."""
@@ -139,14 +176,15 @@ class Service:
         ]
         for path, handler in self.router.servicer_handlers.items():
             service, _, method = path[1:].partition("/")
-            request = getattr(handler.request_deserializer, "__self__", None)
-            response = getattr(handler.response_serializer, "__self__", None)
+            request, response = _servicer_types(path, handler)
+            kind = Kind.of(handler.request_streaming, handler.response_streaming)
             endpoints.append(
                 Endpoint(
                     name=f"{service.rpartition('.')[2]}.{method}",
                     request=_value(describe(request)),
                     response=_value(describe(response)),
-                    metadata={"path": path},
+                    # same `stream` key as typed endpoints, so callers know how to call it
+                    metadata={"path": path, **({"stream": kind.value} if kind is not Kind.UNARY else {})},
                 )
             )
         metadata = {
@@ -169,12 +207,16 @@ class Service:
         if self.running:
             return
         from .transport.grpc import GrpcServer
+        from .transport.tcp import TcpServer
 
-        host, port = _split_address(self.address)
         invoker = Invoker(self.router)
-        self.transports = [GrpcServer()]
+        listeners: list[tuple[ServerTransport, str]] = [(GrpcServer(), self.address)]
+        if self.tcp_address:
+            listeners.append((TcpServer(), self.tcp_address))
+        self.transports = [transport for transport, _ in listeners]
         try:
-            for transport in self.transports:
+            for transport, address in listeners:
+                host, port = _split_address(address)
                 bound = await transport.start(self.router, invoker, host=host, port=port)
                 self.addresses[transport.name] = _advertised(bound)
             self._record = self.record()

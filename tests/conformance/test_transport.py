@@ -21,7 +21,7 @@ from microweave import (
 )
 from microweave.server import Kind
 
-TRANSPORTS = ["grpc", "local"]
+TRANSPORTS = ["grpc", "tcp", "local"]
 
 
 class Msg(msgspec.Struct):

@@ -53,7 +53,7 @@ class Client:
         name: str = "",
         node_id: str = "",
         cache_ttl: float = 60.0,
-        transports: Sequence[str] = ("local", "grpc"),
+        transports: Sequence[str] = ("local", "tcp", "grpc"),
     ) -> None:
         if registry is None or isinstance(registry, str):
             from .._backends import load_registry
@@ -67,10 +67,11 @@ class Client:
         self.name = name  # the calling service, sent as micro-from-service
         self.node_id = node_id
         self._grpc: ClientTransport | None = None
+        self._tcp: ClientTransport | None = None
         self._local = local.LocalClient()
-        unknown = set(transports) - {"local", "grpc"}
+        unknown = set(transports) - {"local", "tcp", "grpc"}
         if unknown or not transports:
-            raise ValueError(f"unknown transports {sorted(unknown)}; choose from local, grpc")
+            raise ValueError(f"unknown transports {sorted(unknown)}; choose from local, tcp, grpc")
         #: in order of preference; a node is reached by the first one it offers
         self.transports = tuple(transports)
 
@@ -78,13 +79,25 @@ class Client:
 
     def _route(self, node: Node) -> tuple[ClientTransport, str]:
         """Which transport and address reach this node, in order of `self.transports`."""
-        if "local" in self.transports and local.serving(node.id):
-            return self._local, node.id
-        if self._grpc is None:
-            from ..transport.grpc import GrpcClient
+        for name in self.transports:
+            if name == "local" and local.serving(node.id):
+                return self._local, node.id
+            if name == "tcp" and (address := node.metadata.get("tcp_address")):
+                if self._tcp is None:
+                    from ..transport.tcp import TcpClient
 
-            self._grpc = GrpcClient()
-        return self._grpc, node.address
+                    self._tcp = TcpClient()
+                return self._tcp, address
+            if name == "grpc" and node.address:
+                if self._grpc is None:
+                    from ..transport.grpc import GrpcClient
+
+                    self._grpc = GrpcClient()
+                return self._grpc, node.address
+        raise Unavailable(
+            f"node {node.id} offers none of the transports {', '.join(self.transports)}",
+            id="microweave.client",
+        )
 
     # -- helpers shared by every call kind --------------------------------------------
 
@@ -331,9 +344,10 @@ class Client:
 
     async def aclose(self) -> None:
         await self.cache.aclose()
-        if self._grpc is not None:
-            await self._grpc.aclose()
-            self._grpc = None
+        for transport in (self._grpc, self._tcp):
+            if transport is not None:
+                await transport.aclose()
+        self._grpc = self._tcp = None
 
     async def __aenter__(self) -> Client:
         return self

@@ -1,0 +1,300 @@
+"""The `tcp` client: one multiplexed connection per node, reconnected with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from ...codec import JSON
+from ...errors import Cancelled, MicroError, Timeout, Unavailable, error_for_code
+from ...server import Kind
+from .. import ClientTransport, StreamBody
+from . import frames as f
+from .connection import Connection, Credit, Inbox
+
+__all__ = ["TcpClient"]
+
+IDLE_CLOSE = 300.0  # seconds without a call before a pooled connection is closed
+_KINDS = {
+    Kind.UNARY: f.CallKind.UNARY,
+    Kind.SERVER_STREAM: f.CallKind.SERVER_STREAM,
+    Kind.CLIENT_STREAM: f.CallKind.CLIENT_STREAM,
+    Kind.BIDI: f.CallKind.BIDI,
+}
+
+
+def _error(trailers: f.Trailers) -> MicroError:
+    e = trailers.error
+    assert e is not None
+    return error_for_code(e.code or 500, e.detail, id=e.id)
+
+
+def _timeout_us(timeout: float | None) -> int:
+    return max(1, int(timeout * 1_000_000)) if timeout is not None else 0
+
+
+class _Call:
+    """A stream as the client sees it."""
+
+    __slots__ = ("future", "inbox", "metadata", "send_credit")
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[bytes | None] | None = None
+        self.inbox: Inbox | None = None
+        self.metadata: dict[str, str] = {}
+        self.send_credit: Credit | None = None
+
+
+class _ClientConnection(Connection):
+    def __init__(self, address: str, max_frame_size: int) -> None:
+        super().__init__(max_frame_size=max_frame_size)
+        self.address = address
+        self.calls: dict[int, _Call] = {}
+        self.next_id = 1
+        self.last_used = time.monotonic()
+        self.loop = asyncio.get_running_loop()
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and self.goaway_received is None and self.next_id < f.MAX_STREAM_ID
+
+    def active(self) -> int:
+        return len(self.calls)
+
+    def idle_expired(self, now: float) -> bool:
+        return not self.calls and now - self.last_used > IDLE_CLOSE
+
+    def new_stream(self) -> tuple[int, _Call]:
+        sid = self.next_id
+        self.next_id += 2
+        call = self.calls[sid] = _Call()
+        self.last_used = time.monotonic()
+        return sid, call
+
+    def cancel(self, sid: int) -> None:
+        if self.calls.pop(sid, None) is not None:
+            self.write(f.encode_rst_stream(sid, f.ErrorCode.CANCEL))
+
+    # -- frames from the server --------------------------------------------------------------
+
+    def stream_frame(self, frame: f.Frame) -> None:
+        sid = getattr(frame, "stream_id", 0)
+        call = self.calls.get(sid)
+        if call is None:
+            return  # cancelled or timed out on our side: the late answer is dropped
+        if type(frame) is f.Trailers:
+            del self.calls[sid]
+            call.metadata.update(frame.metadata)
+            error = _error(frame) if frame.status else None
+            if call.future is not None:
+                if not call.future.done():
+                    if error is not None:
+                        call.future.set_exception(error)
+                    else:
+                        call.future.set_result(frame.body)
+            elif call.inbox is not None:
+                if frame.body is not None and error is None:
+                    call.inbox.put(frame.body)
+                call.inbox.end(error)
+            if call.send_credit is not None:
+                call.send_credit.fail(Cancelled("the server ended the call"))
+        elif type(frame) is f.Data:
+            if call.inbox is not None and frame.body is not None:
+                call.inbox.put(frame.body)
+        elif type(frame) is f.ResponseHeaders:
+            call.metadata.update(frame.metadata)
+            if call.inbox is not None and frame.body is not None:
+                call.inbox.put(frame.body)
+        elif type(frame) is f.RstStream:
+            del self.calls[sid]
+            if frame.code == f.ErrorCode.REFUSED_STREAM:
+                self._fail(call, Unavailable(f"node {self.address} refused the call (draining)"))
+            else:
+                self._fail(call, Cancelled(f"node {self.address} reset the call ({frame.code})"))
+        elif type(frame) is f.WindowUpdate and call.send_credit is not None:
+            call.send_credit.grant(frame.increment)
+
+    @staticmethod
+    def _fail(call: _Call, exc: MicroError) -> None:
+        if call.future is not None and not call.future.done():
+            call.future.set_exception(exc)
+        if call.inbox is not None:
+            call.inbox.end(exc)
+        if call.send_credit is not None:
+            call.send_credit.fail(exc)
+
+    def goaway(self, frame: f.GoAway) -> None:
+        # Streams the server never saw are safe to retry elsewhere: say Unavailable.
+        for sid in [s for s in self.calls if s > frame.last_stream_id]:
+            self._fail(self.calls.pop(sid), Unavailable(f"node {self.address} is draining"))
+
+    def streams_lost(self, exc: Exception | None) -> None:
+        calls, self.calls = self.calls, {}
+        reason = f": {exc}" if exc else ""
+        for call in calls.values():
+            self._fail(call, Unavailable(f"connection to {self.address} lost{reason}"))
+
+
+class TcpClient(ClientTransport):
+    name = "tcp"
+
+    def __init__(
+        self, *, max_frame_size: int = f.DEFAULT_MAX_FRAME_SIZE, connect_timeout: float = 5.0
+    ) -> None:
+        self.max_frame_size = max_frame_size
+        self.connect_timeout = connect_timeout
+        self._pool: dict[str, _ClientConnection] = {}
+        self._connecting: dict[str, asyncio.Future[_ClientConnection]] = {}
+        self._backoff: dict[str, tuple[float, float]] = {}  # address -> (retry at, last delay)
+
+    async def _connection(self, address: str) -> _ClientConnection:
+        conn = self._pool.get(address)
+        if conn is not None and conn.usable:
+            return conn
+        pending = self._connecting.get(address)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        retry_at, delay = self._backoff.get(address, (0.0, 0.0))
+        if time.monotonic() < retry_at:
+            raise Unavailable(f"node {address} unreachable; retrying in {retry_at - time.monotonic():.1f}s")
+        future: asyncio.Future[_ClientConnection] = asyncio.get_running_loop().create_future()
+        self._connecting[address] = future
+        try:
+            conn = await self._connect(address)
+        except Unavailable as exc:
+            delay = min(max(delay * 2, 0.1), 5.0)  # exponential backoff, 0.1 s to 5 s
+            self._backoff[address] = (time.monotonic() + delay, delay)
+            future.set_exception(exc)
+            future.exception()
+            raise
+        finally:
+            del self._connecting[address]
+        self._backoff.pop(address, None)
+        self._pool[address] = conn
+        future.set_result(conn)
+        return conn
+
+    async def _connect(self, address: str) -> _ClientConnection:
+        host, _, port = address.rpartition(":")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _ClientConnection(address, self.max_frame_size), host, int(port)
+                )
+        except (OSError, TimeoutError) as exc:
+            raise Unavailable(f"cannot connect to node {address}: {exc}") from None
+        return conn
+
+    async def unary(
+        self,
+        address: str,
+        path: str,
+        body: bytes,
+        *,
+        timeout: float | None,
+        metadata: Mapping[str, str],
+        content_type: str = JSON,
+        response_metadata: dict[str, str] | None = None,
+    ) -> bytes:
+        conn = await self._connection(address)
+        sid, call = conn.new_stream()
+        future = call.future = conn.loop.create_future()
+        conn.write(
+            f.encode_headers(
+                sid, path, content_type=content_type, timeout_us=_timeout_us(timeout),
+                metadata=metadata, body=body, end_stream=True,
+            )
+        )  # fmt: skip
+        timer = conn.loop.call_later(timeout, _expire, conn, sid, future) if timeout is not None else None
+        try:
+            reply = await future
+        except asyncio.CancelledError:
+            conn.cancel(sid)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if response_metadata is not None:
+            response_metadata.update(call.metadata)
+        return reply if reply is not None else b""
+
+    async def stream(
+        self,
+        address: str,
+        path: str,
+        kind: Kind,
+        body: StreamBody,
+        *,
+        timeout: float | None,
+        metadata: Mapping[str, str],
+        content_type: str = JSON,
+    ) -> AsyncIterator[bytes]:
+        conn = await self._connection(address)
+        sid, call = conn.new_stream()
+        call.inbox = Inbox(conn, sid, conn.settings.initial_window)
+        one = isinstance(body, bytes | bytearray | memoryview)
+        conn.write(
+            f.encode_headers(
+                sid, path, kind=_KINDS[kind], content_type=content_type,
+                timeout_us=_timeout_us(timeout), metadata=metadata,
+                body=bytes(body) if one else None, end_stream=one,  # type: ignore[arg-type]
+            )
+        )  # fmt: skip
+        sender = None
+        if not one:
+            call.send_credit = Credit(conn.peer.initial_window)
+            sender = conn.loop.create_task(_send_all(conn, sid, call, body))  # type: ignore[arg-type]
+        finished = False
+        try:
+            async with asyncio.timeout(timeout):
+                while (item := await call.inbox.get()) is not None:
+                    yield item
+            finished = True
+        except TimeoutError:
+            raise Timeout(f"deadline exceeded streaming {path}", id="microweave.client") from None
+        finally:
+            if not finished:
+                conn.cancel(sid)
+            if sender is not None:
+                sender.cancel()
+                with contextlib.suppress(BaseException):
+                    await sender
+
+    async def aclose(self) -> None:
+        pool, self._pool = self._pool, {}
+        for conn in pool.values():
+            conn.close(f.ErrorCode.NO_ERROR, "client closed")
+        for conn in pool.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(conn.done), 1.0)
+
+
+def _expire(conn: _ClientConnection, sid: int, future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(Timeout("deadline exceeded waiting for the reply", id="microweave.client"))
+        conn.cancel(sid)
+
+
+async def _send_all(conn: _ClientConnection, sid: int, call: _Call, bodies: AsyncIterator[bytes]) -> None:
+    """Client- and bidi-streaming: send each request as credit allows, then half-close."""
+    credit = call.send_credit
+    assert credit is not None
+    try:
+        async for body in bodies:
+            await credit.take()
+            await conn.drain()
+            if sid not in conn.calls:
+                return
+            conn.write(f.encode_data(sid, body))
+        if sid in conn.calls:
+            conn.write(f.encode_data(sid, None, end_stream=True))
+    except MicroError:
+        return  # the call ended; the reader reports why
+    except Exception as exc:  # the caller's request iterator raised: cancel the call
+        if sid in conn.calls:
+            conn._fail(conn.calls.pop(sid), Cancelled(f"request stream failed: {exc}"))
+            conn.write(f.encode_rst_stream(sid, f.ErrorCode.CANCEL))

@@ -1,0 +1,242 @@
+"""What both ends of a `tcp` connection share: the asyncio Protocol, framing, flow control,
+keepalive and the GOAWAY handshake. `server.py` and `client.py` add what each side does with
+a stream.
+
+asyncio Protocols rather than streams: a call is a callback on bytes already read, with no task
+switch until a handler really waits — that is most of the distance between this transport and
+grpcio (see docs/protocol.md for the wire format).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from typing import Any
+
+from . import frames as f
+
+__all__ = ["Connection", "Credit", "Inbox"]
+
+log = logging.getLogger("microweave.transport.tcp")
+
+KEEPALIVE = 30.0  # seconds of silence before we PING the peer
+KEEPALIVE_TIMEOUT = 20.0  # seconds a PING may go unanswered before the connection is dead
+
+
+class Credit:
+    """The send side of per-stream flow control, counted in messages (docs/protocol.md)."""
+
+    __slots__ = ("_waiter", "available")
+
+    def __init__(self, initial: int) -> None:
+        self.available = initial
+        self._waiter: asyncio.Future[None] | None = None
+
+    def grant(self, increment: int) -> None:
+        self.available += increment
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def take(self) -> None:
+        while self.available <= 0:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        self.available -= 1
+
+    def fail(self, exc: BaseException) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+
+
+class Inbox:
+    """The receive side: messages the peer sent and the application has not read yet.
+
+    The peer may send `window` messages ahead; each read gives one credit back, batched into
+    one WINDOW_UPDATE per half window so a busy stream costs few extra frames.
+    """
+
+    __slots__ = ("_conn", "_ended", "_error", "_items", "_owed", "_sid", "_waiter", "_window")
+
+    def __init__(self, conn: Connection, sid: int, window: int) -> None:
+        self._conn = conn
+        self._sid = sid
+        self._window = window
+        self._items: deque[bytes] = deque()
+        self._ended = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._owed = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, body: bytes) -> None:
+        if len(self._items) >= self._window:
+            raise f.ProtocolError(f.ErrorCode.FLOW_CONTROL_ERROR, f"stream {self._sid} overran its window")
+        self._items.append(body)
+        self._wake()
+
+    def end(self, error: BaseException | None = None) -> None:
+        self._ended = True
+        if error is not None and self._error is None:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> bytes | None:
+        """The next message, None at the end; raises what ended the stream abnormally."""
+        while not self._items:
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        body = self._items.popleft()
+        self._owed += 1
+        if self._owed * 2 >= self._window and not self._ended:
+            self._conn.write(f.encode_window_update(self._sid, self._owed))
+            self._owed = 0
+        return body
+
+    async def __aiter__(self) -> Any:
+        while (body := await self.get()) is not None:
+            yield body
+
+
+class Connection(asyncio.Protocol):
+    """Preface, SETTINGS, PING and GOAWAY; subclasses handle the stream frames."""
+
+    is_server = False
+
+    def __init__(
+        self, *, max_frame_size: int = f.DEFAULT_MAX_FRAME_SIZE, window: int = f.DEFAULT_INITIAL_WINDOW
+    ) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.decoder = f.FrameDecoder(server=self.is_server, max_frame_size=max_frame_size)
+        self.settings = f.Settings(max_frame_size=max_frame_size, initial_window=window)
+        self.peer = f.Settings()  # until the peer's SETTINGS frame arrives
+        self.closed = False
+        self.goaway_received: f.GoAway | None = None
+        self.goaway_sent = False
+        self._paused: asyncio.Future[None] | None = None
+        self._last_seen = time.monotonic()
+        self._ping_sent: float | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+        self.done = asyncio.get_running_loop().create_future()  # resolves when the connection closes
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.write(f.PREFACE + f.encode_settings(self.settings))
+        self._schedule_keepalive()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_seen = time.monotonic()
+        try:
+            for frame in self.decoder.feed(data):
+                self.frame_received(frame)
+        except f.ProtocolError as exc:
+            log.warning("closing connection to %s: %s", self.peer_name, exc)
+            self.close(exc.code, exc.message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        if self._paused is not None and not self._paused.done():
+            self._paused.set_result(None)
+        self.streams_lost(exc)
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._paused is None or self._paused.done():
+            self._paused = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._paused is not None and not self._paused.done():
+            self._paused.set_result(None)
+
+    # -- for subclasses ----------------------------------------------------------------------
+
+    @property
+    def peer_name(self) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the kernel buffer is full (streams only: a unary reply is one frame)."""
+        if self._paused is not None and not self._paused.done():
+            await self._paused
+
+    def frame_received(self, frame: f.Frame) -> None:
+        if isinstance(frame, f.Ping):
+            if frame.ack:
+                self._ping_sent = None
+            else:
+                self.write(f.encode_ping(frame.opaque, ack=True))
+        elif isinstance(frame, f.Settings):
+            self.peer = frame
+        elif isinstance(frame, f.GoAway):
+            self.goaway_received = frame
+            self.goaway(frame)
+        else:
+            self.stream_frame(frame)
+
+    def stream_frame(self, frame: f.Frame) -> None:
+        raise NotImplementedError
+
+    def goaway(self, frame: f.GoAway) -> None:
+        """The peer will accept no new streams above `frame.last_stream_id`."""
+
+    def streams_lost(self, exc: Exception | None) -> None:
+        """The connection is gone: fail or cancel every open stream."""
+
+    def active(self) -> int:
+        """Open streams (for idle detection and drain)."""
+        return 0
+
+    def close(self, code: int = f.ErrorCode.NO_ERROR, debug: str = "") -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(f.encode_goaway(self.last_stream_id(), code, debug))
+            self.closed = True
+            self.transport.close()
+
+    def last_stream_id(self) -> int:
+        return 0
+
+    # -- keepalive ----------------------------------------------------------------------------
+
+    def _schedule_keepalive(self) -> None:
+        self._keepalive = asyncio.get_running_loop().call_later(KEEPALIVE, self._check_alive)
+
+    def _check_alive(self) -> None:
+        if self.closed:
+            return
+        now = time.monotonic()
+        if self._ping_sent is not None and now - self._ping_sent > KEEPALIVE_TIMEOUT:
+            log.warning("connection to %s missed its keepalive; closing", self.peer_name)
+            self.close(f.ErrorCode.NO_ERROR, "keepalive timeout")
+            return
+        if self.idle_expired(now):
+            self.close(f.ErrorCode.NO_ERROR, "idle")
+            return
+        if now - self._last_seen >= KEEPALIVE and self._ping_sent is None:
+            self._ping_sent = now
+            self.write(f.encode_ping(os.urandom(8)))
+        self._schedule_keepalive()
+
+    def idle_expired(self, now: float) -> bool:
+        return False

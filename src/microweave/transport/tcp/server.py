@@ -1,0 +1,310 @@
+"""The `tcp` server: one asyncio Protocol per connection, many calls multiplexed on it.
+
+A unary call arrives as one HEADERS frame and leaves as one TRAILERS frame. The handler's
+coroutine is first run inline, in the read callback (eager execution, as Python 3.12's eager
+tasks do): a handler that never waits completes without a Task at all, which saves most of
+the per-call cost. A handler that does wait continues in a Task from where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Coroutine, Generator
+from typing import Any
+
+from ...context import Context, _current
+from ...errors import MicroError
+from ...server import Router
+from ...server.invoke import Invoker
+from .. import ServerTransport
+from . import frames as f
+from .connection import Connection, Credit, Inbox
+
+__all__ = ["TcpServer"]
+
+_KIND_STREAMS_REQUEST = (f.CallKind.CLIENT_STREAM, f.CallKind.BIDI)
+_KIND_STREAMS_RESPONSE = (f.CallKind.SERVER_STREAM, f.CallKind.BIDI)
+
+
+class _Resume:
+    """Awaitable that carries on driving a coroutine which already ran its first step."""
+
+    __slots__ = ("_coro", "_pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+        self._coro = coro
+        self._pending = pending
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        coro, pending = self._coro, self._pending
+        while True:
+            try:
+                yield pending
+            except BaseException as exc:  # cancellation (and anything thrown) goes to the handler
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                pending = coro.send(None)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _resume(awaitable: _Resume) -> Any:
+    return await awaitable
+
+
+class _Stream:
+    __slots__ = ("ctx", "headers", "inbox", "kind", "send_credit", "task")
+
+    def __init__(self, headers: f.Headers, ctx: Context) -> None:
+        self.headers = headers
+        self.ctx = ctx
+        self.kind = headers.kind
+        self.task: asyncio.Task[Any] | None = None
+        self.inbox: Inbox | None = None
+        self.send_credit: Credit | None = None
+
+
+class _ServerConnection(Connection):
+    is_server = True
+
+    def __init__(self, owner: TcpServer) -> None:
+        super().__init__(max_frame_size=owner.max_frame_size, window=owner.window)
+        self.owner = owner
+        self.invoker = owner.invoker
+        self.streams: dict[int, _Stream] = {}
+        self.last_opened = 0
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.owner.connections.add(self)
+        if self.owner.draining:
+            self.close(f.ErrorCode.NO_ERROR, "server is draining")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.owner.connections.discard(self)
+        self.owner.wake()
+
+    def last_stream_id(self) -> int:
+        return self.last_opened
+
+    def active(self) -> int:
+        return len(self.streams)
+
+    def streams_lost(self, exc: Exception | None) -> None:
+        for stream in list(self.streams.values()):
+            if stream.task is not None:
+                stream.task.cancel()
+            if stream.inbox is not None:
+                stream.inbox.end(ConnectionResetError("connection lost"))
+        self.streams.clear()
+
+    # -- frames ---------------------------------------------------------------------------------
+
+    def stream_frame(self, frame: f.Frame) -> None:
+        if type(frame) is f.Headers:
+            self.open(frame)
+            return
+        sid = getattr(frame, "stream_id", 0)
+        stream = self.streams.get(sid)
+        if stream is None:
+            return  # a stream we already finished or reset: late frames are dropped
+        if type(frame) is f.Data:
+            if stream.inbox is None:  # unary or server-streaming: the request body came late
+                if frame.body is not None and stream.headers.body is None:
+                    stream.headers = f.Headers(**{**_fields(stream.headers), "body": frame.body})
+                if frame.flags & f.END_STREAM:
+                    self.start(stream)
+                return
+            if frame.body is not None:
+                stream.inbox.put(frame.body)
+            if frame.flags & f.END_STREAM:
+                stream.inbox.end()
+        elif type(frame) is f.RstStream:
+            self.streams.pop(sid, None)
+            if stream.task is not None:
+                stream.task.cancel()
+            if stream.inbox is not None:
+                stream.inbox.end(asyncio.CancelledError())
+        elif type(frame) is f.WindowUpdate and stream.send_credit is not None:
+            stream.send_credit.grant(frame.increment)
+
+    def open(self, h: f.Headers) -> None:
+        self.last_opened = h.stream_id
+        if self.owner.draining or self.goaway_sent:
+            self.write(f.encode_rst_stream(h.stream_id, f.ErrorCode.REFUSED_STREAM))
+            return
+        deadline = time.monotonic() + h.timeout_us / 1e6 if h.timeout_us else None
+        ctx = Context(endpoint=h.path, deadline=deadline, metadata=h.metadata)
+        stream = _Stream(h, ctx)
+        self.streams[h.stream_id] = stream
+        if h.kind in _KIND_STREAMS_REQUEST:
+            stream.inbox = Inbox(self, h.stream_id, self.settings.initial_window)
+            if h.body is not None:
+                stream.inbox.put(h.body)
+            if h.flags & f.END_STREAM:
+                stream.inbox.end()
+            self.start(stream)
+        elif h.flags & f.END_STREAM:
+            self.start(stream)
+        # else: a unary or server-streaming request whose body follows in DATA
+
+    def start(self, stream: _Stream) -> None:
+        h = stream.headers
+        if stream.kind == f.CallKind.UNARY:
+            body = h.body if h.body is not None else b""
+            self.run_eager(stream, self.invoker.unary_path(h.path, body, stream.ctx, h.content_type))
+        elif stream.kind == f.CallKind.CLIENT_STREAM:
+            assert stream.inbox is not None
+            call = self.invoker.unary_path(h.path, _bodies(stream.inbox), stream.ctx, h.content_type)
+            self.run_eager(stream, call)
+        else:
+            stream.send_credit = Credit(self.peer.initial_window)
+            self.run_task(stream, self.stream_replies(stream))
+
+    # -- running calls ----------------------------------------------------------------------
+
+    def run_eager(self, stream: _Stream, call: Coroutine[Any, Any, bytes]) -> None:
+        previous = _current.get()
+        try:
+            pending = call.send(None)
+        except StopIteration as stop:
+            self.reply(stream, stop.value)
+            return
+        except BaseException as exc:
+            self.fail(stream, exc)
+            return
+        finally:
+            _current.set(previous)
+        # The handler waits for something: carry on in a task, which copies the context now.
+        self.run_task(stream, _resume(_Resume(call, pending)), eager_reply=True)
+
+    def run_task(self, stream: _Stream, call: Coroutine[Any, Any, Any], *, eager_reply: bool = False) -> None:
+        token = _current.set(stream.ctx)
+        try:
+            task = stream.task = self.loop.create_task(call)
+        finally:
+            _current.reset(token)
+        deadline = stream.ctx.deadline
+        timer = self.loop.call_at(_loop_time(self.loop, deadline), task.cancel) if deadline else None
+
+        def finished(task: asyncio.Task[Any]) -> None:
+            if timer is not None:
+                timer.cancel()
+            if self.streams.get(stream.headers.stream_id) is not stream:
+                return  # reset by the client, or the connection is gone: nobody to answer
+            if task.cancelled():
+                self.fail(stream, asyncio.CancelledError())
+            elif (exc := task.exception()) is not None:
+                self.fail(stream, exc)
+            elif eager_reply:
+                self.reply(stream, task.result())
+            else:
+                self.end(stream)
+
+        task.add_done_callback(finished)
+
+    async def stream_replies(self, stream: _Stream) -> None:
+        h = stream.headers
+        assert stream.send_credit is not None
+        arg: bytes | AsyncIterator[bytes]
+        arg = _bodies(stream.inbox) if stream.inbox is not None else (h.body or b"")
+        credit, sid = stream.send_credit, h.stream_id
+        async for body in self.invoker.stream_path(h.path, arg, stream.ctx, h.content_type):
+            await credit.take()
+            await self.drain()
+            if self.closed:
+                raise ConnectionResetError("connection lost")
+            self.write(f.encode_data(sid, body))
+
+    def reply(self, stream: _Stream, body: bytes) -> None:
+        sid = stream.headers.stream_id
+        if self.streams.pop(sid, None) is None:
+            return
+        metadata = stream.ctx.response_metadata or None
+        self.write(f.encode_trailers(sid, metadata=metadata, body=body))
+
+    def end(self, stream: _Stream) -> None:
+        sid = stream.headers.stream_id
+        if self.streams.pop(sid, None) is not None:
+            self.write(f.encode_trailers(sid, metadata=stream.ctx.response_metadata or None))
+
+    def fail(self, stream: _Stream, exc: BaseException) -> None:
+        sid = stream.headers.stream_id
+        if self.streams.pop(sid, None) is None:
+            return
+        err: MicroError = self.invoker.error(exc, stream.ctx)
+        wire = f.WireError(id=err.id, code=err.code, detail=err.detail, status=err.status)
+        status = err.grpc_code.value[0]
+        self.write(
+            f.encode_trailers(sid, status=status, error=wire, metadata=stream.ctx.response_metadata or None)
+        )
+        self.owner.wake()
+
+
+def _fields(h: f.Headers) -> dict[str, Any]:
+    return {name: getattr(h, name) for name in h.__struct_fields__}
+
+
+def _loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
+    return loop.time() + (deadline - time.monotonic())
+
+
+async def _bodies(inbox: Inbox | None) -> AsyncIterator[bytes]:
+    assert inbox is not None
+    while (body := await inbox.get()) is not None:
+        yield body
+
+
+class TcpServer(ServerTransport):
+    name = "tcp"
+
+    def __init__(
+        self, *, max_frame_size: int = f.DEFAULT_MAX_FRAME_SIZE, window: int = f.DEFAULT_INITIAL_WINDOW
+    ) -> None:
+        self.max_frame_size = max_frame_size
+        self.window = window
+        self.connections: set[_ServerConnection] = set()
+        self.draining = False
+        self._server: asyncio.Server | None = None
+        self._changed: asyncio.Event | None = None
+        self.invoker: Invoker
+
+    async def start(self, router: Router, invoker: Invoker, *, host: str, port: int) -> str:
+        self.invoker = invoker
+        self._changed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _ServerConnection(self), host, port)
+        bound = self._server.sockets[0].getsockname()
+        return f"{host}:{bound[1]}"
+
+    def wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    async def stop(self, grace: float) -> None:
+        """GOAWAY to every connection, finish in-flight calls for up to `grace`, then close."""
+        if self._server is None:
+            return
+        self.draining = True
+        self._server.close()
+        for conn in list(self.connections):
+            conn.goaway_sent = True
+            conn.write(f.encode_goaway(conn.last_opened, f.ErrorCode.NO_ERROR, "draining"))
+        deadline = time.monotonic() + grace
+        while any(c.active() for c in self.connections) and time.monotonic() < deadline:
+            assert self._changed is not None
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(0.05, max(deadline - time.monotonic(), 0)))
+        for conn in list(self.connections):
+            conn.close(f.ErrorCode.NO_ERROR, "server stopped")
+        await self._server.wait_closed()
+        self._server = None

@@ -155,7 +155,8 @@ async def test_metadata_in_and_out(setup: tuple[Client, Probe, Service]) -> None
 async def test_deadline_travels(setup: tuple[Client, Probe, Service]) -> None:
     client, _, _ = setup
     seen = await client.call("probe", "Probe.Seen", Msg(text=""), timeout=5.0, response=Msg)
-    assert 0 < seen.n <= 5000
+    # gRPC's grpc-timeout header rounds up to its unit, so allow a sliver above 5 s
+    assert 0 < seen.n <= 5100
 
 
 async def test_deadline_exceeded(setup: tuple[Client, Probe, Service]) -> None:

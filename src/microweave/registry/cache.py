@@ -13,7 +13,7 @@ import logging
 import time
 
 from ..errors import MicroError, RegistryError
-from . import Action, Event, Registry, Service
+from . import Action, Event, Registry, Service, Watcher
 
 __all__ = ["RegistryCache"]
 
@@ -35,6 +35,7 @@ class RegistryCache:
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Future[list[Service]]] = {}
         self._watch_task: asyncio.Task[None] | None = None
+        self._watcher: Watcher | None = None
 
     async def get_service(self, name: str) -> list[Service]:
         entry = self._entries.get(name)
@@ -78,13 +79,20 @@ class RegistryCache:
 
     def _ensure_watching(self) -> None:
         if self._watch_task is None or self._watch_task.done():
+            # Subscribe now, before the lookup that follows: a change landing between that
+            # lookup and a later subscription would stay unseen until the entry's TTL.
+            try:
+                self._watcher = self.registry.watch()
+            except Exception as exc:
+                log.debug("registry watch failed, retrying: %s", exc)
             self._watch_task = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
         backoff = 0.1
         while True:
             try:
-                async with self.registry.watch() as watcher:
+                watcher = self._watcher = self._watcher or self.registry.watch()
+                async with watcher:
                     backoff = 0.1
                     async for event in watcher:
                         self._apply(event)
@@ -93,6 +101,7 @@ class RegistryCache:
             except Exception as exc:
                 log.debug("registry watch failed, retrying: %s", exc)
                 self._entries.clear()  # we may have missed events
+            self._watcher = None
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -119,7 +128,10 @@ class RegistryCache:
 
     async def aclose(self) -> None:
         task, self._watch_task = self._watch_task, None
+        watcher, self._watcher = self._watcher, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if watcher is not None:  # the task may have been cancelled before it ever ran
+            await watcher.aclose()

@@ -148,7 +148,8 @@ class _PollingWatcher(Watcher):
             if self._closed.is_set():
                 raise StopAsyncIteration
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), _POLL)
+                async with asyncio.timeout(_POLL):  # not wait_for: it can swallow a cancellation
+                    await self._closed.wait()
             if self._closed.is_set():
                 raise StopAsyncIteration
             self._pending.extend(self._diff())

@@ -38,7 +38,10 @@ class _QueueWatcher(Watcher):
             raise StopAsyncIteration
         while True:
             try:
-                event = await asyncio.wait_for(self.queue.get(), _EXPIRY_CHECK)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+                # races with an arriving event, and the task watching never stops
+                async with asyncio.timeout(_EXPIRY_CHECK):
+                    event = await self.queue.get()
                 break
             except TimeoutError:  # nobody touched the registry: expire nodes on time anyway
                 self._owner._expire()

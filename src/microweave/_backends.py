@@ -54,6 +54,7 @@ class Settings:
     registry: str | None
     registry_address: str | None
     server_address: str | None
+    tcp_address: str | None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -62,6 +63,7 @@ class Settings:
             registry=env.get("MICRO_REGISTRY") or None,
             registry_address=env.get("MICRO_REGISTRY_ADDRESS") or None,
             server_address=env.get("MICRO_SERVER_ADDRESS") or None,
+            tcp_address=env.get("MICRO_TCP_ADDRESS") or None,
         )
 
 

@@ -104,7 +104,9 @@ class Service:
         # microweave's own transport listens beside gRPC: on the same host, a free port, unless
         # given an address of its own, or turned off with `tcp_address=False`
         self.tcp_address: str | None = (
-            None if tcp_address is False else tcp_address or f"{_split_address(self.address)[0]}:0"
+            None
+            if tcp_address is False
+            else tcp_address or settings().tcp_address or f"{_split_address(self.address)[0]}:0"
         )
         if self.tcp_address:
             _split_address(self.tcp_address)

@@ -241,3 +241,43 @@ async def test_many_concurrent_calls(setup: tuple[Client, Probe, Service]) -> No
         *(client.call("probe", "Probe.Echo", Msg(text=str(i)), response=Msg) for i in range(200))
     )
     assert [r.text for r in replies] == [str(i) for i in range(200)]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_drain_during_load_fails_no_call(transport: str) -> None:
+    """Stopping one of two nodes under load: every call still succeeds (drain + retry)."""
+    registry = f"memory://drain-{uuid.uuid4().hex}"
+    nodes = [Service("probe", registry=registry, drain_delay=0.2, grace=5) for _ in range(2)]
+    for node in nodes:
+        node.handler(Probe())
+    for node in nodes:
+        await node.start()
+    failures: list[BaseException] = []
+    done = 0
+    stop = asyncio.Event()
+
+    async def caller(client: Client, i: int) -> None:
+        nonlocal done
+        while not stop.is_set():
+            try:
+                # slow enough that calls are in flight on the node when it drains
+                await client.call("probe", "Probe.Slow", Msg(text=str(i), n=5), response=Msg)
+                done += 1
+            except Exception as exc:
+                failures.append(exc)
+
+    try:
+        async with Client(registry=registry, transports=(transport,)) as client:
+            workers = [asyncio.create_task(caller(client, i)) for i in range(32)]
+            while done < 200:
+                await asyncio.sleep(0.01)
+            await nodes[0].stop()
+            before = done
+            while done < before + 200:
+                await asyncio.sleep(0.01)
+            stop.set()
+            await asyncio.gather(*workers)
+    finally:
+        for node in nodes:
+            await node.stop()
+    assert failures == []

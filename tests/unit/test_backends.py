@@ -1,0 +1,139 @@
+"""Backend URLs, the scheme table and the environment (go-micro's MICRO_* names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from microweave import ConfigurationError, Service
+from microweave._backends import REGISTRIES, Settings, load_registry, parse_url
+from microweave.registry.local import LocalRegistry
+from microweave.registry.memory import MemoryRegistry
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MICRO_REGISTRY", "MICRO_REGISTRY_ADDRESS", "MICRO_SERVER_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_parse_url_with_hosts_path_and_query() -> None:
+    url = parse_url("etcd://10.0.0.1:2379,10.0.0.2:2379/micro?ttl=15&tls=1")
+    assert url.scheme == "etcd"
+    assert url.hosts == ["10.0.0.1:2379", "10.0.0.2:2379"]
+    assert url.path == "/micro"
+    assert url.query == {"ttl": "15", "tls": "1"}
+
+
+def test_parse_url_minimal_and_case() -> None:
+    url = parse_url("MEMORY://")
+    assert (url.scheme, url.hosts, url.path, url.query) == ("memory", [], "", {})
+    assert parse_url("local:///var/run/reg").path == "/var/run/reg"
+
+
+@pytest.mark.parametrize("bad", ["etcd", "10.0.0.1:2379", ""])
+def test_not_a_url(bad: str) -> None:
+    with pytest.raises(ConfigurationError, match="is not a backend URL; write it as scheme://address"):
+        parse_url(bad)
+
+
+def test_unknown_scheme_names_the_known_ones() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        load_registry("zookeeper://h:2181")
+    message = info.value.detail
+    assert "unknown registry scheme 'zookeeper'" in message
+    for scheme in REGISTRIES:
+        assert f"{scheme}://" in message
+
+
+def test_missing_driver_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(REGISTRIES, "fancy", ("microweave_no_such_driver_module", "Fancy", "fancy"))
+    with pytest.raises(ConfigurationError) as info:
+        load_registry("fancy://h:1")
+    assert 'pip install "microweave[fancy]"' in info.value.detail
+    assert "microweave_no_such_driver_module" in info.value.detail
+
+
+def test_memory_urls() -> None:
+    a = load_registry("memory://")
+    assert isinstance(a, MemoryRegistry)
+    assert load_registry("memory://") is a  # one per process
+    named = load_registry("memory://backends-unit")
+    assert named is not a and load_registry("memory://backends-unit") is named
+
+
+def test_local_url_with_a_path(tmp_path: Path) -> None:
+    registry = load_registry(f"local://{tmp_path}")
+    assert isinstance(registry, LocalRegistry) and registry.root == tmp_path
+
+
+def test_default_is_local(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    registry = load_registry()
+    assert isinstance(registry, LocalRegistry)
+    assert registry.root == tmp_path / "microweave" / "registry"
+
+
+def test_environment_go_micro_style(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MICRO_REGISTRY", "local")
+    monkeypatch.setenv("MICRO_REGISTRY_ADDRESS", str(tmp_path / "env"))
+    registry = load_registry()
+    assert isinstance(registry, LocalRegistry) and registry.root == tmp_path / "env"
+    monkeypatch.setenv("MICRO_REGISTRY", "memory")
+    monkeypatch.delenv("MICRO_REGISTRY_ADDRESS")
+    assert isinstance(load_registry(), MemoryRegistry)
+
+
+def test_environment_as_a_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MICRO_REGISTRY", f"local://{tmp_path / 'url'}")
+    registry = load_registry()
+    assert isinstance(registry, LocalRegistry) and registry.root == tmp_path / "url"
+
+
+def test_explicit_url_beats_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MICRO_REGISTRY", "zookeeper")  # would fail if it were read
+    assert isinstance(load_registry("memory://"), MemoryRegistry)
+
+
+def test_unknown_scheme_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MICRO_REGISTRY", "zookeeper")
+    with pytest.raises(ConfigurationError, match="unknown registry scheme 'zookeeper'"):
+        load_registry()
+
+
+def test_settings_read_from_a_mapping() -> None:
+    settings = Settings.from_env(
+        {
+            "MICRO_REGISTRY": "etcd",
+            "MICRO_REGISTRY_ADDRESS": "h:2379",
+            "MICRO_SERVER_ADDRESS": ":9090",
+            "MICRO_TCP_ADDRESS": ":9091",
+        }
+    )
+    assert settings == Settings(
+        registry="etcd", registry_address="h:2379", server_address=":9090", tcp_address=":9091"
+    )
+    assert Settings.from_env({"MICRO_REGISTRY": ""}) == Settings(None, None, None, None)
+
+
+def test_service_reads_its_address_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MICRO_SERVER_ADDRESS", "127.0.0.1:0")
+    assert Service("envaddr", registry="memory://").address == "127.0.0.1:0"
+    assert Service("envaddr", registry="memory://", address="127.0.0.1:1").address == "127.0.0.1:1"
+
+
+@pytest.mark.parametrize("address", ["nowhere", "host:port", "127.0.0.1"])
+def test_service_rejects_bad_addresses(address: str) -> None:
+    with pytest.raises(ConfigurationError, match="must be host:port"):
+        Service("bad", registry="memory://", address=address)
+
+
+@pytest.mark.parametrize("name", ["", "a b", "a/b"])
+def test_service_rejects_bad_names(name: str) -> None:
+    with pytest.raises(ConfigurationError, match="must be non-empty"):
+        Service(name, registry="memory://")
+
+
+def test_service_takes_a_registry_by_url() -> None:
+    assert isinstance(Service("u", registry="memory://").registry, MemoryRegistry)

@@ -254,6 +254,8 @@ async def test_drain_during_load_fails_no_call(transport: str) -> None:
         await node.start()
     failures: list[BaseException] = []
     done = 0
+    target = 200
+    reached = asyncio.Event()
     stop = asyncio.Event()
 
     async def caller(client: Client, i: int) -> None:
@@ -263,18 +265,19 @@ async def test_drain_during_load_fails_no_call(transport: str) -> None:
                 # slow enough that calls are in flight on the node when it drains
                 await client.call("probe", "Probe.Slow", Msg(text=str(i), n=5), response=Msg)
                 done += 1
+                if done >= target:
+                    reached.set()
             except Exception as exc:
                 failures.append(exc)
 
     try:
         async with Client(registry=registry, transports=(transport,)) as client:
             workers = [asyncio.create_task(caller(client, i)) for i in range(32)]
-            while done < 200:
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(reached.wait(), 60)
             await nodes[0].stop()
-            before = done
-            while done < before + 200:
-                await asyncio.sleep(0.01)
+            reached.clear()
+            target = done + 200  # and as many again on the node that is left
+            await asyncio.wait_for(reached.wait(), 60)
             stop.set()
             await asyncio.gather(*workers)
     finally:

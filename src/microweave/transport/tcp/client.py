@@ -55,7 +55,6 @@ class _ClientConnection(Connection):
         self.calls: dict[int, _Call] = {}
         self.next_id = 1
         self.last_used = time.monotonic()
-        self.loop = asyncio.get_running_loop()
 
     @property
     def usable(self) -> bool:

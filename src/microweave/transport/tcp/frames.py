@@ -350,6 +350,7 @@ def encode(frame: Frame) -> bytes:
 _Rule: TypeAlias = tuple[int, int, int, int]  # lowest length, highest length, id mask, id value
 _ON_STREAM: Final = (0x8000_0001, 1)  # odd, below 2**31
 _ON_CONNECTION: Final = (0xFFFF_FFFF, 0)
+_REJECT: Final = (1, 0, 0, 1)  # the rule of pairs not in the table: no length fits
 
 
 class FrameDecoder:
@@ -429,8 +430,8 @@ class FrameDecoder:
             end, rules, unpack = len(src), self._rules, _HDR.unpack_from
             while end - pos >= HEADER_SIZE:
                 length, ftype, flags, sid = unpack(src, pos)
-                rule = rules.get(ftype << 8 | flags)
-                if rule is None or not rule[0] <= length <= rule[1] or sid & rule[2] != rule[3]:
+                lowest, highest, id_mask, id_value = rules.get(ftype << 8 | flags, _REJECT)
+                if length > highest or length < lowest or sid & id_mask != id_value:
                     self._check(length, ftype, flags, sid)
                 start = pos + HEADER_SIZE
                 stop = start + length

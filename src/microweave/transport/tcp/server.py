@@ -79,7 +79,6 @@ class _ServerConnection(Connection):
         self.invoker = owner.invoker
         self.streams: dict[int, _Stream] = {}
         self.last_opened = 0
-        self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)

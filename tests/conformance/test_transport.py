@@ -78,6 +78,12 @@ class Probe:
         yield Msg(text="first")
         raise BadRequest("stream broke")
 
+    async def nested_timeout(self, req: Msg) -> Msg:
+        """Handlers run in a task of their own, so asyncio.timeout and friends work."""
+        async with asyncio.timeout(5):
+            await asyncio.sleep(0)
+        return Msg(text="ok", n=int(asyncio.current_task() is not None))
+
     async def context(self, req: Msg) -> Msg:
         ctx = current_context()
         return Msg(text=ctx.endpoint if ctx else "")
@@ -226,6 +232,11 @@ async def test_handler_sees_its_context(setup: tuple[Client, Probe, Service]) ->
     client, _, _ = setup
     assert (await client.call("probe", "Probe.Context", Msg(text=""), response=Msg)).text == "Probe.Context"
     assert current_context() is None  # the callee's context never leaks into the caller
+
+
+async def test_handler_may_use_asyncio_timeout(setup: tuple[Client, Probe, Service]) -> None:
+    client, _, _ = setup
+    assert await client.call("probe", "Probe.NestedTimeout", Msg(text=""), response=Msg) == Msg("ok", 1)
 
 
 async def test_large_body_near_limit(setup: tuple[Client, Probe, Service]) -> None:

@@ -158,7 +158,8 @@ class TcpClient(ClientTransport):
             return await asyncio.shield(pending)
         retry_at, delay = self._backoff.get(address, (0.0, 0.0))
         if time.monotonic() < retry_at:
-            raise Unavailable(f"node {address} unreachable; retrying in {retry_at - time.monotonic():.1f}s")
+            wait = retry_at - time.monotonic()
+            raise Unavailable(f"node {address} unreachable (last connect failed; next try in {wait:.1f}s)")
         future: asyncio.Future[_ClientConnection] = asyncio.get_running_loop().create_future()
         self._connecting[address] = future
         try:

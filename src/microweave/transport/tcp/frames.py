@@ -506,11 +506,11 @@ class FrameDecoder:
         if ftype not in _KNOWN_TYPES:
             _fail(ErrorCode.PROTOCOL_ERROR, f"unknown frame type 0x{ftype:02x}")
         name = FrameType(ftype).name
-        if self._rules is not self._full:
-            _fail(ErrorCode.PROTOCOL_ERROR, f"the first frame must be SETTINGS, got {name}")
-        if ftype == _SETTINGS:
+        if ftype == _SETTINGS and self._rules is self._full:
             _fail(ErrorCode.PROTOCOL_ERROR, "SETTINGS may only be sent once, as the first frame")
-        if not any(key >> 8 == ftype for key in self._full):
+        if ftype != _SETTINGS and self._rules is not self._full:
+            _fail(ErrorCode.PROTOCOL_ERROR, f"the first frame must be SETTINGS, got {name}")
+        if not any(key >> 8 == ftype for key in self._rules):
             sender = "client" if self._server else "server"
             _fail(ErrorCode.PROTOCOL_ERROR, f"a {sender} does not send {name} frames")
         if rule is None:
@@ -581,7 +581,7 @@ class FrameDecoder:
             else:
                 metadata = _RESPONSE.decode(block).metadata
                 frame = ResponseHeaders(sid, flags, metadata, body)
-        except msgspec.DecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # msgspec, invalid UTF-8, deep nesting
             _fail(ErrorCode.PROTOCOL_ERROR, f"malformed {name} block on stream {sid}: {exc}")
         if len(metadata) > self._max_metadata:
             _fail(ErrorCode.HEADERS_TOO_LARGE, f"more than {self._max_metadata} metadata entries")

@@ -1,17 +1,17 @@
 """The `tcp` server: one asyncio Protocol per connection, many calls multiplexed on it.
 
-A unary call arrives as one HEADERS frame and leaves as one TRAILERS frame. The handler's
-coroutine is first run inline, in the read callback (eager execution, as Python 3.12's eager
-tasks do): a handler that never waits completes without a Task at all, which saves most of
-the per-call cost. A handler that does wait continues in a Task from where it stopped.
+A unary call arrives as one HEADERS frame and leaves as one TRAILERS frame; the replies to all
+the calls one read brought in leave in one send.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import sys
 import time
-from collections.abc import AsyncIterator, Coroutine, Generator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from ...context import Context, _current
@@ -28,34 +28,15 @@ _KIND_STREAMS_REQUEST = (f.CallKind.CLIENT_STREAM, f.CallKind.BIDI)
 _KIND_STREAMS_RESPONSE = (f.CallKind.SERVER_STREAM, f.CallKind.BIDI)
 
 
-class _Resume:
-    """Awaitable that carries on driving a coroutine which already ran its first step."""
-
-    __slots__ = ("_coro", "_pending")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
-        self._coro = coro
-        self._pending = pending
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        coro, pending = self._coro, self._pending
-        while True:
-            try:
-                yield pending
-            except BaseException as exc:  # cancellation (and anything thrown) goes to the handler
-                try:
-                    pending = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                continue
-            try:
-                pending = coro.send(None)
-            except StopIteration as stop:
-                return stop.value
+def _task_factory() -> Any:
+    """Python 3.12+ starts a call's task eagerly: a handler that never waits finishes inside
+    the read callback, with no trip through the loop. 3.11 schedules it like any task."""
+    if sys.version_info >= (3, 12):
+        return functools.partial(asyncio.Task, eager_start=True)
+    return None
 
 
-async def _resume(awaitable: _Resume) -> Any:
-    return await awaitable
+_EAGER = _task_factory()
 
 
 class _Stream:
@@ -159,40 +140,31 @@ class _ServerConnection(Connection):
         h = stream.headers
         if stream.kind == f.CallKind.UNARY:
             body = h.body if h.body is not None else b""
-            self.run_eager(stream, self.invoker.unary_path(h.path, body, stream.ctx, h.content_type))
+            self.run_task(
+                stream, self.invoker.unary_path(h.path, body, stream.ctx, h.content_type), unary=True
+            )
         elif stream.kind == f.CallKind.CLIENT_STREAM:
             assert stream.inbox is not None
             call = self.invoker.unary_path(h.path, _bodies(stream.inbox), stream.ctx, h.content_type)
-            self.run_eager(stream, call)
+            self.run_task(stream, call, unary=True)
         else:
             stream.send_credit = Credit(self.peer.initial_window)
             self.run_task(stream, self.stream_replies(stream))
 
     # -- running calls ----------------------------------------------------------------------
 
-    def run_eager(self, stream: _Stream, call: Coroutine[Any, Any, bytes]) -> None:
-        previous = _current.get()
+    def run_task(self, stream: _Stream, call: Coroutine[Any, Any, Any], *, unary: bool = False) -> None:
+        """Run one call in its own task (so handlers may use anything asyncio offers, such as
+        `asyncio.timeout`), cancelled at the caller's deadline; answer when it ends."""
+        token = _current.set(stream.ctx)  # the task copies the context as it is created
         try:
-            pending = call.send(None)
-        except StopIteration as stop:
-            self.reply(stream, stop.value)
-            return
-        except BaseException as exc:
-            self.fail(stream, exc)
-            return
-        finally:
-            _current.set(previous)
-        # The handler waits for something: carry on in a task, which copies the context now.
-        self.run_task(stream, _resume(_Resume(call, pending)), eager_reply=True)
-
-    def run_task(self, stream: _Stream, call: Coroutine[Any, Any, Any], *, eager_reply: bool = False) -> None:
-        token = _current.set(stream.ctx)
-        try:
-            task = stream.task = self.loop.create_task(call)
+            task = stream.task = _EAGER(call, loop=self.loop) if _EAGER else self.loop.create_task(call)
         finally:
             _current.reset(token)
         deadline = stream.ctx.deadline
-        timer = self.loop.call_at(_loop_time(self.loop, deadline), task.cancel) if deadline else None
+        timer = None
+        if deadline is not None and not task.done():
+            timer = self.loop.call_at(_loop_time(self.loop, deadline), task.cancel)
 
         def finished(task: asyncio.Task[Any]) -> None:
             if timer is not None:
@@ -203,7 +175,7 @@ class _ServerConnection(Connection):
                 self.fail(stream, asyncio.CancelledError())
             elif (exc := task.exception()) is not None:
                 self.fail(stream, exc)
-            elif eager_reply:
+            elif unary:
                 self.reply(stream, task.result())
             else:
                 self.end(stream)

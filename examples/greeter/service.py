@@ -1,5 +1,7 @@
 """The greeter: a typed microweave service.
 
+Run it, then call it from another terminal:
+
     microweave run examples/greeter/service.py
     microweave call greeter Greeter.SayHello '{"name": "x"}'    # -> {"message": "Hello x"}
 """

@@ -82,7 +82,10 @@ class GrpcServer(ServerTransport):
         )
         server.add_generic_rpc_handlers((_Unknown(invoker),))
 
-        bound = server.add_insecure_port(f"{host}:{port}")
+        try:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # newer grpcio raises where older returned 0
+            bound = 0
         if bound == 0:
             raise OSError(f"gRPC could not listen on {host}:{port}")
         await server.start()

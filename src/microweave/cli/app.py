@@ -1,0 +1,60 @@
+"""The typer app: global options, and one command per module."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from .call import call
+from .demo import demo
+from .describe import describe
+from .run import run
+from .services import services
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="microweave",
+    help="microweave: go-micro for Python. Run services, find them, call them.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_show_locals=False,  # locals can hold secrets; a bug report needs the trace only
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"microweave {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            "--registry",
+            "-r",
+            metavar="URL",
+            help="Registry for every command: local:// (default), local:///dir, memory://. "
+            "Default: $MICRO_REGISTRY (+ $MICRO_REGISTRY_ADDRESS), else local://.",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
+    ctx.obj = {"registry": registry}
+
+
+app.command("run")(run)
+app.command("services")(services)
+app.command("describe")(describe)
+app.command("call")(call)
+app.command("demo")(demo)

@@ -1,0 +1,88 @@
+"""`microweave describe SERVICE`: its nodes and endpoints, as tables or registry JSON."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..registry import Service, Value
+from ..service import run_async
+from .lookup import find_service
+from .options import JsonFlag, RegistryOption, open_registry, registry_url
+from .output import out, reporting_errors
+from .services import to_json
+
+__all__ = ["describe", "endpoints_table", "format_value", "nodes_table"]
+
+
+def format_value(value: Value | None) -> str:
+    """`HelloRequest {name: str}`: the type and its fields, one level deep as go-micro shows."""
+    if value is None:
+        return "-"
+    if not value.values:
+        return value.type
+    fields = ", ".join(f"{v.name}: {v.type}" for v in value.values)
+    return f"{value.type} {{{fields}}}"
+
+
+def nodes_table(records: list[Service]) -> Table:
+    table = Table(title="nodes", title_justify="left")
+    table.add_column("id", style="bold cyan", overflow="fold")
+    table.add_column("version")
+    table.add_column("address")
+    table.add_column("metadata", overflow="fold")
+    for record in records:
+        for node in record.nodes:
+            metadata = "\n".join(f"{k}={v}" for k, v in sorted(node.metadata.items()))
+            table.add_row(escape(node.id), escape(record.version), escape(node.address), escape(metadata))
+    return table
+
+
+def endpoints_table(records: list[Service]) -> Table:
+    table = Table(title="endpoints", title_justify="left")
+    table.add_column("endpoint", style="bold cyan", no_wrap=True)
+    table.add_column("request", overflow="fold")
+    table.add_column("response", overflow="fold")
+    table.add_column("stream")
+    seen: set[str] = set()
+    for record in records:
+        for endpoint in record.endpoints:
+            if endpoint.name in seen:
+                continue
+            seen.add(endpoint.name)
+            table.add_row(
+                escape(endpoint.name),
+                escape(format_value(endpoint.request)),
+                escape(format_value(endpoint.response)),
+                escape(endpoint.metadata.get("stream", "")),
+            )
+    return table
+
+
+async def _lookup(url: str | None, name: str) -> tuple[str, list[Service]]:
+    async with open_registry(url) as registry:
+        return repr(registry), await find_service(registry, name)
+
+
+def describe(
+    ctx: typer.Context,
+    service: Annotated[
+        str, typer.Argument(metavar="SERVICE", help="The service name, as `microweave services` lists it.")
+    ],
+    registry: RegistryOption = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Show a service's nodes (id, address, metadata) and endpoints (request and response types)."""
+    url = registry_url(ctx, registry)
+    with reporting_errors():
+        where, records = run_async(_lookup(url, service))
+    if json_:
+        print(to_json(records))
+        return
+    versions = ", ".join(r.version or "-" for r in records)
+    out.print(f"[bold]{escape(service)}[/] (versions {escape(versions)}) in {escape(where)}")
+    out.print(nodes_table(records))
+    out.print(endpoints_table(records))

@@ -1,0 +1,33 @@
+"""Reading one service's records, for the commands that need its nodes or endpoints."""
+
+from __future__ import annotations
+
+from ..registry import Endpoint, Registry, Service
+from ..server import grpc_path
+from .output import CliError
+
+__all__ = ["find_endpoint", "find_service", "not_found_hint"]
+
+
+def not_found_hint(registry: Registry) -> str:
+    if registry.scheme == "memory":
+        return "memory:// lives inside one process; use local:// (the default) to reach other processes"
+    return "is it running? on the same registry (--registry, MICRO_REGISTRY)? try `microweave services`"
+
+
+async def find_service(registry: Registry, name: str) -> list[Service]:
+    """Every version of `name` with live nodes; a CliError saying what to check when none."""
+    records = [r for r in await registry.get_service(name) if r.nodes]
+    if not records:
+        raise CliError(f"service {name} not found in {registry!r}", hint=not_found_hint(registry))
+    return records
+
+
+def find_endpoint(records: list[Service], name: str) -> Endpoint | None:
+    """The endpoint as registered (by `Greeter.SayHello` or by gRPC path), from any version."""
+    for record in records:
+        for endpoint in record.endpoints:
+            path = endpoint.metadata.get("path") or grpc_path(record.name, endpoint.name)
+            if name in (endpoint.name, path):
+                return endpoint
+    return None

@@ -1,0 +1,273 @@
+"""The `microweave` command as a user runs it: real processes on a private local:// registry."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_helpers import REPO, CliProcess, assert_clean, cli, registry_env, wait_for_service
+
+GREETER = "examples/greeter/service.py"
+PROTO_GREETER = "examples/proto_greeter/service.py"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return registry_env(tmp_path_factory.mktemp("cli") / "registry")
+
+
+@pytest.fixture(scope="module")
+def greeter(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliProcess]:
+    """One `microweave run examples/greeter/service.py` shared by the read-only tests."""
+    log = tmp_path_factory.mktemp("logs") / "greeter.log"
+    with CliProcess("run", GREETER, env=env, log=log) as process:
+        wait_for_service("greeter", env=env, process=process)
+        yield process
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- services, describe ----------------------------------------------------------------
+
+
+def test_services_lists_the_running_greeter(greeter: CliProcess, env: dict[str, str]) -> None:
+    listed = cli("services", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    (record,) = [r for r in json.loads(listed.stdout) if r["name"] == "greeter"]
+    assert record["version"] == "1.0.0"
+    assert len(record["nodes"]) == 1
+
+    table = cli("services", env=env)
+    assert table.returncode == 0, table.stderr
+    assert "greeter" in table.stdout
+    assert "1.0.0" in table.stdout
+
+
+def test_describe_json_has_nodes_and_endpoints(greeter: CliProcess, env: dict[str, str]) -> None:
+    described = cli("describe", "greeter", "--json", env=env)
+    assert described.returncode == 0, described.stderr
+    (record,) = json.loads(described.stdout)
+    (node,) = record["nodes"]
+    assert node["id"].startswith("greeter-")
+    host, _, port = node["address"].rpartition(":")
+    assert host and port.isdigit() and int(port) > 0
+    assert node["metadata"]["protocol"] == "grpc"
+    endpoints = {e["name"]: e for e in record["endpoints"]}
+    assert set(endpoints) == {"Greeter.SayHello", "Greeter.SayHelloStream"}
+    assert endpoints["Greeter.SayHello"]["request"]["values"] == [
+        {"name": "name", "type": "str", "values": None}
+    ]
+    assert endpoints["Greeter.SayHelloStream"]["metadata"]["stream"] == "server_stream"
+
+
+def test_describe_table_shows_endpoints_with_fields(greeter: CliProcess, env: dict[str, str]) -> None:
+    described = cli("describe", "greeter", env=env)
+    assert described.returncode == 0, described.stderr
+    assert "Greeter.SayHello" in described.stdout
+    assert "HelloRequest {name: str}" in described.stdout
+    assert "HelloReply {message: str}" in described.stdout
+
+
+def test_describe_unknown_service_says_what_to_check(env: dict[str, str]) -> None:
+    described = cli("describe", "nobody", env=env)
+    assert described.returncode == 1
+    assert "service nobody not found" in described.stderr
+    assert "microweave services" in described.stderr
+    assert_clean(described.stdout + described.stderr)
+
+
+# -- call ------------------------------------------------------------------------------
+
+
+def test_call_prints_the_json_reply(greeter: CliProcess, env: dict[str, str]) -> None:
+    called = cli("call", "greeter", "Greeter.SayHello", '{"name": "x"}', env=env)
+    assert called.returncode == 0, called.stderr
+    assert called.stdout == '{"message": "Hello x"}\n'
+
+
+def test_call_with_options(greeter: CliProcess, env: dict[str, str]) -> None:
+    called = cli(
+        "call", "greeter", "/greeter.Greeter/SayHello", '{"name": "y"}',
+        "--timeout", "10", "--metadata", "x-trace=abc", "-m", "x-user=me",
+        env=env,
+    )  # fmt: skip
+    assert called.returncode == 0, called.stderr
+    assert called.stdout == '{"message": "Hello y"}\n'
+
+
+def test_call_streams_one_json_line_per_reply(greeter: CliProcess, env: dict[str, str]) -> None:
+    for endpoint in ("Greeter.SayHelloStream", "/greeter.Greeter/SayHelloStream"):
+        called = cli("call", "greeter", endpoint, '{"name": "ab"}', env=env)
+        assert called.returncode == 0, called.stderr
+        assert called.stdout.splitlines() == ['{"message": "Hello a"}', '{"message": "Hello b"}']
+
+
+def test_call_unknown_endpoint_prints_the_code(greeter: CliProcess, env: dict[str, str]) -> None:
+    called = cli("call", "greeter", "Greeter.Nope", "{}", env=env)
+    assert called.returncode == 1
+    assert called.stdout == ""
+    assert "error 501 Not Implemented" in called.stderr
+    assert "Greeter.SayHello" in called.stderr  # the endpoints it does have
+    assert "id: greeter" in called.stderr
+    assert_clean(called.stderr)
+
+
+def test_call_bad_request_prints_code_detail_and_id(greeter: CliProcess, env: dict[str, str]) -> None:
+    called = cli("call", "greeter", "Greeter.SayHello", '{"name": 1}', env=env)
+    assert called.returncode == 1
+    assert "error 400 Bad Request: invalid request body" in called.stderr
+    assert "$.name" in called.stderr
+    assert "id: greeter" in called.stderr
+    assert_clean(called.stderr)
+
+
+def test_call_malformed_json_fails_before_any_lookup(env: dict[str, str]) -> None:
+    called = cli("call", "nobody", "X.Y", "{bad", env=env)
+    assert called.returncode == 2
+    assert "not valid JSON" in called.stderr
+    assert "not found" not in called.stderr  # the registry was never asked
+    assert_clean(called.stdout + called.stderr)
+
+
+def test_call_malformed_metadata_is_a_usage_error(env: dict[str, str]) -> None:
+    called = cli("call", "greeter", "Greeter.SayHello", "{}", "--metadata", "novalue", env=env)
+    assert called.returncode == 2
+    assert "key=value" in called.stderr
+
+
+def test_call_unknown_service_says_what_to_check(env: dict[str, str]) -> None:
+    called = cli("call", "nobody", "X.Y", "{}", env=env)
+    assert called.returncode == 1
+    assert "service nobody not found" in called.stderr
+    assert "is it running?" in called.stderr
+    assert "microweave services" in called.stderr
+    assert_clean(called.stdout + called.stderr)
+
+
+# -- run ---------------------------------------------------------------------------------
+
+
+def test_run_stops_on_sigterm_exits_0_and_deregisters(tmp_path: Path) -> None:
+    env = registry_env(tmp_path / "registry")
+    process = CliProcess("run", GREETER, env=env, log=tmp_path / "run.log")
+    try:
+        wait_for_service("greeter", env=env, process=process)
+    finally:
+        code = process.stop()
+    assert code == 0, process.output()
+    assert json.loads(cli("services", "--json", env=env).stdout) == []
+
+
+def test_run_overrides_registry_and_address(tmp_path: Path) -> None:
+    default_env = registry_env(tmp_path / "default")
+    other = tmp_path / "other"
+    port, tcp_port = _free_port(), _free_port()
+    args = (
+        "run", GREETER, "--registry", f"local://{other}",
+        "--address", f"127.0.0.1:{port}", "--tcp-address", f"127.0.0.1:{tcp_port}",
+    )  # fmt: skip
+    with CliProcess(*args, env=default_env, log=tmp_path / "run.log") as process:
+        (record,) = wait_for_service("greeter", env=registry_env(other), process=process)
+        (node,) = record["nodes"]
+        assert node["address"] == f"127.0.0.1:{port}"
+        assert node["metadata"]["tcp_address"] == f"127.0.0.1:{tcp_port}"
+        assert json.loads(cli("services", "--json", env=default_env).stdout) == []
+        # the global option reaches the same registry as the environment does
+        called = cli(
+            "--registry", f"local://{other}", "call", "greeter", "Greeter.SayHello", '{"name": "o"}',
+            env=default_env,
+        )  # fmt: skip
+        assert called.stdout == '{"message": "Hello o"}\n', called.stderr
+
+
+def test_run_module_attr_target(tmp_path: Path) -> None:
+    env = registry_env(tmp_path / "registry")
+    with CliProcess("run", "microweave.cli.demo_services:greeter", env=env, log=tmp_path / "run.log") as p:
+        wait_for_service("greeter", env=env, process=p)
+        called = cli("call", "greeter", "Greeter.SayHello", '{"name": "m"}', env=env)
+        assert called.stdout == '{"message": "Hello m"}\n', called.stderr
+
+
+def test_run_on_a_taken_port_is_a_clear_error(env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        ran = cli("run", GREETER, "--address", address, env=env)
+    assert ran.returncode == 1
+    assert f"greeter could not start: gRPC could not listen on {address}" in ran.stderr
+    assert "Traceback" not in ran.stdout + ran.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("does/not/exist.py", "no such file"),
+        ("no_such_module_here", "no module named"),
+        ("microweave.cli.demo_services", "several services"),
+        ("microweave.cli.demo_services:nope", "has no attribute 'nope'"),
+        ("microweave.cli.demo_services:build", "not a microweave.Service"),
+        ("microweave.cli.output", "no microweave.Service found"),
+    ],
+)
+def test_run_bad_target_is_a_clear_usage_error(target: str, message: str, env: dict[str, str]) -> None:
+    ran = cli("run", target, env=env)
+    assert ran.returncode == 2
+    assert message in ran.stderr
+    assert "Traceback" not in ran.stdout + ran.stderr
+
+
+# -- demo, help --------------------------------------------------------------------------
+
+
+def test_demo_runs_and_cleans_up_in_a_fresh_registry(tmp_path: Path) -> None:
+    env = registry_env(tmp_path / "fresh")
+    shown = cli("demo", env=env)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "Hello microweave" in shown.stdout  # unary
+    assert "Hello w" in shown.stdout  # stream
+    assert "Hello Ada, welcome aboard!" in shown.stdout  # service to service
+    assert "code 400" in shown.stdout  # the clean error
+    assert "Traceback" not in shown.stdout + shown.stderr
+    assert json.loads(cli("services", "--json", env=env).stdout) == []
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["services"], ["describe"], ["call"], ["demo"]])
+def test_help(command: list[str], env: dict[str, str]) -> None:
+    helped = cli(*command, "--help", env=env)
+    assert helped.returncode == 0, helped.stderr
+    assert "Usage" in helped.stdout
+
+
+# -- the proto greeter example -------------------------------------------------------------
+
+
+def test_proto_greeter_runs_and_answers_stub_and_cli(tmp_path: Path) -> None:
+    env = registry_env(tmp_path / "registry")
+    with CliProcess("run", PROTO_GREETER, env=env, log=tmp_path / "run.log") as process:
+        (record,) = wait_for_service("proto-greeter", env=env, process=process)
+        paths = {e["name"]: e["metadata"]["path"] for e in record["endpoints"]}
+        assert paths["Greeter.SayHello"] == "/helloworld.Greeter/SayHello"
+
+        client = subprocess.run(
+            [sys.executable, str(REPO / "examples/proto_greeter/client.py"), "pb"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert client.returncode == 0, client.stderr
+        assert client.stdout.splitlines() == ["Hello pb", "Hello p", "Hello b"]
+
+        # JSON in and out of a protobuf servicer, types read over gRPC reflection
+        called = cli("call", "proto-greeter", "Greeter.SayHello", '{"name": "x"}', env=env)
+        assert called.stdout == '{"message": "Hello x"}\n', called.stderr
+        streamed = cli("call", "proto-greeter", "Greeter.SayHelloStream", '{"name": "xy"}', env=env)
+        assert streamed.stdout.splitlines() == ['{"message": "Hello x"}', '{"message": "Hello y"}']

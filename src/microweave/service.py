@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 from ._backends import load_registry, settings
 from .client import Client
 from .codec import describe
-from .errors import ConfigurationError, MicroError
+from .errors import ConfigurationError
 from .registry import Endpoint, Node, Registry, Value
 from .registry import Service as ServiceRecord
 from .server import Kind, Router
@@ -264,7 +264,7 @@ class Service:
             if self._record is not None:
                 try:
                     await self.registry.deregister(self._record)
-                except MicroError as exc:
+                except Exception as exc:  # still drain and stop: the TTL removes the node anyway
                     log.warning("could not deregister from %r: %s", self.registry, exc)
                 self._record = None
             local.unserve(self.node_id)

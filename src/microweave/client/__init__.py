@@ -68,6 +68,7 @@ class Client:
         self.node_id = node_id
         self._grpc: ClientTransport | None = None
         self._tcp: ClientTransport | None = None
+        self._paths: dict[tuple[str, str], str] = {}
         self._local = local.LocalClient()
         unknown = set(transports) - {"local", "tcp", "grpc"}
         if unknown or not transports:
@@ -121,7 +122,9 @@ class Client:
         return md
 
     async def _select(self, service: str, filters: Sequence[Filter], exclude: Sequence[str]) -> Node:
-        services = await self.cache.get_service(service)
+        services = self.cache.fresh(service)
+        if services is None:  # not cached, or stale: ask the registry
+            services = await self.cache.get_service(service)
         if not services:
             raise ServiceNotFound(
                 f"service {service} not found in {self.registry!r}; is it running, and on the same registry?",
@@ -129,9 +132,14 @@ class Client:
             )
         return self.selector.select(service, services, filters, exclude)
 
-    @staticmethod
-    def _path(service: str, endpoint: str) -> str:
-        return endpoint if endpoint.startswith("/") else grpc_path(service, endpoint)
+    def _path(self, service: str, endpoint: str) -> str:
+        key = (service, endpoint)
+        path = self._paths.get(key)
+        if path is None:
+            path = endpoint if endpoint.startswith("/") else grpc_path(service, endpoint)
+            if len(self._paths) < 4096:  # endpoints are few; a bound keeps odd callers in check
+                self._paths[key] = path
+        return path
 
     @staticmethod
     def _encode(request: Any, content_type: str) -> bytes:

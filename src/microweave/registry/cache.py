@@ -37,6 +37,13 @@ class RegistryCache:
         self._watch_task: asyncio.Task[None] | None = None
         self._watcher: Watcher | None = None
 
+    def fresh(self, name: str) -> list[Service] | None:
+        """The cached nodes when they are fresh, without a coroutine (the per-call fast path)."""
+        entry = self._entries.get(name)
+        if entry is not None and time.monotonic() - entry.fetched < self.ttl:
+            return entry.services
+        return None
+
     async def get_service(self, name: str) -> list[Service]:
         entry = self._entries.get(name)
         if entry is not None and time.monotonic() - entry.fetched < self.ttl:

@@ -82,8 +82,12 @@ class LocalRegistry(Registry):
     async def deregister(self, service: Service) -> None:
         directory = self.root / _safe(service.name)
         for node in service.nodes:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 (directory / f"{_safe(node.id)}.json").unlink()
+            except FileNotFoundError:
+                pass  # expired and swept already: the node is gone either way
+            except OSError as exc:
+                raise RegistryError(f"cannot remove {node.id} from {self.root}: {exc}") from None
 
     async def get_service(self, name: str) -> list[Service]:
         return merge_nodes([s for _, s in self._read_dir(self.root / _safe(name)).values()])
@@ -102,6 +106,8 @@ class LocalRegistry(Registry):
             return [p for p in self.root.iterdir() if p.is_dir()]
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise RegistryError(f"cannot read the local registry at {self.root}: {exc}") from None
 
     def _read_dir(self, directory: Path) -> dict[Path, tuple[int, Service]]:
         """Live records by path, each with its file's mtime (to spot updates cheaply)."""
@@ -111,6 +117,8 @@ class LocalRegistry(Registry):
             entries = list(os.scandir(directory))
         except FileNotFoundError:
             return out
+        except OSError as exc:
+            raise RegistryError(f"cannot read the local registry at {directory}: {exc}") from None
         for entry in entries:
             if not entry.name.endswith(".json"):
                 continue

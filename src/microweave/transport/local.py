@@ -21,13 +21,15 @@ from . import ClientTransport, StreamBody
 
 __all__ = ["LocalClient", "serve", "serving", "unserve"]
 
-_SERVING: dict[str, Invoker] = {}  # node id -> the invoker of a service running in this process
+# node id -> the invoker of a service running in this process, and the loop it runs on
+_SERVING: dict[str, tuple[Invoker, asyncio.AbstractEventLoop]] = {}
 _STREAM_BUFFER = 16  # replies a local stream may run ahead of its reader
 _END = object()
 
 
 def serve(node_id: str, invoker: Invoker) -> None:
-    _SERVING[node_id] = invoker
+    """Called from the loop that serves the node: only callers on that loop take the fast path."""
+    _SERVING[node_id] = (invoker, asyncio.get_running_loop())
 
 
 def unserve(node_id: str) -> None:
@@ -35,14 +37,22 @@ def unserve(node_id: str) -> None:
 
 
 def serving(node_id: str) -> bool:
-    return node_id in _SERVING
+    """Whether the node can be called in-process from the running loop. A caller on another
+    loop (a BlockingClient's thread, say) must not run the handler on its own loop."""
+    entry = _SERVING.get(node_id)
+    if entry is None:
+        return False
+    try:
+        return entry[1] is asyncio.get_running_loop()
+    except RuntimeError:
+        return False
 
 
 def _invoker(node_id: str) -> Invoker:
-    invoker = _SERVING.get(node_id)
-    if invoker is None:
+    entry = _SERVING.get(node_id)
+    if entry is None:
         raise Unavailable(f"node {node_id} stopped serving in this process", id="microweave.client")
-    return invoker
+    return entry[0]
 
 
 def _context(timeout: float | None, metadata: Mapping[str, str]) -> Context:

@@ -200,7 +200,9 @@ class TcpClient(ClientTransport):
         content_type: str = JSON,
         response_metadata: dict[str, str] | None = None,
     ) -> bytes:
-        conn = await self._connection(address)
+        conn = self._pool.get(address)
+        if conn is None or not conn.usable:
+            conn = await self._connection(address)
         sid, call = conn.new_stream()
         future = call.future = conn.loop.create_future()
         conn.write(

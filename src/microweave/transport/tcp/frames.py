@@ -181,8 +181,9 @@ class Settings(msgspec.Struct, frozen=True, gc=False):
 
 
 Frame: TypeAlias = (
-    Data | Headers | ResponseHeaders | Trailers | RstStream | WindowUpdate | Ping | GoAway | Settings
-)
+    Data | Headers | ResponseHeaders | Trailers | RstStream | WindowUpdate | Ping | GoAway
+    | Settings
+)  # fmt: skip
 
 # setting id -> (field, lowest, highest)
 _SETTING_IDS: Final = {
@@ -369,14 +370,10 @@ class FrameDecoder:
     )  # fmt: skip
 
     def __init__(
-        self,
-        *,
-        server: bool,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-        max_header_block: int | None = None,
-        max_metadata: int = DEFAULT_MAX_METADATA,
+        self, *, server: bool, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_header_block: int | None = None, max_metadata: int = DEFAULT_MAX_METADATA,
         expect_preface: bool = True,
-    ) -> None:
+    ) -> None:  # fmt: skip
         if not MIN_FRAME_SIZE <= max_frame_size <= 2**31 - 1:
             raise ValueError(f"max_frame_size must be in [{MIN_FRAME_SIZE}, 2**31 - 1]")
         if max_header_block is None:
@@ -422,8 +419,8 @@ class FrameDecoder:
         """Every frame `data` completes, in order; the caller may reuse `data` afterwards."""
         if self._error is not None:
             raise self._error
-        # a bytes slice is the one copy; other buffers are sliced as views and copied by bytes()
-        src = data if type(data) is bytes else memoryview(data)
+        # slicing bytes is the one copy a payload gets; other buffers are made bytes first
+        src = data if type(data) is bytes else bytes(data)
         frames: list[Frame] = []
         try:
             pos = self._resume(src, frames) if self._buf or self._preface is not None else 0
@@ -439,7 +436,7 @@ class FrameDecoder:
                     self._need = HEADER_SIZE + length
                     break
                 if ftype == _DATA:  # the hot path, inlined
-                    frames.append(Data(sid, flags, bytes(src[start:stop]) if flags & BODY else None))
+                    frames.append(Data(sid, flags, src[start:stop] if flags & BODY else None))
                 elif ftype <= _TRAILERS:
                     frames.append(self._block(ftype, flags, sid, src, start, stop))
                 else:
@@ -453,7 +450,7 @@ class FrameDecoder:
             raise
         return frames
 
-    def _resume(self, src: bytes | memoryview, frames: list[Frame]) -> int:
+    def _resume(self, src: bytes, frames: list[Frame]) -> int:
         """Finish the preface and the frame that straddled earlier feeds; return bytes used."""
         view = memoryview(src)
         pos = self._take_preface(view) if self._preface is not None else 0
@@ -484,17 +481,13 @@ class FrameDecoder:
         got += mv[:take]
         head = bytes(got[: len(MAGIC)])
         if head != MAGIC[: len(head)]:
-            raise ProtocolError(
-                ErrorCode.PROTOCOL_ERROR,
-                f"not a microweave peer: expected preface {PREFACE!r}, got {bytes(got)!r}",
-            )
+            got_text = f"expected preface {PREFACE!r}, got {bytes(got)!r}"
+            _fail(ErrorCode.PROTOCOL_ERROR, f"not a microweave peer: {got_text}")
         if len(got) == len(PREFACE):
             version = int.from_bytes(got[len(MAGIC) :], "big")
             if version != VERSION:
-                raise ProtocolError(
-                    ErrorCode.UNSUPPORTED_VERSION,
-                    f"peer speaks protocol version {version}; this endpoint speaks {VERSION}",
-                )
+                speaks = f"peer speaks protocol version {version}; this endpoint speaks {VERSION}"
+                _fail(ErrorCode.UNSUPPORTED_VERSION, speaks)
             self._preface = None
         return take
 
@@ -551,12 +544,12 @@ class FrameDecoder:
     def _block(
         self, ftype: int, flags: int, sid: int, src: bytes | memoryview, start: int, stop: int
     ) -> Frame:
-        name = "HEADERS" if ftype == _HEADERS else "TRAILERS"
         size = _U32.unpack_from(src, start)[0]
         end = start + 4 + size
-        if size > self._max_block:
-            _fail(ErrorCode.HEADERS_TOO_LARGE, f"{name} block exceeds {self._max_block} bytes")
-        if end > stop or (end != stop and not flags & BODY):
+        if size > self._max_block or end > stop or (end != stop and not flags & BODY):
+            name = FrameType(ftype).name
+            if size > self._max_block:
+                _fail(ErrorCode.HEADERS_TOO_LARGE, f"{name} block exceeds {self._max_block} bytes")
             _fail(ErrorCode.PROTOCOL_ERROR, f"{name} block length {size} does not fit the frame")
         block = src[start + 4 : end]
         body = bytes(src[end:stop]) if flags & BODY else None
@@ -576,12 +569,12 @@ class FrameDecoder:
                 if sid <= self._last_opened:
                     _fail(ErrorCode.PROTOCOL_ERROR, f"HEADERS reuse or lower stream id {sid}")
                 self._last_opened = sid
-                ctype, kind, timeout = h.content_type, h.kind, h.timeout_us
-                frame = Headers(sid, flags, h.path, ctype, kind, timeout, metadata, body)
+                frame = Headers(sid, flags, h.path, h.content_type, h.kind, h.timeout_us, metadata, body)
             else:
                 metadata = _RESPONSE.decode(block).metadata
                 frame = ResponseHeaders(sid, flags, metadata, body)
         except (ValueError, RecursionError) as exc:  # msgspec, invalid UTF-8, deep nesting
+            name = FrameType(ftype).name
             _fail(ErrorCode.PROTOCOL_ERROR, f"malformed {name} block on stream {sid}: {exc}")
         if len(metadata) > self._max_metadata:
             _fail(ErrorCode.HEADERS_TOO_LARGE, f"more than {self._max_metadata} metadata entries")

@@ -1,0 +1,33 @@
+"""Fixtures shared by the whole suite.
+
+Every test gets its own `local://` registry directory (through the `microweave_registry_dir`
+fixture of microweave's pytest plugin), so services started by one test, in-process or as
+processes, never see those of another test or of a developer's running services.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import ServiceProcesses
+
+
+@pytest.fixture
+def registry_dir(microweave_registry_dir: Path) -> Path:
+    """A private local registry: MICRO_REGISTRY=local, MICRO_REGISTRY_ADDRESS=<tmp dir>."""
+    return microweave_registry_dir
+
+
+@pytest.fixture
+def processes(registry_dir: Path, tmp_path: Path) -> Iterator[ServiceProcesses]:
+    """Start service scripts as `python script.py`; each is stopped by PID at teardown
+    (SIGTERM, then SIGKILL if it lingers)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs = ServiceProcesses(registry_dir, logs)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()

@@ -21,6 +21,7 @@ from .errors import (
     RegistryError,
     ServiceNotFound,
     Timeout,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "Service",
     "ServiceNotFound",
     "Timeout",
+    "TooManyRequests",
     "Unauthorized",
     "Unavailable",
     "__version__",

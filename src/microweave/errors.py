@@ -9,6 +9,7 @@
     ├── Timeout                     408  DEADLINE_EXCEEDED  the deadline passed
     ├── Conflict                    409  ALREADY_EXISTS
     ├── PreconditionFailed          412  FAILED_PRECONDITION
+    ├── TooManyRequests             429  RESOURCE_EXHAUSTED a limit was hit (size, rate)
     ├── Cancelled                   499  CANCELLED
     ├── InternalServerError         500  INTERNAL           a handler raised; has a correlation id
     ├── NotImplementedError_        501  UNIMPLEMENTED      unknown endpoint
@@ -42,6 +43,7 @@ __all__ = [
     "RegistryError",
     "ServiceNotFound",
     "Timeout",
+    "TooManyRequests",
     "Unauthorized",
     "Unavailable",
     "error_for_code",
@@ -123,6 +125,10 @@ class PreconditionFailed(MicroError):
     default_code = 412
 
 
+class TooManyRequests(MicroError):
+    default_code = 429
+
+
 class Cancelled(MicroError):
     default_code = 499
 
@@ -192,6 +198,7 @@ _CLASS_BY_CODE: dict[int, type[MicroError]] = {
     408: Timeout,
     409: Conflict,
     412: PreconditionFailed,
+    429: TooManyRequests,
     499: Cancelled,
     500: InternalServerError,
     501: NotImplementedError_,

@@ -93,6 +93,7 @@ class Service:
         ttl: float = DEFAULT_TTL,
         grace: float = 10.0,
         drain_delay: float = 0.5,
+        max_message: int = 4 * 1024 * 1024,
     ) -> None:
         if not name or any(c in name for c in "/ "):
             raise ConfigurationError(f"service name {name!r} must be non-empty, without '/' or spaces")
@@ -113,6 +114,7 @@ class Service:
         self.ttl = ttl
         self.grace = grace
         self.drain_delay = drain_delay
+        self.max_message = max_message  # per message, both transports (gRPC's default, 4 MiB)
         self.node_id = f"{name}-{uuid.uuid4()}"
         self._registry_arg = registry
         self._registry: Registry | None = registry if isinstance(registry, Registry) else None
@@ -212,9 +214,11 @@ class Service:
         from .transport.tcp import TcpServer
 
         invoker = Invoker(self.router)
-        listeners: list[tuple[ServerTransport, str]] = [(GrpcServer(), self.address)]
+        listeners: list[tuple[ServerTransport, str]] = [
+            (GrpcServer(max_message=self.max_message), self.address)
+        ]
         if self.tcp_address:
-            listeners.append((TcpServer(), self.tcp_address))
+            listeners.append((TcpServer(max_frame_size=self.max_message), self.tcp_address))
         self.transports = [transport for transport, _ in listeners]
         try:
             for transport, address in listeners:

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from helpers import ServiceProcesses, async_wait_until
 
-from microweave import Client, Service, Unavailable
+from microweave import BadRequest, Client, NotImplementedError_, Service, TooManyRequests, Unavailable
 from microweave.transport.tcp import frames as f
 
 
@@ -129,3 +129,48 @@ async def test_killed_mid_stream_is_unavailable_then_reconnects(processes: Servi
             return bool(reply == {"message": "Hello back"})
 
         await async_wait_until(answered, timeout=30, interval=0.2, what="the pool to reconnect")
+
+
+class Sizes:
+    async def big_reply(self, req: Note) -> Note:
+        return Note("y" * int(req.text))
+
+    async def letters(self, req: Note) -> AsyncIterator[Note]:
+        for letter in req.text:
+            yield Note(letter)
+
+
+@pytest.fixture
+async def small_frames() -> AsyncIterator[tuple[Service, Client]]:
+    """A server and client whose frames are capped at 64 KiB, so limits are cheap to reach."""
+    registry = f"memory://sizes-{uuid.uuid4().hex}"
+    service = Service("sizes", registry=registry, drain_delay=0, max_message=64 * 1024)
+    service.handler(Sizes())
+    async with service, Client(registry=registry, transports=("tcp",), max_message=64 * 1024) as client:
+        yield service, client
+
+
+async def test_request_over_the_servers_limit_fails_locally(small_frames: tuple[Service, Client]) -> None:
+    _, client = small_frames
+    with pytest.raises(BadRequest, match="at most"):
+        await client.call("sizes", "Sizes.BigReply", Note("1" + " " * 100_000))
+    # nothing was sent, so the connection and the server are fine
+    assert await client.call("sizes", "Sizes.BigReply", Note("3"), response=Note) == Note("yyy")
+
+
+async def test_reply_over_the_callers_limit_is_resource_exhausted(
+    small_frames: tuple[Service, Client],
+) -> None:
+    _, client = small_frames
+    with pytest.raises(TooManyRequests) as info:
+        await client.call("sizes", "Sizes.BigReply", Note("100000"))
+    assert info.value.code == 429
+    assert await client.call("sizes", "Sizes.BigReply", Note("2"), response=Note) == Note("yy")
+
+
+async def test_call_of_the_wrong_kind_is_unimplemented(small_frames: tuple[Service, Client]) -> None:
+    _, client = small_frames
+    with pytest.raises(NotImplementedError_, match="server-streaming; called as unary"):
+        await client.call("sizes", "Sizes.Letters", Note("ab"))
+    got = [n async for n in client.stream("sizes", "Sizes.Letters", Note("ab"), response=Note)]
+    assert got == [Note("a"), Note("b")]

@@ -54,6 +54,7 @@ class Client:
         node_id: str = "",
         cache_ttl: float = 60.0,
         transports: Sequence[str] = ("local", "tcp", "grpc"),
+        max_message: int = 4 * 1024 * 1024,
     ) -> None:
         if registry is None or isinstance(registry, str):
             from .._backends import load_registry
@@ -69,6 +70,7 @@ class Client:
         self._grpc: ClientTransport | None = None
         self._tcp: ClientTransport | None = None
         self._paths: dict[tuple[str, str], str] = {}
+        self.max_message = max_message
         self._local = local.LocalClient()
         unknown = set(transports) - {"local", "tcp", "grpc"}
         if unknown or not transports:
@@ -87,13 +89,13 @@ class Client:
                 if self._tcp is None:
                     from ..transport.tcp import TcpClient
 
-                    self._tcp = TcpClient()
+                    self._tcp = TcpClient(max_frame_size=self.max_message)
                 return self._tcp, address
             if name == "grpc" and node.address:
                 if self._grpc is None:
                     from ..transport.grpc import GrpcClient
 
-                    self._grpc = GrpcClient()
+                    self._grpc = GrpcClient(max_message=self.max_message)
                 return self._grpc, node.address
         raise Unavailable(
             f"node {node.id} offers none of the transports {', '.join(self.transports)}",

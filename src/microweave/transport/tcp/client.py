@@ -9,21 +9,15 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from ...codec import JSON
-from ...errors import Cancelled, MicroError, Timeout, Unavailable, error_for_code
+from ...errors import BadRequest, Cancelled, MicroError, Timeout, Unavailable, error_for_code
 from ...server import Kind
 from .. import ClientTransport, StreamBody
 from . import frames as f
-from .connection import Connection, Credit, Inbox
+from .connection import CALL_KINDS, Connection, Credit, Inbox
 
 __all__ = ["TcpClient"]
 
 IDLE_CLOSE = 300.0  # seconds without a call before a pooled connection is closed
-_KINDS = {
-    Kind.UNARY: f.CallKind.UNARY,
-    Kind.SERVER_STREAM: f.CallKind.SERVER_STREAM,
-    Kind.CLIENT_STREAM: f.CallKind.CLIENT_STREAM,
-    Kind.BIDI: f.CallKind.BIDI,
-}
 
 
 def _error(trailers: f.Trailers) -> MicroError:
@@ -73,9 +67,18 @@ class _ClientConnection(Connection):
         self.last_used = time.monotonic()
         return sid, call
 
-    def cancel(self, sid: int) -> None:
+    def cancel(self, sid: int, code: int = f.ErrorCode.CANCEL) -> None:
         if self.calls.pop(sid, None) is not None:
-            self.write(f.encode_rst_stream(sid, f.ErrorCode.CANCEL))
+            self.write(f.encode_rst_stream(sid, code))
+
+    def check_size(self, frame: bytes, path: str) -> None:
+        """Never send a frame the server said it will not take: that would cost the connection."""
+        if len(frame) - f.HEADER_SIZE > self.peer.max_frame_size:
+            raise BadRequest(
+                f"request to {path} is {len(frame) - f.HEADER_SIZE} bytes framed; "
+                f"the server takes at most {self.peer.max_frame_size}",
+                id="microweave.client",
+            )
 
     # -- frames from the server --------------------------------------------------------------
 
@@ -185,6 +188,9 @@ class TcpClient(ClientTransport):
                 _, conn = await loop.create_connection(
                     lambda: _ClientConnection(address, self.max_frame_size), host, int(port)
                 )
+            # the protocol: no stream before the server's SETTINGS (its limits) have arrived
+            async with asyncio.timeout(self.connect_timeout):
+                await conn.ready
         except (OSError, TimeoutError) as exc:
             raise Unavailable(f"cannot connect to node {address}: {exc}") from None
         return conn
@@ -203,14 +209,15 @@ class TcpClient(ClientTransport):
         conn = self._pool.get(address)
         if conn is None or not conn.usable:
             conn = await self._connection(address)
+        sid = conn.next_id
+        frame = f.encode_headers(
+            sid, path, content_type=content_type, timeout_us=_timeout_us(timeout),
+            metadata=metadata, body=body, end_stream=True,
+        )  # fmt: skip
+        conn.check_size(frame, path)
         sid, call = conn.new_stream()
         future = call.future = conn.loop.create_future()
-        conn.write(
-            f.encode_headers(
-                sid, path, content_type=content_type, timeout_us=_timeout_us(timeout),
-                metadata=metadata, body=body, end_stream=True,
-            )
-        )  # fmt: skip
+        conn.write(frame)
         timer = conn.loop.call_later(timeout, _expire, conn, sid, future) if timeout is not None else None
         try:
             reply = await future
@@ -239,13 +246,17 @@ class TcpClient(ClientTransport):
         sid, call = conn.new_stream()
         call.inbox = Inbox(conn, sid, conn.settings.initial_window)
         one = isinstance(body, bytes | bytearray | memoryview)
-        conn.write(
-            f.encode_headers(
-                sid, path, kind=_KINDS[kind], content_type=content_type,
-                timeout_us=_timeout_us(timeout), metadata=metadata,
-                body=bytes(body) if one else None, end_stream=one,  # type: ignore[arg-type]
-            )
+        frame = f.encode_headers(
+            sid, path, kind=CALL_KINDS[kind], content_type=content_type,
+            timeout_us=_timeout_us(timeout), metadata=metadata,
+            body=bytes(body) if one else None, end_stream=one,  # type: ignore[arg-type]
         )  # fmt: skip
+        try:
+            conn.check_size(frame, path)
+        except BadRequest:
+            del conn.calls[sid]
+            raise
+        conn.write(frame)
         sender = None
         if not one:
             call.send_credit = Credit(conn.peer.initial_window)
@@ -278,7 +289,7 @@ class TcpClient(ClientTransport):
 def _expire(conn: _ClientConnection, sid: int, future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(Timeout("deadline exceeded waiting for the reply", id="microweave.client"))
-        conn.cancel(sid)
+        conn.cancel(sid, f.ErrorCode.DEADLINE_EXCEEDED)
 
 
 async def _send_all(conn: _ClientConnection, sid: int, call: _Call, bodies: AsyncIterator[bytes]) -> None:
@@ -287,16 +298,17 @@ async def _send_all(conn: _ClientConnection, sid: int, call: _Call, bodies: Asyn
     assert credit is not None
     try:
         async for body in bodies:
+            frame = f.encode_data(sid, body)
+            conn.check_size(frame, f"stream {sid}")
             await credit.take()
             await conn.drain()
             if sid not in conn.calls:
                 return
-            conn.write(f.encode_data(sid, body))
+            conn.write(frame)
         if sid in conn.calls:
             conn.write(f.encode_data(sid, None, end_stream=True))
-    except MicroError:
-        return  # the call ended; the reader reports why
-    except Exception as exc:  # the caller's request iterator raised: cancel the call
+    except Exception as exc:  # a request too large, or the caller's iterator raised: cancel
         if sid in conn.calls:
-            conn._fail(conn.calls.pop(sid), Cancelled(f"request stream failed: {exc}"))
-            conn.write(f.encode_rst_stream(sid, f.ErrorCode.CANCEL))
+            error = exc if isinstance(exc, MicroError) else Cancelled(f"request stream failed: {exc}")
+            conn._fail(conn.calls[sid], error)
+            conn.cancel(sid)

@@ -16,14 +16,22 @@ import time
 from collections import deque
 from typing import Any
 
+from ...server import Kind
 from . import frames as f
 
-__all__ = ["Connection", "Credit", "Inbox"]
+__all__ = ["CALL_KINDS", "Connection", "Credit", "Inbox"]
 
 log = logging.getLogger("microweave.transport.tcp")
 
+#: our call kinds as the wire numbers them
+CALL_KINDS = {
+    Kind.UNARY: f.CallKind.UNARY,
+    Kind.SERVER_STREAM: f.CallKind.SERVER_STREAM,
+    Kind.CLIENT_STREAM: f.CallKind.CLIENT_STREAM,
+    Kind.BIDI: f.CallKind.BIDI,
+}
 KEEPALIVE = 30.0  # seconds of silence before we PING the peer
-KEEPALIVE_TIMEOUT = 20.0  # seconds a PING may go unanswered before the connection is dead
+KEEPALIVE_TIMEOUT = 10.0  # seconds without any frame after our PING: the connection is dead
 
 
 class Credit:
@@ -132,6 +140,7 @@ class Connection(asyncio.Protocol):
         self._out: list[bytes] | None = None  # frames written since the last flush
         self.loop = asyncio.get_running_loop()
         self.done = self.loop.create_future()  # resolves when the connection closes
+        self.ready = self.loop.create_future()  # resolves when the peer's SETTINGS arrive
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -142,6 +151,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_seen = time.monotonic()
+        self._ping_sent = None  # any bytes prove the peer alive, not only the PING's ACK
         try:
             for frame in self.decoder.feed(data):
                 self.frame_received(frame)
@@ -157,6 +167,9 @@ class Connection(asyncio.Protocol):
         if self._paused is not None and not self._paused.done():
             self._paused.set_result(None)
         self.streams_lost(exc)
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionResetError("closed before SETTINGS arrived"))
+            self.ready.exception()  # retrieved: whoever awaits it re-raises
         if not self.done.done():
             self.done.set_result(None)
 
@@ -196,12 +209,12 @@ class Connection(asyncio.Protocol):
 
     def frame_received(self, frame: f.Frame) -> None:
         if isinstance(frame, f.Ping):
-            if frame.ack:
-                self._ping_sent = None
-            else:
+            if not frame.ack:
                 self.write(f.encode_ping(frame.opaque, ack=True))
         elif isinstance(frame, f.Settings):
             self.peer = frame
+            if not self.ready.done():
+                self.ready.set_result(None)
         elif isinstance(frame, f.GoAway):
             self.goaway_received = frame
             self.goaway(frame)

@@ -359,9 +359,10 @@ class FrameDecoder:
 
     `server=True` decodes what a client sends (request HEADERS, END_STREAM on DATA), `False`
     what a server sends (response HEADERS, TRAILERS). The peer's preface comes first, then its
-    SETTINGS. Payloads inside one fed chunk are copied once; only a frame that straddles chunks
-    is buffered (at most HEADER_SIZE + max_frame_size bytes) and copied again when complete.
-    After a ProtocolError the decoder raises it again on every feed.
+    SETTINGS. A payload inside one fed `bytes` chunk is copied once (feed bytes: any other buffer
+    is first copied to bytes); only a frame that straddles chunks is buffered (at most
+    HEADER_SIZE + max_frame_size bytes) and copied again when complete. After a ProtocolError
+    the decoder raises it again on every feed.
     """
 
     __slots__ = (

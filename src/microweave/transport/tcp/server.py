@@ -15,15 +15,21 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from ...context import Context, _current
-from ...errors import MicroError
-from ...server import Router
+from ...errors import MicroError, NotImplementedError_, TooManyRequests
+from ...server import Kind, Router
 from ...server.invoke import Invoker
 from .. import ServerTransport
 from . import frames as f
-from .connection import Connection, Credit, Inbox
+from .connection import CALL_KINDS, Connection, Credit, Inbox
 
 __all__ = ["TcpServer"]
 
+_KIND_NAMES = {
+    f.CallKind.UNARY: "unary",
+    f.CallKind.SERVER_STREAM: "server-streaming",
+    f.CallKind.CLIENT_STREAM: "client-streaming",
+    f.CallKind.BIDI: "bidirectional-streaming",
+}
 _KIND_STREAMS_REQUEST = (f.CallKind.CLIENT_STREAM, f.CallKind.BIDI)
 _KIND_STREAMS_RESPONSE = (f.CallKind.SERVER_STREAM, f.CallKind.BIDI)
 
@@ -138,6 +144,13 @@ class _ServerConnection(Connection):
 
     def start(self, stream: _Stream) -> None:
         h = stream.headers
+        kind = self.endpoint_kind(h.path)
+        if kind is not None and kind != h.kind:
+            called = f.CallKind(h.kind).name.lower().replace("_", "-")
+            self.fail(stream, NotImplementedError_(
+                f"{h.path} is {_KIND_NAMES[kind]}; called as {called}", id=self.invoker.service
+            ))  # fmt: skip
+            return
         if stream.kind == f.CallKind.UNARY:
             body = h.body if h.body is not None else b""
             self.run_task(
@@ -150,6 +163,16 @@ class _ServerConnection(Connection):
         else:
             stream.send_credit = Credit(self.peer.initial_window)
             self.run_task(stream, self.stream_replies(stream))
+
+    def endpoint_kind(self, path: str) -> f.CallKind | None:
+        """The call kind the endpoint at `path` serves, None when no endpoint is there."""
+        method = self.invoker.router.methods.get(path)
+        if method is not None:
+            return CALL_KINDS[method.kind]
+        handler = self.invoker.router.servicer_handlers.get(path)
+        if handler is None:
+            return None
+        return CALL_KINDS[Kind.of(handler.request_streaming, handler.response_streaming)]
 
     # -- running calls ----------------------------------------------------------------------
 
@@ -189,18 +212,29 @@ class _ServerConnection(Connection):
         arg = _bodies(stream.inbox) if stream.inbox is not None else (h.body or b"")
         credit, sid = stream.send_credit, h.stream_id
         async for body in self.invoker.stream_path(h.path, arg, stream.ctx, h.content_type):
+            frame = f.encode_data(sid, body)
+            if len(frame) - f.HEADER_SIZE > self.peer.max_frame_size:
+                raise self.too_large(len(body))
             await credit.take()
             await self.drain()
             if self.closed:
                 raise ConnectionResetError("connection lost")
-            self.write(f.encode_data(sid, body))
+            self.write(frame)
 
     def reply(self, stream: _Stream, body: bytes) -> None:
         sid = stream.headers.stream_id
-        if self.streams.pop(sid, None) is None:
+        frame = f.encode_trailers(sid, metadata=stream.ctx.response_metadata or None, body=body)
+        if len(frame) - f.HEADER_SIZE > self.peer.max_frame_size:
+            self.fail(stream, self.too_large(len(frame) - f.HEADER_SIZE))
             return
-        metadata = stream.ctx.response_metadata or None
-        self.write(f.encode_trailers(sid, metadata=metadata, body=body))
+        if self.streams.pop(sid, None) is not None:
+            self.write(frame)
+
+    def too_large(self, size: int) -> TooManyRequests:
+        limit = self.peer.max_frame_size
+        return TooManyRequests(
+            f"reply of {size} bytes is over the caller's limit of {limit}", id=self.invoker.service
+        )
 
     def end(self, stream: _Stream) -> None:
         sid = stream.headers.stream_id

@@ -159,3 +159,16 @@ def test_describe_gives_go_micro_values() -> None:
     assert describe(type(None)) is None
     proto = describe(health_pb2.HealthCheckRequest)
     assert proto is not None and proto["values"] == [{"name": "service", "type": "string", "values": None}]
+
+
+@pytest.mark.parametrize(
+    ("tp", "body", "content_type", "why"),
+    [
+        (dict, b'{"name": "\xff\xfe"}', JSON, "UTF-8"),
+        (list, b"[" * 100_000, JSON, "invalid request body"),
+        (list, b"\x91" * 100_000, MSGPACK, "invalid request body"),
+    ],
+)
+def test_hostile_bodies_are_bad_requests(tp: Any, body: bytes, content_type: str, why: str) -> None:
+    with pytest.raises(BadRequest, match=why):
+        type_codec(tp).decode(body, content_type)

@@ -29,6 +29,18 @@ class TypeCodec(Protocol):
     def decode(self, data: bytes, content_type: str = JSON) -> Any: ...
 
 
+# msgspec raises these for bytes that are not valid UTF-8 and for absurdly deep nesting
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not valid UTF-8"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)
+
+
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
 
@@ -59,8 +71,8 @@ class _MsgspecCodec:
                 return self._json.decode(data)
             _check_content_type(content_type)
             return self._msgpack.decode(data)
-        except msgspec.DecodeError as exc:  # ValidationError is a subclass
-            raise BadRequest(f"invalid request body: {exc}") from None
+        except _UNDECODABLE as exc:  # ValidationError is a DecodeError
+            raise BadRequest(f"invalid request body: {_why(exc)}") from None
 
 
 class _PydanticCodec:
@@ -91,8 +103,8 @@ class _PydanticCodec:
                 f"{'.'.join(str(p) for p in e['loc']) or '$'}: {e['msg']}" for e in exc.errors()
             )
             raise BadRequest(f"invalid request body: {problems}") from None
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"invalid request body: {exc}") from None
+        except _UNDECODABLE as exc:
+            raise BadRequest(f"invalid request body: {_why(exc)}") from None
 
 
 class _ProtoCodec:

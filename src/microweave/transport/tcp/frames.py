@@ -556,7 +556,14 @@ class FrameDecoder:
         body = bytes(src[end:stop]) if flags & BODY else None
         frame: Frame
         try:
-            if ftype == _TRAILERS:
+            if self._server:  # request HEADERS, the only block a client sends
+                h = _REQUEST.decode(block)
+                if sid <= self._last_opened:
+                    _fail(ErrorCode.PROTOCOL_ERROR, f"HEADERS reuse or lower stream id {sid}")
+                self._last_opened = sid
+                metadata, ctype = h.metadata, h.content_type
+                frame = Headers(sid, flags, h.path, ctype, h.kind, h.timeout_us, metadata, body)
+            elif ftype == _TRAILERS:
                 if block == _OK_BLOCK:  # the usual reply: [0, nil, {}]
                     return Trailers(sid, flags, 0, None, {}, body)
                 t = _TRAILER.decode(block)
@@ -564,13 +571,6 @@ class FrameDecoder:
                     _fail(ErrorCode.PROTOCOL_ERROR, "TRAILERS: error present iff status is not 0")
                 metadata = t.metadata
                 frame = Trailers(sid, flags, t.status, t.error, metadata, body)
-            elif self._server:
-                h = _REQUEST.decode(block)
-                metadata = h.metadata
-                if sid <= self._last_opened:
-                    _fail(ErrorCode.PROTOCOL_ERROR, f"HEADERS reuse or lower stream id {sid}")
-                self._last_opened = sid
-                frame = Headers(sid, flags, h.path, h.content_type, h.kind, h.timeout_us, metadata, body)
             else:
                 metadata = _RESPONSE.decode(block).metadata
                 frame = ResponseHeaders(sid, flags, metadata, body)

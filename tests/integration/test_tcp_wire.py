@@ -27,6 +27,15 @@ class Echo:
     async def echo(self, req: Note) -> Note:
         return req
 
+    async def hold(self, reqs: AsyncIterator[Note]) -> Note:
+        """Reads nothing: whatever the client sends beyond its window must be refused."""
+        await asyncio.sleep(30)
+        return Note("late")
+
+    async def flood(self, req: Note) -> AsyncIterator[Note]:
+        for i in range(100_000):
+            yield Note(str(i))
+
 
 @pytest.fixture
 async def tcp_service() -> AsyncIterator[tuple[Service, Client]]:
@@ -174,3 +183,80 @@ async def test_call_of_the_wrong_kind_is_unimplemented(small_frames: tuple[Servi
         await client.call("sizes", "Sizes.Letters", Note("ab"))
     got = [n async for n in client.stream("sizes", "Sizes.Letters", Note("ab"), response=Note)]
     assert got == [Note("a"), Note("b")]
+
+
+class RawPeer:
+    """A hand-driven client connection: what a misbehaving or slow peer can do."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = f.FrameDecoder(server=False)
+        self.frames: list[f.Frame] = []
+
+    @classmethod
+    async def connect(cls, address: str) -> RawPeer:
+        host, port = address.rsplit(":", 1)
+        peer = cls(*await asyncio.open_connection(host, int(port)))
+        peer.writer.write(f.PREFACE + f.encode_settings())
+        return peer
+
+    async def read_for(self, seconds: float) -> list[f.Frame]:
+        """Frames that arrive within `seconds` (a bounded read, not a timing assertion)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while (left := end - loop.time()) > 0:
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), left)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            self.frames.extend(self.decoder.feed(data))
+        return self.frames
+
+    async def aclose(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+async def test_overrunning_the_window_resets_only_that_stream(tcp_service: tuple[Service, Client]) -> None:
+    service, _ = tcp_service
+    peer = await RawPeer.connect(service.addresses["tcp"])
+    try:
+        body = msgspec.json.encode(Note("x"))
+        burst = f.encode_headers(1, "/wire.Echo/Hold", kind=f.CallKind.CLIENT_STREAM)
+        burst += b"".join(f.encode_data(1, body) for _ in range(f.DEFAULT_INITIAL_WINDOW + 4))
+        burst += f.encode_headers(3, "/wire.Echo/Echo", body=body, end_stream=True)
+        peer.writer.write(burst)
+        frames = await peer.read_for(3)
+        resets = [fr for fr in frames if isinstance(fr, f.RstStream)]
+        assert [(r.stream_id, r.code) for r in resets] == [(1, f.ErrorCode.FLOW_CONTROL_ERROR)]
+        replies = [fr for fr in frames if isinstance(fr, f.Trailers) and fr.stream_id == 3]
+        assert len(replies) == 1 and replies[0].body == body  # the connection kept serving
+        assert not any(isinstance(fr, f.GoAway) for fr in frames)
+    finally:
+        await peer.aclose()
+
+
+async def test_a_reader_that_never_grants_credit_gets_one_window(tcp_service: tuple[Service, Client]) -> None:
+    service, client = tcp_service
+    peer = await RawPeer.connect(service.addresses["tcp"])
+    try:
+        request = msgspec.json.encode(Note(""))
+        peer.writer.write(
+            f.encode_headers(
+                1, "/wire.Echo/Flood", kind=f.CallKind.SERVER_STREAM, body=request, end_stream=True
+            )
+        )
+        frames = await peer.read_for(2)
+        messages = [fr for fr in frames if isinstance(fr, f.Data) and fr.stream_id == 1]
+        assert len(messages) == f.DEFAULT_INITIAL_WINDOW  # then the server waits, holding nothing more
+        peer.writer.write(f.encode_window_update(1, 4))
+        frames = await peer.read_for(2)
+        messages = [fr for fr in frames if isinstance(fr, f.Data) and fr.stream_id == 1]
+        assert len(messages) == f.DEFAULT_INITIAL_WINDOW + 4
+        # other callers are not held up by the stalled stream
+        assert await client.call("wire", "Echo.Echo", Note("free"), response=Note) == Note("free")
+    finally:
+        await peer.aclose()

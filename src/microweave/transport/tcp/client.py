@@ -9,7 +9,15 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from ...codec import JSON
-from ...errors import BadRequest, Cancelled, MicroError, Timeout, Unavailable, error_for_code
+from ...errors import (
+    BadRequest,
+    Cancelled,
+    InternalServerError,
+    MicroError,
+    Timeout,
+    Unavailable,
+    error_for_code,
+)
 from ...server import Kind
 from .. import ClientTransport, StreamBody
 from . import frames as f
@@ -103,13 +111,12 @@ class _ClientConnection(Connection):
                 call.inbox.end(error)
             if call.send_credit is not None:
                 call.send_credit.fail(Cancelled("the server ended the call"))
-        elif type(frame) is f.Data:
-            if call.inbox is not None and frame.body is not None:
-                call.inbox.put(frame.body)
-        elif type(frame) is f.ResponseHeaders:
-            call.metadata.update(frame.metadata)
-            if call.inbox is not None and frame.body is not None:
-                call.inbox.put(frame.body)
+        elif type(frame) is f.Data or type(frame) is f.ResponseHeaders:
+            if type(frame) is f.ResponseHeaders:
+                call.metadata.update(frame.metadata)
+            if call.inbox is not None and frame.body is not None and not call.inbox.put(frame.body):
+                self._fail(call, InternalServerError(f"node {self.address} overran the stream's window"))
+                self.cancel(sid, f.ErrorCode.FLOW_CONTROL_ERROR)
         elif type(frame) is f.RstStream:
             del self.calls[sid]
             if frame.code == f.ErrorCode.REFUSED_STREAM:

@@ -81,11 +81,14 @@ class Inbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, body: bytes) -> None:
+    def put(self, body: bytes) -> bool:
+        """Queue a message; False when the peer sent more than it was granted (the caller then
+        resets the stream with FLOW_CONTROL_ERROR: a stream error, the connection carries on)."""
         if len(self._items) >= self._window:
-            raise f.ProtocolError(f.ErrorCode.FLOW_CONTROL_ERROR, f"stream {self._sid} overran its window")
+            return False
         self._items.append(body)
         self._wake()
+        return True
 
     def end(self, error: BaseException | None = None) -> None:
         self._ended = True

@@ -109,18 +109,25 @@ class _ServerConnection(Connection):
                 if frame.flags & f.END_STREAM:
                     self.start(stream)
                 return
-            if frame.body is not None:
-                stream.inbox.put(frame.body)
+            if frame.body is not None and not stream.inbox.put(frame.body):
+                self.reset(stream, f.ErrorCode.FLOW_CONTROL_ERROR)
+                return
             if frame.flags & f.END_STREAM:
                 stream.inbox.end()
         elif type(frame) is f.RstStream:
-            self.streams.pop(sid, None)
-            if stream.task is not None:
-                stream.task.cancel()
-            if stream.inbox is not None:
-                stream.inbox.end(asyncio.CancelledError())
+            self.reset(stream, None)
         elif type(frame) is f.WindowUpdate and stream.send_credit is not None:
             stream.send_credit.grant(frame.increment)
+
+    def reset(self, stream: _Stream, code: int | None) -> None:
+        """End a stream without TRAILERS: the client reset it (`code` None), or we do."""
+        self.streams.pop(stream.headers.stream_id, None)
+        if stream.task is not None:
+            stream.task.cancel()
+        if stream.inbox is not None:
+            stream.inbox.end(asyncio.CancelledError())
+        if code is not None:
+            self.write(f.encode_rst_stream(stream.headers.stream_id, code))
 
     def open(self, h: f.Headers) -> None:
         self.last_opened = h.stream_id

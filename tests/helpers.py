@@ -19,6 +19,7 @@ from typing import IO, Any, TypeVar
 
 __all__ = [
     "REPO",
+    "LoggedProcess",
     "ServiceProcess",
     "ServiceProcesses",
     "async_wait_until",
@@ -89,7 +90,59 @@ def local_nodes(root: Path, service: str) -> list[dict[str, Any]]:
     return nodes
 
 
-class ServiceProcess:
+class LoggedProcess:
+    """A child process started from the repository root, its output in a log file; stopped
+    by PID (SIGTERM, then SIGKILL if it lingers)."""
+
+    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> None:
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._log: IO[bytes] = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env),
+            cwd=REPO,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.alive():
+            os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds; the exit code."""
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+class ServiceProcess(LoggedProcess):
     """One service script running as `python script.py ...`, its output in a log file."""
 
     def __init__(
@@ -105,7 +158,6 @@ class ServiceProcess:
         self.script = script
         self.name = name
         self.registry = registry
-        self.log_path = log_path
         self.node: dict[str, Any] = {}
         full_env = {
             **os.environ,
@@ -114,19 +166,7 @@ class ServiceProcess:
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
-        self._log: IO[bytes] = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=full_env,
-            cwd=REPO,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        super().__init__([sys.executable, str(script), *args], env=full_env, log_path=log_path)
 
     @property
     def node_id(self) -> str:
@@ -135,13 +175,6 @@ class ServiceProcess:
     @property
     def address(self) -> str:
         return str(self.node["address"])
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
 
     def wait_registered(self, known: set[str], timeout: float = 30.0) -> dict[str, Any]:
         """Wait for a node of this service whose id is not in `known`: the one this process
@@ -162,25 +195,6 @@ class ServiceProcess:
 
     def registered(self) -> bool:
         return any(n["id"] == self.node_id for n in local_nodes(self.registry, self.name))
-
-    def signal(self, sig: signal.Signals) -> None:
-        if self.alive():
-            os.kill(self.proc.pid, sig)
-
-    def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout)
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
-        if self.alive():
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 class ServiceProcesses:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from helpers import LoggedProcess
 
 __all__ = ["REPO", "CliProcess", "assert_clean", "cli", "registry_env", "wait_for_service"]
 
@@ -64,39 +65,15 @@ def wait_for_service(
         time.sleep(0.1)
 
 
-class CliProcess:
+class CliProcess(LoggedProcess):
     """A long-running CLI command (`microweave run ...`), its output in a log file."""
 
     def __init__(self, *args: str, env: Mapping[str, str], log: Path) -> None:
         self.args = args
-        self.log_path = log
-        self._log: IO[bytes] = log.open("wb")
-        self.proc = subprocess.Popen(
-            [*_CLI, *args], env=dict(env), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    @property
-    def returncode(self) -> int | None:
-        return self.proc.returncode
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        super().__init__([*_CLI, *args], env=env, log_path=log)
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM by PID, then SIGKILL if it lingers; the exit code."""
-        if self.alive():
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+        return super().stop(timeout)
 
     def __enter__(self) -> CliProcess:
         return self

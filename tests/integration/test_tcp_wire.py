@@ -260,3 +260,40 @@ async def test_a_reader_that_never_grants_credit_gets_one_window(tcp_service: tu
         assert await client.call("wire", "Echo.Echo", Note("free"), response=Note) == Note("free")
     finally:
         await peer.aclose()
+
+
+async def test_a_silent_peer_is_pinged_then_dropped(
+    tcp_service: tuple[Service, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from microweave.transport.tcp import connection
+
+    monkeypatch.setattr(connection, "KEEPALIVE", 0.2)
+    monkeypatch.setattr(connection, "KEEPALIVE_TIMEOUT", 0.3)
+    service, client = tcp_service
+    peer = await RawPeer.connect(service.addresses["tcp"])
+    try:
+        frames = await peer.read_for(10)  # returns early when the server hangs up
+        assert any(isinstance(fr, f.Ping) and not fr.ack for fr in frames)
+        assert isinstance(frames[-1], f.GoAway) and "keepalive" in frames[-1].debug
+        assert peer.reader.at_eof()
+    finally:
+        await peer.aclose()
+    assert await client.call("wire", "Echo.Echo", Note("alive"), response=Note) == Note("alive")
+
+
+async def test_idle_pooled_connections_are_closed_and_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    from microweave.transport.tcp import client as tcp_client
+    from microweave.transport.tcp import connection
+
+    monkeypatch.setattr(connection, "KEEPALIVE", 0.2)
+    monkeypatch.setattr(tcp_client, "IDLE_CLOSE", 0.5)
+    registry = f"memory://idle-{uuid.uuid4().hex}"
+    service = Service("wire", registry=registry, drain_delay=0)
+    service.handler(Echo())
+    async with service, Client(registry=registry, transports=("tcp",)) as client:
+        assert await client.call("wire", "Echo.Echo", Note("one"), response=Note) == Note("one")
+        pool = client._tcp._pool  # type: ignore[union-attr]
+        (conn,) = pool.values()
+        await asyncio.wait_for(conn.done, 10)  # closed by the client once idle
+        assert await client.call("wire", "Echo.Echo", Note("two"), response=Note) == Note("two")
+        assert next(iter(pool.values())) is not conn  # a fresh connection

@@ -10,10 +10,11 @@ another node, so a retry never runs a handler twice.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import msgspec
 
@@ -286,17 +287,13 @@ class Client:
             body = self._encode_stream(request, content_type)
         else:
             body = self._encode(request, content_type)
-        async for reply in self.stream_raw(
-            service,
-            self._path(service, endpoint),
-            kind,
-            body,
-            timeout=timeout,
-            metadata=metadata,
-            filters=filters,
-            content_type=content_type,
-        ):
-            yield self._decode(reply, response, content_type)
+        replies = self.stream_raw(
+            service, self._path(service, endpoint), kind, body, timeout=timeout,
+            metadata=metadata, filters=filters, content_type=content_type,
+        )  # fmt: skip
+        async with contextlib.aclosing(replies):  # stopping early cancels the call at once
+            async for reply in replies:
+                yield self._decode(reply, response, content_type)
 
     async def stream_raw(
         self,
@@ -309,7 +306,7 @@ class Client:
         metadata: Mapping[str, str] | None = None,
         filters: Sequence[Filter] = (),
         content_type: str = JSON,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         left = self._deadline(timeout)
         if left <= 0:
             raise Timeout(f"deadline exceeded before calling {service} {path}", id="microweave.client")
@@ -317,17 +314,15 @@ class Client:
         transport, address = self._route(node)
         self.selector.started(node)
         failed = False
+        replies = transport.stream(
+            address, path, kind, body, timeout=left, metadata=self._metadata(metadata),
+            content_type=content_type,
+        )  # fmt: skip
         try:
-            async for reply in transport.stream(
-                address,
-                path,
-                kind,
-                body,
-                timeout=left,
-                metadata=self._metadata(metadata),
-                content_type=content_type,
-            ):
-                yield reply
+            # a caller that stops early cancels the call now, not when the generator is collected
+            async with contextlib.aclosing(cast(AsyncGenerator[bytes, None], replies)):
+                async for reply in replies:
+                    yield reply
         except Unavailable:
             failed = True
             raise

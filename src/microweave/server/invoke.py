@@ -119,7 +119,11 @@ class Invoker:
 
     async def unary(self, method: Method, body: bytes, ctx: Context, content_type: str = JSON) -> bytes:
         request = method.request_codec.decode(body, content_type)
-        result = await self._call(method, request, ctx)
+        if method.is_async:  # the common case, without the extra coroutine of `_call`
+            _current.set(ctx)
+            result = await (method.fn(request, ctx) if method.takes_context else method.fn(request))
+        else:
+            result = await self._call(method, request, ctx)
         return method.response_codec.encode(result, content_type)
 
     async def client_stream(

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from ...codec import JSON
 from ...context import Context
@@ -29,11 +29,10 @@ CONTENT_TYPE_KEY = "x-content-type"
 
 def _context(method_name: str, grpc_context: Any) -> Context:
     remaining = grpc_context.time_remaining()
-    return Context(
-        endpoint=method_name,
-        deadline=None if remaining is None else time.monotonic() + remaining,
-        metadata={k: v for k, v in grpc_context.invocation_metadata() if isinstance(v, str)},
-    )
+    ctx = Context(endpoint=method_name, deadline=None if remaining is None else time.monotonic() + remaining)
+    # built once and handed over: Context(metadata=...) would copy it (binary values are skipped)
+    ctx.metadata = {k: v for k, v in grpc_context.invocation_metadata() if v.__class__ is str}
+    return ctx
 
 
 def _content_type(ctx: Context) -> str:
@@ -44,6 +43,24 @@ def _content_type(ctx: Context) -> str:
 def _trailers(ctx: Context, grpc_context: Any) -> None:
     if ctx.response_metadata:
         grpc_context.set_trailing_metadata(tuple(ctx.response_metadata.items()))
+
+
+class _GenericOnly:
+    """Stands in for the server while health and reflection add themselves.
+
+    grpc.aio's server loop keeps one pending future per *registered* method and waits on all of
+    them for every call it accepts, so each registered method costs every call (~1.5 us, measured
+    with bench/rpc.py). These rarely called services go through generic handlers instead.
+    """
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        pass  # the generic handler added just before serves the same methods
 
 
 class GrpcServer(ServerTransport):
@@ -73,12 +90,15 @@ class GrpcServer(ServerTransport):
             entry.add_to_server(entry.servicer, server)
 
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, _GenericOnly(server))
         names = [*by_service, *router.servicer_names()]
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        reflection.enable_server_reflection(
-            [*router.servicer_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(
+                [*router.servicer_names(), health.SERVICE_NAME, reflection.SERVICE_NAME]
+            ),
+            _GenericOnly(server),
         )
         server.add_generic_rpc_handlers((_Unknown(invoker),))
 

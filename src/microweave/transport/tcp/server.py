@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import sys
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -65,6 +66,8 @@ class _ServerConnection(Connection):
         self.owner = owner
         self.invoker = owner.invoker
         self.streams: dict[int, _Stream] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_at = math.inf
         self.last_opened = 0
 
     def connection_made(self, transport: Any) -> None:
@@ -74,6 +77,8 @@ class _ServerConnection(Connection):
             self.close(f.ErrorCode.NO_ERROR, "server is draining")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
         super().connection_lost(exc)
         self.owner.connections.discard(self)
         self.owner.wake()
@@ -181,6 +186,29 @@ class _ServerConnection(Connection):
             return None
         return CALL_KINDS[Kind.of(handler.request_streaming, handler.response_streaming)]
 
+    # -- deadlines: one timer per connection, at the earliest deadline, instead of one per call --
+
+    def sweep_at(self, deadline: float) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._sweep_at = deadline
+        self._sweep = self.loop.call_at(_loop_time(self.loop, deadline), self.sweep)
+
+    def sweep(self) -> None:
+        """Cancel the calls whose deadline has passed; wake again at the next deadline."""
+        self._sweep, self._sweep_at = None, math.inf
+        now, upcoming = time.monotonic(), math.inf
+        for stream in list(self.streams.values()):
+            deadline = stream.ctx.deadline
+            if deadline is None or stream.task is None:
+                continue
+            if deadline <= now:
+                stream.task.cancel()  # its done-callback answers DEADLINE_EXCEEDED
+            else:
+                upcoming = min(upcoming, deadline)
+        if upcoming < math.inf:
+            self.sweep_at(upcoming)
+
     # -- running calls ----------------------------------------------------------------------
 
     def run_task(self, stream: _Stream, call: Coroutine[Any, Any, Any], *, unary: bool = False) -> None:
@@ -192,13 +220,10 @@ class _ServerConnection(Connection):
         finally:
             _current.reset(token)
         deadline = stream.ctx.deadline
-        timer = None
-        if deadline is not None and not task.done():
-            timer = self.loop.call_at(_loop_time(self.loop, deadline), task.cancel)
+        if deadline is not None and deadline < self._sweep_at and not task.done():
+            self.sweep_at(deadline)
 
         def finished(task: asyncio.Task[Any]) -> None:
-            if timer is not None:
-                timer.cancel()
             if self.streams.get(stream.headers.stream_id) is not stream:
                 return  # reset by the client, or the connection is gone: nobody to answer
             if task.cancelled():

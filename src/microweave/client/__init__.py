@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import msgspec
 
@@ -320,7 +320,7 @@ class Client:
         )  # fmt: skip
         try:
             # a caller that stops early cancels the call now, not when the generator is collected
-            async with contextlib.aclosing(cast(AsyncGenerator[bytes, None], replies)):
+            async with contextlib.aclosing(replies):
                 async for reply in replies:
                     yield reply
         except Unavailable:

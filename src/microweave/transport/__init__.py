@@ -9,7 +9,7 @@ Errors come back as `MicroError`s; a node that cannot be reached is `Unavailable
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
 from ..codec import JSON
@@ -69,7 +69,7 @@ class ClientTransport(abc.ABC):
         timeout: float | None,
         metadata: Mapping[str, str],
         content_type: str = JSON,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Server-, client- or bidi-streaming: yields the reply bodies."""
 
     @abc.abstractmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from ..codec import JSON
@@ -110,7 +110,7 @@ class LocalClient(ClientTransport):
         timeout: float | None,
         metadata: Mapping[str, str],
         content_type: str = JSON,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         invoker = _invoker(address)
         ctx = _context(timeout, metadata)
         queue: asyncio.Queue[Any] = asyncio.Queue(_STREAM_BUFFER)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import grpc
@@ -95,7 +95,7 @@ class GrpcClient(ClientTransport):
         timeout: float | None,
         metadata: Mapping[str, str],
         content_type: str = JSON,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         call = self._callable(address, path, kind)(
             body, timeout=timeout, metadata=_grpc_metadata(metadata, content_type)
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 from ...codec import JSON
@@ -248,7 +248,7 @@ class TcpClient(ClientTransport):
         timeout: float | None,
         metadata: Mapping[str, str],
         content_type: str = JSON,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         conn = await self._connection(address)
         sid, call = conn.new_stream()
         call.inbox = Inbox(conn, sid, conn.settings.initial_window)

@@ -15,6 +15,8 @@ import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
+import msgspec
+
 from ...context import Context, _current
 from ...errors import MicroError, NotImplementedError_, TooManyRequests
 from ...server import Kind, Router
@@ -32,7 +34,6 @@ _KIND_NAMES = {
     f.CallKind.BIDI: "bidirectional-streaming",
 }
 _KIND_STREAMS_REQUEST = (f.CallKind.CLIENT_STREAM, f.CallKind.BIDI)
-_KIND_STREAMS_RESPONSE = (f.CallKind.SERVER_STREAM, f.CallKind.BIDI)
 
 
 def _task_factory() -> Any:
@@ -47,12 +48,11 @@ _EAGER = _task_factory()
 
 
 class _Stream:
-    __slots__ = ("ctx", "headers", "inbox", "kind", "send_credit", "task")
+    __slots__ = ("ctx", "headers", "inbox", "send_credit", "task")
 
     def __init__(self, headers: f.Headers, ctx: Context) -> None:
         self.headers = headers
         self.ctx = ctx
-        self.kind = headers.kind
         self.task: asyncio.Task[Any] | None = None
         self.inbox: Inbox | None = None
         self.send_credit: Credit | None = None
@@ -81,7 +81,7 @@ class _ServerConnection(Connection):
             self._sweep.cancel()
         super().connection_lost(exc)
         self.owner.connections.discard(self)
-        self.owner.wake()
+        self.owner.drained.set()
 
     def last_stream_id(self) -> int:
         return self.last_opened
@@ -91,11 +91,7 @@ class _ServerConnection(Connection):
 
     def streams_lost(self, exc: Exception | None) -> None:
         for stream in list(self.streams.values()):
-            if stream.task is not None:
-                stream.task.cancel()
-            if stream.inbox is not None:
-                stream.inbox.end(ConnectionResetError("connection lost"))
-        self.streams.clear()
+            self.reset(stream, None)
 
     # -- frames ---------------------------------------------------------------------------------
 
@@ -110,7 +106,7 @@ class _ServerConnection(Connection):
         if type(frame) is f.Data:
             if stream.inbox is None:  # unary or server-streaming: the request body came late
                 if frame.body is not None and stream.headers.body is None:
-                    stream.headers = f.Headers(**{**_fields(stream.headers), "body": frame.body})
+                    stream.headers = msgspec.structs.replace(stream.headers, body=frame.body)
                 if frame.flags & f.END_STREAM:
                     self.start(stream)
                 return
@@ -124,9 +120,18 @@ class _ServerConnection(Connection):
         elif type(frame) is f.WindowUpdate and stream.send_credit is not None:
             stream.send_credit.grant(frame.increment)
 
+    def finish(self, sid: int) -> bool:
+        """Forget a stream (False if it was already gone); tell a draining server when the
+        last one of this connection ends."""
+        if self.streams.pop(sid, None) is None:
+            return False
+        if not self.streams and self.owner.draining:
+            self.owner.drained.set()
+        return True
+
     def reset(self, stream: _Stream, code: int | None) -> None:
         """End a stream without TRAILERS: the client reset it (`code` None), or we do."""
-        self.streams.pop(stream.headers.stream_id, None)
+        self.finish(stream.headers.stream_id)
         if stream.task is not None:
             stream.task.cancel()
         if stream.inbox is not None:
@@ -163,12 +168,12 @@ class _ServerConnection(Connection):
                 f"{h.path} is {_KIND_NAMES[kind]}; called as {called}", id=self.invoker.service
             ))  # fmt: skip
             return
-        if stream.kind == f.CallKind.UNARY:
+        if h.kind == f.CallKind.UNARY:
             body = h.body if h.body is not None else b""
             self.run_task(
                 stream, self.invoker.unary_path(h.path, body, stream.ctx, h.content_type), unary=True
             )
-        elif stream.kind == f.CallKind.CLIENT_STREAM:
+        elif h.kind == f.CallKind.CLIENT_STREAM:
             assert stream.inbox is not None
             call = self.invoker.unary_path(h.path, _bodies(stream.inbox), stream.ctx, h.content_type)
             self.run_task(stream, call, unary=True)
@@ -259,7 +264,7 @@ class _ServerConnection(Connection):
         if len(frame) - f.HEADER_SIZE > self.peer.max_frame_size:
             self.fail(stream, self.too_large(len(frame) - f.HEADER_SIZE))
             return
-        if self.streams.pop(sid, None) is not None:
+        if self.finish(sid):
             self.write(frame)
 
     def too_large(self, size: int) -> TooManyRequests:
@@ -270,12 +275,12 @@ class _ServerConnection(Connection):
 
     def end(self, stream: _Stream) -> None:
         sid = stream.headers.stream_id
-        if self.streams.pop(sid, None) is not None:
+        if self.finish(sid):
             self.write(f.encode_trailers(sid, metadata=stream.ctx.response_metadata or None))
 
     def fail(self, stream: _Stream, exc: BaseException) -> None:
         sid = stream.headers.stream_id
-        if self.streams.pop(sid, None) is None:
+        if not self.finish(sid):
             return
         err: MicroError = self.invoker.error(exc, stream.ctx)
         wire = f.WireError(id=err.id, code=err.code, detail=err.detail, status=err.status)
@@ -283,11 +288,6 @@ class _ServerConnection(Connection):
         self.write(
             f.encode_trailers(sid, status=status, error=wire, metadata=stream.ctx.response_metadata or None)
         )
-        self.owner.wake()
-
-
-def _fields(h: f.Headers) -> dict[str, Any]:
-    return {name: getattr(h, name) for name in h.__struct_fields__}
 
 
 def _loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
@@ -310,21 +310,16 @@ class TcpServer(ServerTransport):
         self.window = window
         self.connections: set[_ServerConnection] = set()
         self.draining = False
+        self.drained = asyncio.Event()  # set when a connection goes quiet while draining
         self._server: asyncio.Server | None = None
-        self._changed: asyncio.Event | None = None
         self.invoker: Invoker
 
     async def start(self, router: Router, invoker: Invoker, *, host: str, port: int) -> str:
         self.invoker = invoker
-        self._changed = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _ServerConnection(self), host, port)
         bound = self._server.sockets[0].getsockname()
         return f"{host}:{bound[1]}"
-
-    def wake(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
 
     async def stop(self, grace: float) -> None:
         """GOAWAY to every connection, finish in-flight calls for up to `grace`, then close."""
@@ -336,11 +331,10 @@ class TcpServer(ServerTransport):
             conn.goaway_sent = True
             conn.write(f.encode_goaway(conn.last_opened, f.ErrorCode.NO_ERROR, "draining"))
         deadline = time.monotonic() + grace
-        while any(c.active() for c in self.connections) and time.monotonic() < deadline:
-            assert self._changed is not None
-            self._changed.clear()
+        while any(c.active() for c in self.connections) and (left := deadline - time.monotonic()) > 0:
+            self.drained.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(0.05, max(deadline - time.monotonic(), 0)))
+                await asyncio.wait_for(self.drained.wait(), left)
         for conn in list(self.connections):
             conn.close(f.ErrorCode.NO_ERROR, "server stopped")
         await self._server.wait_closed()

@@ -1,4 +1,4 @@
-"""Unary echo and server streaming through microweave's gRPC path against raw grpc.aio (and raw TCP).
+"""Unary echo and server streaming: microweave against raw grpc.aio, raw TCP, and NATS request/reply.
 
     python bench/rpc.py                 # 3 rounds x 5 s per case, after 1 s of warm-up
     python bench/rpc.py --quick         # 1 round x 2 s
@@ -9,7 +9,9 @@ Each stack's server runs in its own process pinned to the first CPU, each measur
 generator in another pinned to the second (when there are two), both on uvloop when installed.
 Load is closed loop: `concurrency` workers each wait for a reply before sending the next call.
 Rounds interleave the stacks (rotating their order), and each figure is the median over rounds,
-so ratios compare stacks measured under the same conditions on a noisy machine.
+so ratios compare stacks measured under the same conditions on a noisy machine. The NATS stacks
+(faststream and raw nats-py) get a nats-server each, started here and stopped by its PID; a
+stack whose server or packages are missing is skipped with what to install.
 
 Progress goes to stderr; stdout gets the table, or with --json only the JSON lines. See
 bench/README.md for what each stack is and how to add one.
@@ -24,13 +26,12 @@ import os
 import select
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +39,21 @@ HERE = Path(__file__).resolve().parent
 WORKER = HERE / "rpc_worker.py"
 sys.path.insert(0, str(HERE))
 
+from rpc_nats import NATS_URL_ENV, NatsServer, start_nats_server  # noqa: E402
+from rpc_report import NOISY, Case, render, versions  # noqa: E402
 from rpc_stacks import STACKS  # noqa: E402
 from rpc_worker import machine_busy_seconds  # noqa: E402
 
-DEFAULT_STACKS = ("microweave-grpc", "microweave-tcp", "grpc-aio", "raw-tcp")
-#: ratios printed (numerator, denominator), when both stacks were measured
-RATIOS = (("microweave-grpc", "grpc-aio"), ("microweave-tcp", "grpc-aio"), ("microweave-tcp", "raw-tcp"))
-#: the framework overhead target: numerator >= factor x denominator at this concurrency
-TARGET = ("microweave-grpc", "grpc-aio", 64, 0.9)
+DEFAULT_STACKS = (
+    "microweave-grpc",
+    "microweave-tcp",
+    "microweave-tcp-mw3",
+    "grpc-aio",
+    "raw-tcp",
+    "faststream-nats",
+    "nats-py",
+)
 READY_TIMEOUT = 30.0
-NOISY = 0.25  # CPUs' worth of other processes' work that makes a measurement noisy
 CASE_SLACK = 60.0  # seconds a load process may take beyond warm-up + duration (start, connect)
 
 
@@ -89,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--retries", type=int, default=None, help="re-measure a noisy case up to N times (default 2, quick 0)"
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and load to CPUs")
+    parser.add_argument(
+        "--broker-cpu",
+        choices=("any", "server", "load"),
+        default="any",
+        help="where nats-server runs: any CPU (default), or the server's or load generator's",
+    )
     parser.add_argument("--list", action="store_true", help="list the stacks and exit")
     args = parser.parse_args(argv)
     args.duration = args.duration or (2.0 if args.quick else 5.0)
@@ -102,9 +114,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def choose_stacks(names: list[str] | None) -> list[str]:
-    """The stacks to run: the ones asked for (each must be available), else every available one."""
-    chosen = []
+def choose_stacks(names: list[str] | None) -> tuple[list[str], list[tuple[str, str]]]:
+    """The stacks to run: the ones asked for (each must be available), else every available one;
+    and the default ones skipped, with why."""
+    chosen, skipped = [], []
     for name in names or DEFAULT_STACKS:
         stack = STACKS.get(name)
         if stack is None:
@@ -115,8 +128,9 @@ def choose_stacks(names: list[str] | None) -> list[str]:
         elif names:
             raise SystemExit(f"stack {name} cannot run here: {reason}")
         else:
-            log(f"skipping {name}: {reason}")
-    return chosen
+            log(f"{name}: skipped: {reason}")
+            skipped.append((name, reason))
+    return chosen, skipped
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -126,18 +140,24 @@ def choose_stacks(names: list[str] | None) -> list[str]:
 class Placement:
     server_cpu: int | None
     load_cpu: int | None
+    #: the CPUs a broker (nats-server) may run on; None: wherever we may
+    broker_cpus: set[int] | None = None
 
     @classmethod
-    def choose(cls, pin: bool) -> Placement:
+    def choose(cls, pin: bool, broker: str = "any") -> Placement:
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         if pin and len(cpus) >= 2:
-            return cls(cpus[0], cpus[1])
+            broker_cpus = {"any": None, "server": {cpus[0]}, "load": {cpus[1]}}[broker]
+            return cls(cpus[0], cpus[1], broker_cpus)
         return cls(None, None)
 
     def describe(self) -> str:
         if self.server_cpu is None:
             return "not pinned (fewer than 2 CPUs, or --no-pin)"
-        return f"server pinned to CPU {self.server_cpu}, load generator to CPU {self.load_cpu}"
+        text = f"server pinned to CPU {self.server_cpu}, load generator to CPU {self.load_cpu}"
+        if self.broker_cpus is not None:
+            text += f", nats-server to CPU {','.join(map(str, sorted(self.broker_cpus)))}"
+        return text
 
 
 def _cpu_args(cpu: int | None) -> list[str]:
@@ -152,6 +172,8 @@ class RunningServer:
     loop: str
     #: the environment of the server and of its load generators (its own registry)
     env: dict[str, str]
+    #: the stack's own nats-server, when it needs one
+    broker: NatsServer | None = None
 
 
 def _read_line(process: subprocess.Popen[bytes], timeout: float) -> bytes:
@@ -191,6 +213,14 @@ class Servers:
         registry = os.path.join(self.registry, stack)
         os.makedirs(registry, exist_ok=True)
         env = {**os.environ, "MICRO_REGISTRY": "local", "MICRO_REGISTRY_ADDRESS": registry}
+        broker = None
+        if STACKS[stack].broker == "nats":
+            try:
+                broker = start_nats_server(registry + ".nats", self.placement.broker_cpus)
+            except (OSError, RuntimeError) as exc:
+                raise RuntimeError(f"{stack}: {exc}") from None
+            env[NATS_URL_ENV] = broker.url
+            log(f"{stack}: nats-server ready on {broker.url} (pid {broker.pid})")
         command = [
             sys.executable,
             str(WORKER),
@@ -202,20 +232,27 @@ class Servers:
             str(self.max_seconds),
             *_cpu_args(self.placement.server_cpu),
         ]
-        # Own session: Ctrl-C reaches only us, and we stop the servers in order.
-        process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True
-        )
+        try:
+            # Own session: Ctrl-C reaches only us, and we stop the servers in order.
+            process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True
+            )
+        except BaseException:
+            if broker is not None:
+                broker.stop()
+            raise
         try:
             ready = json.loads(_read_line(process, READY_TIMEOUT))
             if ready.get("event") != "ready":
                 raise RuntimeError(f"unexpected first line {ready!r}")
         except BaseException as exc:
             self._stop(process)
+            if broker is not None:
+                broker.stop()
             if isinstance(exc, Exception):
                 raise RuntimeError(f"{stack} server: {exc}") from None
             raise
-        server = RunningServer(stack, process, ready["address"], ready.get("loop", "?"), env)
+        server = RunningServer(stack, process, ready["address"], ready.get("loop", "?"), env, broker)
         self.running[stack] = server
         log(f"{stack} server ready on {server.address} (pid {process.pid}, {server.loop})")
         return server
@@ -239,6 +276,9 @@ class Servers:
         for server in running.values():
             self._stop(server.process)
             log(f"{server.stack} server (pid {server.process.pid}) stopped")
+            if server.broker is not None:
+                server.broker.stop()
+                log(f"{server.stack} nats-server (pid {server.broker.pid}) stopped")
 
     def __enter__(self) -> Servers:
         return self
@@ -278,6 +318,7 @@ def run_case(
         str(args.warmup),
         "--server-pid",
         str(server.process.pid),
+        *(["--broker-pid", str(server.broker.pid)] if server.broker else []),
         "--loop",
         args.loop,
         "--max-seconds",
@@ -327,8 +368,11 @@ def measure(
         else:
             shown = f"{result['msgs_per_s']:,.0f} msgs/s"
         server_us = result.get(f"server_cpu_us_per_{per}")
+        broker_us = result.get(f"broker_cpu_us_per_{per}")
+        if broker_us is not None:
+            shown += f", nats-server {broker_us:.0f} us/{per}"
         log(
-            f"{label}: {shown}, server {_fmt(server_us, '.0f')} us/{per}"
+            f"{label}: {shown}, server {'-' if server_us is None else format(server_us, '.0f')} us/{per}"
             f" (other cpu {result['other_cpu']:.2f}{f', retry {attempt}' if attempt else ''})"
         )
         if best is None or result["other_cpu"] < best["other_cpu"]:
@@ -339,46 +383,7 @@ def measure(
     return best
 
 
-# -- the plan and the results ---------------------------------------------------------------
-
-
-@dataclass
-class Case:
-    kind: str
-    stack: str
-    concurrency: int
-    #: round number -> the load generator's result
-    rounds: dict[int, dict[str, Any]] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def per(self) -> str:
-        return "call" if self.kind == "unary" else "msg"
-
-    @property
-    def throughput_key(self) -> str:
-        return "rps" if self.kind == "unary" else "msgs_per_s"
-
-    def median(self, key: str) -> float | None:
-        values = [r[key] for r in self.rounds.values() if r.get(key) is not None]
-        return statistics.median(values) if values else None
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "stack": self.stack, "concurrency": self.concurrency}
-        keys = ["rps", "p50_ms", "p99_ms"] if self.kind == "unary" else ["msgs_per_s"]
-        keys += [f"server_cpu_us_per_{self.per}", f"client_cpu_us_per_{self.per}", "other_cpu"]
-        for key in keys:
-            value = self.median(key)
-            digits = 4 if key.endswith("_ms") else 2 if key == "other_cpu" else 1
-            out[key] = None if value is None else round(value, digits)
-        out["rounds"] = len(self.rounds)
-        out["errors"] = sum(r.get("errors", 0) for r in self.rounds.values())
-        if self.failures:
-            out["failed"] = self.failures
-        return out
-
-
-Cases = dict[tuple[str, str, int], Case]
+# -- the plan -------------------------------------------------------------------------------
 
 
 def plan(stacks: list[str], args: argparse.Namespace) -> Iterator[tuple[int, str, str, int]]:
@@ -397,141 +402,18 @@ def plan(stacks: list[str], args: argparse.Namespace) -> Iterator[tuple[int, str
                         yield round_, "stream", stack, concurrency
 
 
-def paired_ratios(cases: Cases, kind: str, a: str, b: str, c: int) -> list[float]:
-    """a's throughput over b's, one ratio per round that measured both (back to back)."""
-    num, den = cases.get((kind, a, c)), cases.get((kind, b, c))
-    if num is None or den is None:
-        return []
-    key = num.throughput_key
-    return [
-        num.rounds[r][key] / den.rounds[r][key]
-        for r in sorted(num.rounds.keys() & den.rounds.keys())
-        if den.rounds[r][key]
-    ]
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _fmt_ratio(ratios: list[float]) -> str:
-    if not ratios:
-        return "-"
-    text = f"{statistics.median(ratios):.2f}x"
-    if len(ratios) > 1:
-        text += f" [{min(ratios):.2f}-{max(ratios):.2f}]"
-    return text
-
-
-def _table(cases: Cases, stacks: list[str], kind: str, concurrencies: list[int]) -> list[str]:
-    width = max(len(s) for s in stacks) + 2
-    per = "call" if kind == "unary" else "msg"
-    if kind == "unary":
-        columns = [
-            ("rps", "rps", ",.0f", 10),
-            ("p50_ms", "p50 ms", ".3f", 10),
-            ("p99_ms", "p99 ms", ".3f", 10),
-        ]
-        label = "c"
-    else:
-        columns = [("msgs_per_s", "msgs/s", ",.0f", 10)]
-        label = "streams"
-    columns += [
-        (f"server_cpu_us_per_{per}", f"srv us/{per}", ",.1f", 13),
-        (f"client_cpu_us_per_{per}", f"cli us/{per}", ",.1f", 13),
-        ("other_cpu", "other cpu", ".2f", 11),
-    ]
-    head = f"{label:>7}  {'stack':<{width}}" + "".join(f"{title:>{w}}" for _, title, _, w in columns)
-    lines = [head, "-" * len(head)]
-    for concurrency in concurrencies:
-        for stack in stacks:
-            case = cases.get((kind, stack, concurrency))
-            if case is None:
-                continue
-            row = f"{concurrency:>7}  {stack:<{width}}"
-            if not case.rounds:
-                lines.append(row + f"failed: {case.failures[0]}")
-                continue
-            row += "".join(f"{_fmt(case.median(key), spec):>{w}}" for key, _, spec, w in columns)
-            if case.failures or any(r.get("errors") for r in case.rounds.values()):
-                row += "  (some rounds failed or had errors)"
-            lines.append(row)
-    lines.append("")
-    for a, b in RATIOS:
-        shown = [(c, paired_ratios(cases, kind, a, b, c)) for c in concurrencies]
-        if any(r for _, r in shown):
-            unit = "rps" if kind == "unary" else "msgs/s"
-            text = "  ".join(f"{label}={c}: {_fmt_ratio(r)}" for c, r in shown)
-            lines.append(f"ratio {a} / {b} ({unit}): {text}")
-    return lines
-
-
-def render(cases: Cases, stacks: list[str], args: argparse.Namespace, env: str) -> str:
-    lines = [
-        f"microweave RPC bench: {args.rounds} round(s) x {args.duration:g} s per case "
-        f"(+{args.warmup:g} s warm-up), closed loop, 64-byte bodies; medians over rounds",
-        env,
-        "",
-    ]
-    if "unary" in args.kinds:
-        lines += ["unary echo", *_table(cases, stacks, "unary", args.concurrency)]
-        a, b, c, factor = TARGET
-        ratios = paired_ratios(cases, "unary", a, b, c)
-        if ratios:
-            ratio = statistics.median(ratios)
-            verdict = "PASS" if ratio >= factor else "FAIL"
-            lines.append(f"target: {a} >= {factor:.2f}x {b} at c={c}: {verdict} ({_fmt_ratio(ratios)})")
-        elif a in stacks and b in stacks and c not in args.concurrency:
-            lines.append(
-                f"target: {a} >= {factor:.2f}x {b} at c={c}: not measured (add {c} to --concurrency)"
-            )
-        lines.append("")
-    if "stream" in args.kinds:
-        lines += [
-            "server streaming, 64-byte messages",
-            *_table(cases, stacks, "stream", args.stream_concurrency),
-        ]
-        lines.append("")
-    lines += [
-        "ratios: median over rounds of the ratio within each round [min-max]",
-        "srv/cli us: CPU time of the whole server / load-generator process per call or message",
-        "other cpu: CPUs' worth of work other processes did meanwhile (noise; 0 on a quiet machine)",
-    ]
-    noisy = max(
-        (r.get("other_cpu") or 0.0 for case in cases.values() for r in case.rounds.values()), default=0
-    )
-    if noisy > NOISY:
-        lines.append(
-            f"warning: other processes used up to {noisy:.2f} CPUs during some measurements; "
-            "compare ratios, and rerun on a quieter machine for absolute figures"
-        )
-    return "\n".join(lines)
-
-
-def _versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    parts = [f"Python {sys.version.split()[0]}"]
-    for name in ("microweave", "grpcio", "uvloop", "msgspec"):
-        try:
-            parts.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            parts.append(f"{name} not installed")
-    return ", ".join(parts)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
-        for name, stack in STACKS.items():
-            reason = stack.unavailable()
+        for name, each in STACKS.items():
+            reason = each.unavailable()
             status = "" if reason is None else f"  [unavailable: {reason}]"
-            print(f"{name:<16} {stack.description}{status}")
+            print(f"{name:<20} {each.description}{status}")
         return 0
-    stacks = choose_stacks(args.stacks)
+    stacks, skipped = choose_stacks(args.stacks)
     if not stacks:
         raise SystemExit("no stack to run")
-    placement = Placement.choose(not args.no_pin)
+    placement = Placement.choose(not args.no_pin, args.broker_cpu)
     cases: dict[tuple[str, str, int], Case] = {}
     steps = list(plan(stacks, args))
     estimate = len(steps) * (args.duration + args.warmup + 1.0)
@@ -544,12 +426,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminate)
     registry = tempfile.mkdtemp(prefix="microweave-bench-registry-")
     loops: set[str] = set()
+    not_started: dict[str, str] = {}
     try:
         with Servers(registry, placement, args.loop, max_seconds=estimate * 2 + 600) as servers:
             for stack in stacks:
-                loops.add(servers.start(stack).loop)
+                try:
+                    loops.add(servers.start(stack).loop)
+                except RuntimeError as exc:  # its cases fail; the other stacks still run
+                    log(f"{stack}: FAILED to start: {exc}")
+                    not_started[stack] = f"server did not start: {exc}"
             for i, (round_, kind, stack, concurrency) in enumerate(steps, 1):
                 case = cases.setdefault((kind, stack, concurrency), Case(kind, stack, concurrency))
+                if stack in not_started:
+                    case.failures.append(not_started[stack])
+                    continue
                 label = f"[{i}/{len(steps)}] round {round_ + 1} {kind} {stack} c={concurrency}"
                 result = measure(servers.running[stack], kind, concurrency, args, placement, label)
                 if isinstance(result, str):
@@ -566,14 +456,16 @@ def main(argv: list[str] | None = None) -> int:
     ordered = [cases[(k, s, c)] for (_, k, s, c) in steps if (k, s, c) in cases]
     seen: set[tuple[str, str, int]] = set()
     if args.json:
+        for name, reason in skipped:
+            sys.stdout.write(json.dumps({"stack": name, "skipped": reason}) + "\n")
         for case in ordered:
             key = (case.kind, case.stack, case.concurrency)
             if key not in seen:
                 seen.add(key)
                 sys.stdout.write(json.dumps(case.summary()) + "\n")
     else:
-        env_line = f"{_versions()}; event loop: {', '.join(sorted(loops))}; {placement.describe()}"
-        print(render(cases, stacks, args, env_line))
+        env_line = f"{versions()}; event loop: {', '.join(sorted(loops))}; {placement.describe()}"
+        print(render(cases, stacks, args, env_line, skipped))
     return 1 if any(case.failures for case in cases.values()) else 0
 
 

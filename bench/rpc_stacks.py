@@ -3,7 +3,8 @@
 A stack serves a unary echo (and, if `streams`, a server-streaming endpoint that sends `count`
 copies of a 64-byte message) on a loopback port, and its client calls them. Bodies are 64 bytes
 on the wire in every stack: raw bytes for the raw stacks, a JSON `EchoRequest` whose encoding is
-exactly 64 bytes for microweave.
+exactly 64 bytes for microweave (and faststream). The NATS stacks are in `rpc_nats.py`, the
+base classes in `rpc_base.py`.
 
 To add a stack: subclass `Stack`, implement `serve()` and `client()` (and `unavailable()` when
 it depends on something that may be missing), and add an instance to `STACKS`. `rpc.py` starts
@@ -12,7 +13,6 @@ the server half in one process and the client half in another, so nothing else c
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import collections
 import contextlib
@@ -21,65 +21,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
+from rpc_base import JSON_DATA, PAYLOAD, Server, Stack, StackClient, expect
+from rpc_nats import NATS_STACKS
 
 __all__ = ["PAYLOAD", "STACKS", "Server", "Stack", "StackClient"]
-
-BODY_SIZE = 64
-PAYLOAD = b"x" * BODY_SIZE
-#: the string field that makes `{"data":"..."}` exactly BODY_SIZE bytes of JSON
-JSON_DATA = "x" * (BODY_SIZE - len(b'{"data":""}'))
-
-
-class Server(abc.ABC):
-    """A running server half: where to reach it, and how to stop it."""
-
-    address: str
-
-    @abc.abstractmethod
-    async def aclose(self) -> None: ...
-
-
-class StackClient(abc.ABC):
-    """A connected client half, shared by every concurrent worker of one load process."""
-
-    @abc.abstractmethod
-    async def worker(self) -> Callable[[], Awaitable[Any]]:
-        """A callable making one unary echo call; called once per concurrent worker."""
-
-    def stream(self, count: int) -> AsyncIterator[Any]:
-        """One server-streaming call yielding `count` 64-byte messages."""
-        raise NotImplementedError
-
-    @abc.abstractmethod
-    async def check(self) -> None:
-        """One call whose reply is compared with what was sent (raises if it differs)."""
-
-    @abc.abstractmethod
-    async def aclose(self) -> None: ...
-
-
-class Stack(abc.ABC):
-    name: str = ""
-    #: serves the server-streaming measurement
-    streams: bool = False
-    #: what `rpc.py --list` and the README say about it
-    description: str = ""
-
-    def unavailable(self) -> str | None:
-        """Why this stack cannot run here, or None when it can."""
-        return None
-
-    @abc.abstractmethod
-    async def serve(self, host: str) -> Server: ...
-
-    @abc.abstractmethod
-    async def client(self, address: str) -> StackClient: ...
-
-
-def _expect(got: Any, want: Any, stack: str) -> None:
-    if got != want:
-        raise RuntimeError(f"{stack}: echo returned {got!r}, expected {want!r}")
-
 
 # -- microweave over gRPC -------------------------------------------------------------------
 
@@ -127,7 +72,7 @@ class _MicroweaveClient(StackClient):
         call, request = self.client.call, self.request
 
         def one() -> Awaitable[Any]:
-            return call("echo", "Echo.Echo", request, response=EchoReply)
+            return call("echo", "Echo.Echo", request, response=EchoReply)  # type: ignore[no-any-return]
 
         return one
 
@@ -144,9 +89,9 @@ class _MicroweaveClient(StackClient):
         if len(nodes) != 1:
             raise RuntimeError(f"expected one echo node in {self.client.registry!r}, found {len(nodes)}")
         reply = await (await self.worker())()
-        _expect(reply, EchoReply(data=JSON_DATA), "microweave")
+        expect(reply, EchoReply(data=JSON_DATA), "microweave")
         got = [r async for r in self.stream(3)]
-        _expect(got, [EchoReply(data=JSON_DATA)] * 3, "microweave stream")
+        expect(got, [EchoReply(data=JSON_DATA)] * 3, "microweave stream")
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -166,15 +111,23 @@ class MicroweaveGrpc(Stack):
         from microweave import Client
 
         try:
-            Client(registry="memory://", transports=self.transports)
+            Client(registry="memory://", transports=self.transports, **self.client_options())
         except ValueError as exc:
             return f"microweave.Client does not take transports={self.transports}: {exc}"
         return None
 
+    def service_options(self) -> dict[str, Any]:
+        """Extra keyword arguments for `Service(...)` (subclasses add middleware)."""
+        return {}
+
+    def client_options(self) -> dict[str, Any]:
+        """Extra keyword arguments for `Client(...)`."""
+        return {}
+
     async def serve(self, host: str) -> Server:
         from microweave import Service
 
-        service = Service("echo", address=f"{host}:0", grace=1.0, drain_delay=0.0)
+        service = Service("echo", address=f"{host}:0", grace=1.0, drain_delay=0.0, **self.service_options())
         service.handler(Echo)
         await service.start()
         return _ServiceServer(service, service.addresses["grpc"])
@@ -183,7 +136,8 @@ class MicroweaveGrpc(Stack):
         from microweave import Client
 
         # `address` is unused on purpose: the client finds the node through the registry
-        return _MicroweaveClient(Client(name="bench", transports=self.transports))
+        client = Client(name="bench", transports=self.transports, **self.client_options())
+        return _MicroweaveClient(client)
 
 
 class MicroweaveTcp(MicroweaveGrpc):
@@ -195,6 +149,55 @@ class MicroweaveTcp(MicroweaveGrpc):
     name = "microweave-tcp"
     description = "microweave.Service + microweave.Client, microweave's own framed TCP transport"
     transports = ("tcp",)
+
+
+MIDDLEWARES = 3
+
+
+def _noop_middlewares() -> tuple[type[Any], type[Any]]:
+    """A server and a client middleware that only pass each call on (built lazily: the API is new)."""
+    from microweave.middleware import ClientMiddleware, ServerMiddleware
+
+    class NoopServer(ServerMiddleware):
+        async def unary(self, call: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+            return await call_next(call)
+
+    class NoopClient(ClientMiddleware):
+        async def unary(self, call: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+            return await call_next(call)
+
+    return NoopServer, NoopClient
+
+
+class MicroweaveTcpMiddleware(MicroweaveTcp):
+    """microweave-tcp with three no-op middlewares on each side: the cost of the middleware chain."""
+
+    name = "microweave-tcp-mw3"
+    description = f"microweave-tcp with {MIDDLEWARES} no-op middlewares in Service and in Client"
+
+    def unavailable(self) -> str | None:
+        try:
+            _noop_middlewares()
+        except ImportError as exc:
+            return f"this microweave has no middleware API yet (import microweave.middleware: {exc})"
+        try:
+            from microweave import Service
+
+            Service("echo", registry="memory://", tcp_address=False, **self.service_options())
+        except TypeError as exc:
+            return f"microweave.Service does not take middleware=[...] yet: {exc}"
+        try:
+            return super().unavailable()
+        except TypeError as exc:
+            return f"microweave.Client does not take middleware=[...] yet: {exc}"
+
+    def service_options(self) -> dict[str, Any]:
+        server, _ = _noop_middlewares()
+        return {"middleware": [server() for _ in range(MIDDLEWARES)]}
+
+    def client_options(self) -> dict[str, Any]:
+        _, client = _noop_middlewares()
+        return {"middleware": [client() for _ in range(MIDDLEWARES)]}
 
 
 # -- raw grpc.aio ---------------------------------------------------------------------------
@@ -240,8 +243,8 @@ class _GrpcClient(StackClient):
                 call.cancel()
 
     async def check(self) -> None:
-        _expect(await (await self.worker())(), PAYLOAD, "grpc-aio")
-        _expect([m async for m in self.stream(3)], [PAYLOAD] * 3, "grpc-aio stream")
+        expect(await (await self.worker())(), PAYLOAD, "grpc-aio")
+        expect([m async for m in self.stream(3)], [PAYLOAD] * 3, "grpc-aio stream")
 
     async def aclose(self) -> None:
         await self.channel.close()
@@ -381,7 +384,7 @@ class _RawClient(StackClient):
         return one
 
     async def check(self) -> None:
-        _expect(await (await self.worker())(), PAYLOAD, "raw-tcp")
+        expect(await (await self.worker())(), PAYLOAD, "raw-tcp")
 
     async def aclose(self) -> None:
         for protocol in self.protocols:
@@ -404,5 +407,13 @@ class RawTcp(Stack):
 
 
 STACKS: dict[str, Stack] = {
-    stack.name: stack for stack in (MicroweaveGrpc(), MicroweaveTcp(), GrpcAio(), RawTcp())
+    stack.name: stack
+    for stack in (
+        MicroweaveGrpc(),
+        MicroweaveTcp(),
+        MicroweaveTcpMiddleware(),
+        GrpcAio(),
+        RawTcp(),
+        *NATS_STACKS,
+    )
 }

@@ -174,7 +174,7 @@ async def test_heartbeat_keeps_a_node_alive(registry: Registry) -> None:
 
 
 async def test_watch_sees_create_update_delete(registry: Registry) -> None:
-    async with registry.watch("greeter") as watcher:
+    async with await registry.watch("greeter") as watcher:
         await registry.register(record(metadata={"v": "1"}))
         event = await next_event(watcher)
         assert (event.action, event.service.name, node_ids([event.service])) == (
@@ -194,7 +194,7 @@ async def test_watch_sees_create_update_delete(registry: Registry) -> None:
 
 
 async def test_watch_sees_ttl_expiry_as_delete(registry: Registry) -> None:
-    async with registry.watch("greeter") as watcher:
+    async with await registry.watch("greeter") as watcher:
         await registry.register(record(), ttl=1)
         assert (await next_event(watcher)).action is Action.CREATE
         event = await next_event(watcher)
@@ -202,7 +202,7 @@ async def test_watch_sees_ttl_expiry_as_delete(registry: Registry) -> None:
 
 
 async def test_watch_one_service_ignores_others(registry: Registry) -> None:
-    async with registry.watch("greeter") as watcher:
+    async with await registry.watch("greeter") as watcher:
         await registry.register(record("billing", "b1"))
         await registry.register(record("greeter", "g1"))
         event = await next_event(watcher)
@@ -210,7 +210,7 @@ async def test_watch_one_service_ignores_others(registry: Registry) -> None:
 
 
 async def test_watch_all_services(registry: Registry) -> None:
-    async with registry.watch() as watcher:
+    async with await registry.watch() as watcher:
         await registry.register(record("billing", "b1"))
         await registry.register(record("greeter", "g1"))
         seen = {(await next_event(watcher)).service.name for _ in range(2)}
@@ -218,14 +218,14 @@ async def test_watch_all_services(registry: Registry) -> None:
 
 
 async def test_closed_watcher_stops(registry: Registry) -> None:
-    watcher = registry.watch("greeter")
+    watcher = await registry.watch("greeter")
     await watcher.aclose()
     with pytest.raises(StopAsyncIteration):
         await next_event(watcher)
 
 
 async def test_close_ends_a_waiting_watcher(registry: Registry) -> None:
-    watcher = registry.watch("greeter")
+    watcher = await registry.watch("greeter")
     waiting = asyncio.ensure_future(anext(watcher))
     await asyncio.sleep(0.05)
     await watcher.aclose()
@@ -304,8 +304,8 @@ class Breakable(Registry):
     async def list_services(self) -> list[Service]:
         return await self.inner.list_services()
 
-    def watch(self, service: str | None = None) -> Watcher:
-        return self.inner.watch(service)
+    async def watch(self, service: str | None = None) -> Watcher:
+        return await self.inner.watch(service)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ __all__ = [
     "Value",
     "Watcher",
     "merge_nodes",
+    "resync",
 ]
 
 
@@ -68,17 +69,36 @@ class Action(StrEnum):
     CREATE = "create"
     UPDATE = "update"
     DELETE = "delete"
+    #: the watcher lost events (fell behind, or lost its stream): re-read, then keep watching
+    RESYNC = "resync"
 
 
 class Event(msgspec.Struct, frozen=True):
-    """One change seen by a watcher: `service` holds the node(s) concerned."""
+    """One change seen by a watcher; what `service` holds depends on the action.
+
+    - CREATE, UPDATE: the record (name, version, metadata, endpoints) with the node(s) added or
+      changed, in full.
+    - DELETE: the service's name and version with the node(s) removed, as last seen (at least
+      their ids); deregistration and TTL expiry look the same.
+    - RESYNC: a record with no nodes, named after the watched service ("" when watching all).
+      Events were dropped: whoever mirrors the registry must re-read what it holds.
+    """
 
     action: Action
     service: Service
 
 
+def resync(service: str | None) -> Event:
+    """The RESYNC event of a watcher on `service` (None: every service)."""
+    return Event(Action.RESYNC, Service(name=service or ""))
+
+
 class Watcher(abc.ABC):
-    """An async iterator of events; close it to stop watching."""
+    """An async iterator of events; close it to stop watching (iteration then ends).
+
+    A failure to read the registry is raised from `__anext__`; the watcher may be iterated
+    again afterwards, and if it could not keep track meanwhile it yields RESYNC first.
+    """
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self
@@ -119,8 +139,18 @@ class Registry(abc.ABC):
         """Every registered service (nodes may be left out by some backends)."""
 
     @abc.abstractmethod
-    def watch(self, service: str | None = None) -> Watcher:
-        """Events for one service, or for all when `service` is None."""
+    async def watch(self, service: str | None = None) -> Watcher:
+        """Subscribe to changes of one service, or of every service when `service` is None.
+
+        The subscription is complete when this returns: any change made after it is delivered.
+        There is no initial snapshot: only changes after subscribing are events. To mirror the
+        registry without a gap, subscribe first, then read (`get_service`), then apply events;
+        an event about a node already read is harmless, since nodes are replaced by id.
+        See `Event` for what each action carries. Polling backends may coalesce changes
+        between two polls (a node created and removed in between yields nothing). A consumer
+        that falls behind by more than the backend's buffer gets one RESYNC in place of the
+        events it missed, then the events that follow.
+        """
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections; registrations made through this instance may stay until TTL."""

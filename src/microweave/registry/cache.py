@@ -1,7 +1,9 @@
 """A watch-backed cache in front of a registry, so a call does not read the registry each time.
 
-Entries are filled on first lookup, kept current by one watcher over the whole registry, and
-refetched after `ttl` in case an event was missed. If the registry is down, a stale entry is
+Entries are filled on first lookup, kept current by one watcher over the whole registry (which
+is subscribed before that first lookup reads, so no change falls in between), and refetched
+after `ttl` in case an event was missed. When the watcher reports RESYNC, or fails and is
+replaced, entries are marked stale and refetched on next use. If the registry is down, a stale entry is
 served rather than failing calls to nodes that are very likely still up (go-micro does the same).
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 
 from ..errors import MicroError, RegistryError
@@ -35,6 +38,7 @@ class RegistryCache:
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Future[list[Service]]] = {}
         self._watch_task: asyncio.Task[None] | None = None
+        self._subscribed: asyncio.Future[None] | None = None
         self._watcher: Watcher | None = None
 
     def fresh(self, name: str) -> list[Service] | None:
@@ -65,7 +69,7 @@ class RegistryCache:
             del self._inflight[name]
 
     async def _fetch(self, name: str, stale: _Entry | None) -> list[Service]:
-        self._ensure_watching()
+        await self._ensure_watching()
         try:
             services = await self.registry.get_service(name)
         except Exception as exc:
@@ -84,35 +88,62 @@ class RegistryCache:
     def invalidate(self, name: str) -> None:
         self._entries.pop(name, None)
 
-    def _ensure_watching(self) -> None:
-        if self._watch_task is None or self._watch_task.done():
-            # Subscribe now, before the lookup that follows: a change landing between that
-            # lookup and a later subscription would stay unseen until the entry's TTL.
-            try:
-                self._watcher = self.registry.watch()
-            except Exception as exc:
-                log.debug("registry watch failed, retrying: %s", exc)
-            self._watch_task = asyncio.get_running_loop().create_task(self._watch())
+    def _mark_stale(self, name: str | None = None) -> None:
+        """Refetch on next use; until then (and if the registry fails) the entry still serves."""
+        for key, entry in self._entries.items():
+            if name is None or key == name:
+                entry.fetched = -math.inf
 
-    async def _watch(self) -> None:
+    async def _ensure_watching(self) -> None:
+        """Be subscribed before the lookup that follows: a change landing between that lookup
+        and a later subscription would stay unseen until the entry's TTL."""
+        if self._watch_task is None or self._watch_task.done():
+            loop = asyncio.get_running_loop()
+            self._subscribed = loop.create_future()
+            self._watch_task = loop.create_task(self._watch(self._subscribed))
+        if self._subscribed is not None and not self._subscribed.done():
+            await asyncio.shield(self._subscribed)
+
+    async def _watch(self, subscribed: asyncio.Future[None]) -> None:
         backoff = 0.1
-        while True:
-            try:
-                watcher = self._watcher = self._watcher or self.registry.watch()
-                async with watcher:
-                    backoff = 0.1
-                    async for event in watcher:
-                        self._apply(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("registry watch failed, retrying: %s", exc)
-                self._entries.clear()  # we may have missed events
-            self._watcher = None
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+        first = True
+        try:
+            while True:
+                try:
+                    watcher = self._watcher = await self.registry.watch()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.debug("registry watch failed, retrying: %s", exc)
+                else:
+                    if not first:  # changes while we were not subscribed are unknown
+                        self._mark_stale()
+                    if not subscribed.done():
+                        subscribed.set_result(None)
+                    try:
+                        async with watcher:
+                            backoff = 0.1
+                            async for event in watcher:
+                                self._apply(event)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.debug("registry watch failed, retrying: %s", exc)
+                    self._mark_stale()  # we may have missed events
+                    self._watcher = None
+                if not subscribed.done():  # lookups go ahead unwatched; their TTL still applies
+                    subscribed.set_result(None)
+                first = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        finally:
+            if not subscribed.done():
+                subscribed.set_result(None)
 
     def _apply(self, event: Event) -> None:
+        if event.action is Action.RESYNC:  # events were lost: refetch what the watcher covers
+            self._mark_stale(event.service.name or None)
+            return
         entry = self._entries.get(event.service.name)
         if entry is None:
             return  # nobody asked for this service yet

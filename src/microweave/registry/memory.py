@@ -1,7 +1,9 @@
 """In-process registry: for tests and for several services in one process.
 
 `memory://` is one registry shared by the whole process; `memory://NAME` a separate named one.
-TTLs are honoured so it behaves like the real backends in the conformance suite.
+TTLs are honoured so it behaves like the real backends in the conformance suite. Each watcher
+holds at most `watch_buffer` unread events (`memory://NAME?watch_buffer=N`): a consumer that
+falls further behind gets RESYNC instead of making the registry hold its backlog forever.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import time
 from typing import Any, ClassVar
 
 from .._backends import BackendURL
-from . import Action, Event, Registry, Service, Watcher, merge_nodes
+from ..errors import ConfigurationError
+from . import Action, Event, Registry, Service, Watcher, merge_nodes, resync
 
 __all__ = ["MemoryRegistry"]
 
 _EXPIRY_CHECK = 0.25  # seconds a waiting watcher sleeps between expiry sweeps
+WATCH_BUFFER = 10_000  # unread events one watcher may hold before it is told to resync
 
 
 class _Record:
@@ -27,11 +31,24 @@ class _Record:
 
 
 class _QueueWatcher(Watcher):
-    def __init__(self, owner: MemoryRegistry, service: str | None) -> None:
+    def __init__(self, owner: MemoryRegistry, service: str | None, buffer: int) -> None:
         self._owner = owner
         self.service = service
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._buffer = buffer
         self._closed = False
+
+    def offer(self, event: Event) -> None:
+        if self._closed:
+            return
+        if self.queue.qsize() >= self._buffer:
+            # The consumer fell behind: drop its backlog and tell it to re-read. The registry
+            # already holds this change, so the re-read sees it; no need to queue it as well.
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(resync(self.service))
+            return
+        self.queue.put_nowait(event)
 
     async def __anext__(self) -> Event:
         if self._closed:
@@ -60,13 +77,23 @@ class MemoryRegistry(Registry):
     scheme = "memory"
     _shared: ClassVar[dict[str, MemoryRegistry]] = {}
 
-    def __init__(self) -> None:
+    def __init__(self, *, watch_buffer: int = WATCH_BUFFER) -> None:
+        if watch_buffer < 1:
+            raise ConfigurationError(f"watch_buffer must be at least 1, not {watch_buffer}")
         # service name -> node id -> record (one node each, like etcd keys)
         self._records: dict[str, dict[str, _Record]] = {}
         self._watchers: set[_QueueWatcher] = set()
+        self.watch_buffer = watch_buffer
 
     @classmethod
     def from_url(cls, url: BackendURL, **kwargs: Any) -> MemoryRegistry:
+        if "watch_buffer" in url.query and "watch_buffer" not in kwargs:
+            try:
+                kwargs["watch_buffer"] = int(url.query["watch_buffer"])
+            except ValueError:
+                raise ConfigurationError(
+                    f"watch_buffer={url.query['watch_buffer']!r} in the registry URL is not a whole number"
+                ) from None
         name = ",".join(url.hosts) + url.path
         if name not in cls._shared:
             cls._shared[name] = cls(**kwargs)
@@ -105,15 +132,16 @@ class MemoryRegistry(Registry):
             out.extend(merge_nodes([r.service for r in records.values()]))
         return out
 
-    def watch(self, service: str | None = None) -> Watcher:
-        watcher = _QueueWatcher(self, service)
-        self._watchers.add(watcher)
+    async def watch(self, service: str | None = None) -> Watcher:
+        self._expire()  # expiries due before the subscription are not its events
+        watcher = _QueueWatcher(self, service, self.watch_buffer)
+        self._watchers.add(watcher)  # subscribed: every later change reaches its queue
         return watcher
 
     def _notify(self, event: Event) -> None:
         for watcher in list(self._watchers):
             if watcher.service in (None, event.service.name):
-                watcher.queue.put_nowait(event)
+                watcher.offer(event)
 
     def _expire(self) -> None:
         now = time.monotonic()

@@ -1,8 +1,10 @@
 """One suite, every registry backend: each must behave the same to the code above it.
 
 A backend joins by adding a factory to `BACKENDS`: an async context manager that takes the
-pytest request (to reach server fixtures, temporary directories) and yields a fresh Registry.
-The registry cache is run against every backend too, since it relies on each one's watch.
+pytest request (to reach server fixtures, temporary directories) and options for the backend
+(`watch_buffer`: the most unread events a watcher holds before it sends RESYNC), and yields a
+fresh Registry. The registry cache is run against every backend too, since it relies on each
+one's watch.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from helpers import async_wait_until
@@ -22,19 +25,19 @@ from microweave.registry import Action, Endpoint, Event, Node, Registry, Service
 from microweave.registry import from_url as registry_from_url
 from microweave.registry.cache import RegistryCache
 
-BackendFactory = Callable[[pytest.FixtureRequest], contextlib.AbstractAsyncContextManager[Registry]]
+BackendFactory = Callable[..., contextlib.AbstractAsyncContextManager[Registry]]
 
 
 @contextlib.asynccontextmanager
-async def memory_backend(request: pytest.FixtureRequest) -> AsyncIterator[Registry]:
-    async with registry_from_url(f"memory://conformance-{uuid.uuid4().hex}") as registry:
+async def memory_backend(request: pytest.FixtureRequest, **options: Any) -> AsyncIterator[Registry]:
+    async with registry_from_url(f"memory://conformance-{uuid.uuid4().hex}", **options) as registry:
         yield registry
 
 
 @contextlib.asynccontextmanager
-async def local_backend(request: pytest.FixtureRequest) -> AsyncIterator[Registry]:
+async def local_backend(request: pytest.FixtureRequest, **options: Any) -> AsyncIterator[Registry]:
     tmp = request.getfixturevalue("tmp_path")
-    async with registry_from_url(f"local://{tmp / 'registry'}") as registry:
+    async with registry_from_url(f"local://{tmp / 'registry'}", **options) as registry:
         yield registry
 
 
@@ -50,6 +53,16 @@ WAIT = 10.0  # generous bound for anything a backend does asynchronously (watch,
 async def registry(request: pytest.FixtureRequest) -> AsyncIterator[Registry]:
     async with BACKENDS[request.param](request) as registry:
         assert registry.scheme == request.param
+        yield registry
+
+
+SMALL_BUFFER = 4
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def small_buffer(request: pytest.FixtureRequest) -> AsyncIterator[Registry]:
+    """A backend whose watchers hold at most SMALL_BUFFER unread events."""
+    async with BACKENDS[request.param](request, watch_buffer=SMALL_BUFFER) as registry:
         yield registry
 
 
@@ -215,6 +228,72 @@ async def test_watch_all_services(registry: Registry) -> None:
         await registry.register(record("greeter", "g1"))
         seen = {(await next_event(watcher)).service.name for _ in range(2)}
         assert seen == {"billing", "greeter"}
+
+
+async def test_watch_is_subscribed_when_it_returns(registry: Registry) -> None:
+    # no pause between subscribing and changing: the change must not fall in a gap
+    watcher = await registry.watch("greeter")
+    async with watcher:
+        await registry.register(record(node="right-after"))
+        event = await next_event(watcher)
+        assert (event.action, node_ids([event.service])) == (Action.CREATE, {"right-after"})
+
+
+async def test_watch_delivers_no_initial_snapshot(registry: Registry) -> None:
+    await registry.register(record(node="before"))
+    async with await registry.watch("greeter") as watcher:
+        await registry.register(record(node="after"))
+        event = await next_event(watcher)
+        # the node registered before subscribing is not replayed: only changes are events
+        assert (event.action, node_ids([event.service])) == (Action.CREATE, {"after"})
+
+
+async def test_delete_carries_name_version_and_the_removed_node(registry: Registry) -> None:
+    await registry.register(record(node="gone", version="2.0.0", address="127.0.0.1:7"))
+    await registry.register(record(node="stays", version="2.0.0"))
+    async with await registry.watch("greeter") as watcher:
+        await registry.deregister(record(node="gone", version="2.0.0"))
+        event = await next_event(watcher)
+        assert event.action is Action.DELETE
+        assert (event.service.name, event.service.version) == ("greeter", "2.0.0")
+        assert node_ids([event.service]) == {"gone"}
+
+
+async def test_expiry_delete_carries_name_version_and_node(registry: Registry) -> None:
+    await registry.register(record(node="stays", version="3.0.0"))
+    async with await registry.watch("greeter") as watcher:
+        await registry.register(record(node="mortal", version="3.0.0"), ttl=1)
+        assert (await next_event(watcher)).action is Action.CREATE
+        event = await next_event(watcher)
+        assert event.action is Action.DELETE
+        assert (event.service.name, event.service.version, node_ids([event.service])) == (
+            "greeter",
+            "3.0.0",
+            {"mortal"},
+        )
+
+
+async def test_a_watcher_that_falls_behind_is_told_to_resync(small_buffer: Registry) -> None:
+    registry = small_buffer
+    burst = 5 * SMALL_BUFFER
+    async with await registry.watch("greeter") as watcher:
+        for i in range(burst):  # nobody reads the watcher meanwhile
+            await registry.register(record(node=f"n{i}"))
+        events = [await next_event(watcher)]
+        while events[-1].action is not Action.RESYNC:
+            assert len(events) <= burst, f"no RESYNC after {len(events)} events"
+            events.append(await next_event(watcher))
+        assert len(events) - 1 <= SMALL_BUFFER  # never more than the buffer before the RESYNC
+        assert (events[-1].service.name, events[-1].service.nodes) == ("greeter", [])
+
+        # what a consumer does on RESYNC: re-read; then watching goes on
+        assert len(node_ids(await registry.get_service("greeter"))) == burst
+        await registry.register(record(node="late"))
+        seen: set[str] = set()
+        while "late" not in seen:  # events of the burst after the RESYNC may come first
+            event = await next_event(watcher)
+            assert event.action in (Action.CREATE, Action.RESYNC)
+            seen |= node_ids([event.service])
 
 
 async def test_closed_watcher_stops(registry: Registry) -> None:
@@ -402,6 +481,19 @@ async def test_cache_shares_one_lookup(registry: Registry) -> None:
         results = await asyncio.gather(*(cache.get_service("greeter") for _ in range(10)))
         assert all(node_ids(r) == {"n1"} for r in results)
         assert calls == 1
+    finally:
+        await cache.aclose()
+
+
+async def test_cache_refetches_after_resync(small_buffer: Registry) -> None:
+    cache = RegistryCache(small_buffer, ttl=60)  # long: only the watch can bring the burst in
+    try:
+        await small_buffer.register(record(node="n0"))
+        assert node_ids(await cache.get_service("greeter")) == {"n0"}
+        burst = 5 * SMALL_BUFFER
+        for i in range(1, burst + 1):  # more than the watcher holds: it sends RESYNC
+            await small_buffer.register(record(node=f"n{i}"))
+        await wait_for_nodes(cache, {f"n{i}" for i in range(burst + 1)})
     finally:
         await cache.aclose()
 

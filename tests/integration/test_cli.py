@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from cli_helpers import REPO, CliProcess, assert_clean, cli, registry_env, wait_
 
 GREETER = "examples/greeter/service.py"
 PROTO_GREETER = "examples/proto_greeter/service.py"
+VERSIONED = "tests/integration/services/versioned.py"
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +154,97 @@ def test_call_unknown_service_says_what_to_check(env: dict[str, str]) -> None:
     assert "is it running?" in called.stderr
     assert "microweave services" in called.stderr
     assert_clean(called.stdout + called.stderr)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("nan", "nan is not a number of seconds > 0"),
+        ("0", "0 is not a number of seconds > 0"),
+        ("-1", "-1 is not a number of seconds > 0"),
+        ("soon", "'soon' is not a number of seconds"),
+    ],
+)
+def test_call_refuses_a_timeout_that_is_not_seconds(value: str, message: str, env: dict[str, str]) -> None:
+    called = cli("call", "nobody", "X.Y", "{}", "--timeout", value, env=env)
+    assert called.returncode == 2, called.stderr
+    assert message in called.stderr
+    assert "not found" not in called.stderr  # refused before the registry was asked
+    assert_clean(called.stdout + called.stderr)
+
+
+@pytest.mark.parametrize("value", ["inf", "1e300", "1e10", "2592001"])
+def test_call_with_a_huge_timeout_means_no_deadline(
+    value: str, greeter: CliProcess, env: dict[str, str]
+) -> None:
+    for endpoint in ("Greeter.SayHello", "Greeter.SayHelloStream"):
+        called = cli("call", "greeter", endpoint, '{"name": "i"}', "--timeout", value, env=env)
+        assert called.returncode == 0, called.stderr
+        assert called.stdout == '{"message": "Hello i"}\n'
+        assert_clean(called.stderr)
+
+
+# -- versions ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_versions(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Two `microweave run` processes of one service, versions 1.0.0 and 2.0.0, on one registry."""
+    logs = tmp_path_factory.mktemp("versions")
+    with contextlib.ExitStack() as stack:
+        for version in ("1.0.0", "2.0.0"):
+            process = stack.enter_context(
+                CliProcess(
+                    "run", VERSIONED, env={**env, "GREETER_VERSION": version}, log=logs / f"{version}.log"
+                )
+            )
+            wait_for_service("versioned", env=env, process=process)
+        records = wait_for_service("versioned", env=env)
+        assert sorted(r["version"] for r in records) == ["1.0.0", "2.0.0"]
+        yield
+
+
+def _answered_by(*args: str, env: dict[str, str], calls: int) -> set[str]:
+    """The versions that answered `calls` CLI calls, each a process of its own (a fresh pick)."""
+    versions = set()
+    for _ in range(calls):
+        called = cli("call", "versioned", "Greeter.SayHello", '{"name": "v"}', *args, env=env)
+        assert called.returncode == 0, called.stderr
+        versions.add(json.loads(called.stdout)["version"])
+    return versions
+
+
+def test_call_version_picks_the_nodes_of_that_version(two_versions: None, env: dict[str, str]) -> None:
+    # 6 calls each: were the choice not filtered, all 12 would land on the asked version 1 time in 4096
+    assert _answered_by("--version", "1.0.0", env=env, calls=6) == {"1.0.0"}
+    assert _answered_by("--version", "2.0.0", env=env, calls=6) == {"2.0.0"}
+    both = _answered_by("--version", "1.0.0", "--version", "2.0.0", env=env, calls=1)
+    assert both <= {"1.0.0", "2.0.0"}
+
+
+def test_call_version_that_is_not_running_says_which_are(two_versions: None, env: dict[str, str]) -> None:
+    called = cli("call", "versioned", "Greeter.SayHello", '{"name": "v"}', "--version", "3.0.0", env=env)
+    assert called.returncode == 1
+    assert called.stdout == ""
+    assert "service versioned has no running node of version 3.0.0 (running: 1.0.0, 2.0.0)" in called.stderr
+    assert "--version 1.0.0" in called.stderr
+    assert_clean(called.stderr)
+
+
+def test_describe_version_shows_only_that_version(two_versions: None, env: dict[str, str]) -> None:
+    everything = json.loads(cli("describe", "versioned", "--json", env=env).stdout)
+    assert sorted(r["version"] for r in everything) == ["1.0.0", "2.0.0"]
+    described = cli("describe", "versioned", "--version", "2.0.0", "--json", env=env)
+    assert described.returncode == 0, described.stderr
+    (record,) = json.loads(described.stdout)
+    assert record["version"] == "2.0.0"
+    table = cli("describe", "versioned", "--version", "1.0.0", env=env)
+    assert table.returncode == 0, table.stderr
+    assert "(versions 1.0.0)" in table.stdout
+    assert "2.0.0" not in table.stdout
+    missing = cli("describe", "versioned", "--version", "9", env=env)
+    assert missing.returncode == 1
+    assert "no running node of version 9" in missing.stderr
 
 
 # -- run ---------------------------------------------------------------------------------

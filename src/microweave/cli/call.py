@@ -16,10 +16,11 @@ import typer
 from ..client import DEFAULT_TIMEOUT, Client
 from ..codec import PROTO
 from ..registry import Endpoint
+from ..selector import by_version
 from ..server import Kind
 from ..service import run_async
 from .lookup import find_endpoint, find_service
-from .options import RegistryOption, open_registry, registry_url
+from .options import RegistryOption, TimeoutOption, VersionOption, open_registry, registry_url
 from .output import CliError, reporting_errors
 from .reflect import proto_json
 
@@ -80,13 +81,16 @@ async def _call(
     timeout: float,
     metadata: dict[str, str],
     stream: bool,
+    versions: list[str],
 ) -> None:
     async with Client(registry=open_registry(url), timeout=timeout) as client:
-        records = await find_service(client.registry, service)
+        records = await find_service(client.registry, service, versions)
         registered = find_endpoint(records, endpoint)
         kind = _kind(registered, stream)
         path = registered.metadata.get("path") if registered is not None else None
-        options: dict[str, Any] = {"timeout": timeout, "metadata": metadata}
+        # without --version every version's nodes share the calls, as in go-micro
+        filters = [by_version(*versions)] if versions else []
+        options: dict[str, Any] = {"timeout": timeout, "metadata": metadata, "filters": filters}
         if path is None:
             if kind is Kind.UNARY:
                 _emit(await client.call(service, endpoint, body, **options))
@@ -111,9 +115,7 @@ def call(
         typer.Argument(metavar="ENDPOINT", help="Handler.Method, e.g. Greeter.SayHello (or a gRPC path)."),
     ],
     request: Annotated[str, typer.Argument(metavar="REQUEST", help="The request as JSON.")] = "{}",
-    timeout: Annotated[
-        float, typer.Option("--timeout", "-t", min=0.001, help="Seconds before the call gives up.")
-    ] = DEFAULT_TIMEOUT,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
     metadata: Annotated[
         list[str] | None,
         typer.Option("--metadata", "-m", metavar="KEY=VALUE", help="Call metadata; repeat for more."),
@@ -126,6 +128,7 @@ def call(
             "the registry does not list; listed ones are called as they are marked.",
         ),
     ] = False,
+    version: VersionOption = None,
     registry: RegistryOption = None,
 ) -> None:
     """Call an endpoint with a JSON request and print the JSON reply.
@@ -136,4 +139,9 @@ def call(
     md = parse_metadata(metadata or [])
     url = registry_url(ctx, registry)
     with reporting_errors(service=service):
-        run_async(_call(url, service, endpoint, body, timeout=timeout, metadata=md, stream=stream))
+        run_async(
+            _call(
+                url, service, endpoint, body,
+                timeout=timeout, metadata=md, stream=stream, versions=version or [],
+            )
+        )  # fmt: skip

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -26,6 +30,19 @@ from .options import RegistryOption, open_registry, registry_url
 from .output import out, reporting_errors
 
 __all__ = ["demo"]
+
+
+def _activate_hint() -> str:
+    """`source .venv/bin/activate` when this runs from a virtualenv whose `microweave` is not
+    on PATH (as after ./scripts/demo): the commands suggested next would not be found."""
+    if sys.prefix == sys.base_prefix:
+        return ""
+    bindir = Path(sys.prefix) / "bin"
+    found = shutil.which("microweave")
+    if found is not None and Path(found).parent.resolve() == bindir.resolve():
+        return ""
+    where = os.path.relpath(bindir) if bindir.is_relative_to(Path.cwd()) else str(bindir)
+    return f"First put microweave on PATH: source {where}/activate\n"
 
 
 def _step(number: int, title: str) -> None:
@@ -108,6 +125,7 @@ async def _demo(url: str | None) -> None:
     out.print()
     out.print(
         Panel(
+            f"{escape(_activate_hint())}"
             "Across processes — in one terminal:\n"
             "  microweave run microweave.cli.demo_services:greeter\n"
             "  (or your copy of examples/greeter/service.py)\n"

@@ -11,7 +11,7 @@ from rich.table import Table
 from ..registry import Service, Value
 from ..service import run_async
 from .lookup import find_service
-from .options import JsonFlag, RegistryOption, open_registry, registry_url
+from .options import JsonFlag, RegistryOption, VersionOption, open_registry, registry_url
 from .output import out, reporting_errors
 from .services import to_json
 
@@ -62,9 +62,9 @@ def endpoints_table(records: list[Service]) -> Table:
     return table
 
 
-async def _lookup(url: str | None, name: str) -> tuple[str, list[Service]]:
+async def _lookup(url: str | None, name: str, versions: list[str]) -> tuple[str, list[Service]]:
     async with open_registry(url) as registry:
-        return repr(registry), await find_service(registry, name)
+        return repr(registry), await find_service(registry, name, versions)
 
 
 def describe(
@@ -72,13 +72,14 @@ def describe(
     service: Annotated[
         str, typer.Argument(metavar="SERVICE", help="The service name, as `microweave services` lists it.")
     ],
+    version: VersionOption = None,
     registry: RegistryOption = None,
     json_: JsonFlag = False,
 ) -> None:
     """Show a service's nodes (id, address, metadata) and endpoints (request and response types)."""
     url = registry_url(ctx, registry)
     with reporting_errors():
-        where, records = run_async(_lookup(url, service))
+        where, records = run_async(_lookup(url, service, version or []))
     if json_:
         print(to_json(records))
         return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..registry import Endpoint, Registry, Service
 from ..server import grpc_path
 from .output import CliError
@@ -15,11 +17,22 @@ def not_found_hint(registry: Registry) -> str:
     return "is it running? on the same registry (--registry, MICRO_REGISTRY)? try `microweave services`"
 
 
-async def find_service(registry: Registry, name: str) -> list[Service]:
-    """Every version of `name` with live nodes; a CliError saying what to check when none."""
+async def find_service(registry: Registry, name: str, versions: Sequence[str] = ()) -> list[Service]:
+    """The versions of `name` with live nodes (all, or those asked for); a CliError saying what
+    to check when there are none."""
     records = [r for r in await registry.get_service(name) if r.nodes]
     if not records:
         raise CliError(f"service {name} not found in {registry!r}", hint=not_found_hint(registry))
+    if versions:
+        chosen = [r for r in records if r.version in versions]
+        if not chosen:
+            running = sorted({r.version or '""' for r in records})
+            raise CliError(
+                f"service {name} has no running node of version {', '.join(versions)} "
+                f"(running: {', '.join(running)})",
+                hint=f"pick a running version, e.g. --version {running[0]}, or leave --version out",
+            )
+        records = chosen
     return records
 
 

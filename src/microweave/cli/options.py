@@ -7,6 +7,7 @@ environment is read), else `local://`.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import typer
@@ -16,7 +17,16 @@ from ..errors import ConfigurationError
 from ..registry import Registry
 from .output import CliError
 
-__all__ = ["JsonFlag", "RegistryOption", "open_registry", "registry_url"]
+__all__ = [
+    "NO_DEADLINE",
+    "JsonFlag",
+    "RegistryOption",
+    "TimeoutOption",
+    "VersionOption",
+    "check_timeout",
+    "open_registry",
+    "registry_url",
+]
 
 RegistryOption = Annotated[
     str | None,
@@ -31,6 +41,54 @@ RegistryOption = Annotated[
 ]
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+VersionOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--version",
+        metavar="VERSION",
+        help="Only nodes of this version of the service (repeat for several). "
+        "Default: every version, sharing the calls.",
+        show_default=False,
+    ),
+]
+
+#: What the CLI sends for "no deadline" (`--timeout inf`, or longer than 30 days): a month and
+#: a day. The client reads a timeout past its 30-day MAX_TIMEOUT as no deadline at all; a
+#: client without that rule still gets a number every transport can carry (gRPC's deadline
+#: overflows past ~9.2e9 s, tcp's `timeout_us` past 2^63 us), and a month is no deadline for
+#: a call from a shell.
+NO_DEADLINE = 31 * 24 * 3600.0
+_MONTH = 30 * 24 * 3600.0
+
+
+def check_timeout(value: str | float) -> float:
+    """Seconds for the client: > 0; `inf` or more than 30 days means no deadline.
+
+    Parsed and checked here, at the boundary, so `--timeout nan` is a usage error that says what
+    to give instead, not a traceback from deep inside a transport.
+    """
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a number of seconds (e.g. 2.5; for no deadline: inf)"
+        ) from None
+    if math.isnan(seconds) or seconds <= 0:
+        raise typer.BadParameter(f"{value} is not a number of seconds > 0 (for no deadline: --timeout inf)")
+    return NO_DEADLINE if seconds > _MONTH else seconds
+
+
+TimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        "-t",
+        metavar="SECONDS",
+        help="Seconds before the call gives up (> 0; inf or over 30 days: no deadline).",
+        parser=check_timeout,
+    ),
+]
 
 
 def registry_url(ctx: typer.Context, local: str | None) -> str | None:

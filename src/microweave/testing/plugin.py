@@ -1,4 +1,8 @@
-"""pytest plugin (entry point `pytest11`): fixtures for testing microweave services."""
+"""pytest plugin (entry point `pytest11`): fixtures for testing microweave services.
+
+Loaded by pytest whenever microweave is installed, so a project's tests can ask for these
+fixtures by name with no conftest of their own.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["microweave_registry_dir"]
+from .logs import LogEntry, capture_logs
+
+__all__ = ["microweave_logs", "microweave_registry_dir"]
 
 
 @pytest.fixture
@@ -17,3 +23,15 @@ def microweave_registry_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("MICRO_REGISTRY", "local")
     monkeypatch.setenv("MICRO_REGISTRY_ADDRESS", str(root))
     yield root
+
+
+@pytest.fixture
+def microweave_logs() -> Iterator[list[LogEntry]]:
+    """Every log record at INFO or above during the test, as dicts (see `capture_logs`).
+
+    A fixture rather than a `with` block, so a test can assert on what its services logged
+    while stopping too, without another level of indentation. For another level or a single
+    logger, use `capture_logs` directly.
+    """
+    with capture_logs() as entries:
+        yield entries

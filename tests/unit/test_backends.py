@@ -118,9 +118,19 @@ def test_settings_read_from_a_mapping() -> None:
 
 
 def test_service_reads_its_address_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MICRO_SERVER_ADDRESS", "127.0.0.1:0")
-    assert Service("envaddr", registry="memory://").address == "127.0.0.1:0"
-    assert Service("envaddr", registry="memory://", address="127.0.0.1:1").address == "127.0.0.1:1"
+    monkeypatch.delenv("MICRO_TCP_ADDRESS", raising=False)
+    default = Service("envaddr", registry="memory://")
+    # values unlike the defaults in host and port, so ignoring the environment cannot pass
+    monkeypatch.setenv("MICRO_SERVER_ADDRESS", "127.0.0.2:7001")
+    assert default.address != "127.0.0.2:7001"
+    from_env = Service("envaddr", registry="memory://")
+    assert from_env.address == "127.0.0.2:7001"
+    assert from_env.tcp_address == "127.0.0.2:0"  # tcp follows gRPC's host, on a free port
+    monkeypatch.setenv("MICRO_TCP_ADDRESS", "127.0.0.3:7002")
+    assert Service("envaddr", registry="memory://").tcp_address == "127.0.0.3:7002"
+    # an explicit argument wins over the environment
+    explicit = Service("envaddr", registry="memory://", address="127.0.0.4:1", tcp_address="127.0.0.4:2")
+    assert (explicit.address, explicit.tcp_address) == ("127.0.0.4:1", "127.0.0.4:2")
 
 
 @pytest.mark.parametrize("address", ["nowhere", "host:port", "127.0.0.1"])

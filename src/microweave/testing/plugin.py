@@ -29,9 +29,9 @@ def microweave_registry_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def microweave_logs() -> Iterator[list[LogEntry]]:
     """Every log record at INFO or above during the test, as dicts (see `capture_logs`).
 
-    A fixture rather than a `with` block, so a test can assert on what its services logged
-    while stopping too, without another level of indentation. For another level or a single
-    logger, use `capture_logs` directly.
+    Why a fixture as well as the `with` block: the capture spans the whole test, so whatever
+    the services log while starting and stopping is there too, with no extra indentation in
+    the test. For another level or a single logger, use `capture_logs` directly.
     """
     with capture_logs() as entries:
         yield entries

@@ -4,17 +4,19 @@ Services that register themselves, find each other, call each other over gRPC (a
 own fast transport), publish and subscribe to events and read live configuration.
 """
 
-from .client import Client, Retry
+from .client import UNSET, Client, ClientCall, Retry
 from .client.blocking import BlockingClient
-from .context import Context, current_context
+from .context import BaseContext, Context, current_context
 from .errors import (
     BadRequest,
     Cancelled,
     ConfigurationError,
     Conflict,
+    ConnectionLost,
     Forbidden,
     InternalServerError,
     MicroError,
+    NotDelivered,
     NotFound,
     NotImplementedError_,
     PreconditionFailed,
@@ -25,23 +27,33 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
+from .middleware import ClientMiddleware, ServerMiddleware
 from .registry import Registry
 from .selector import Selector, by_metadata, by_version
+from .server.call import Call
+from .server.handlers import idempotent
 from .service import Service
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "UNSET",
     "BadRequest",
+    "BaseContext",
     "BlockingClient",
+    "Call",
     "Cancelled",
     "Client",
+    "ClientCall",
+    "ClientMiddleware",
     "ConfigurationError",
     "Conflict",
+    "ConnectionLost",
     "Context",
     "Forbidden",
     "InternalServerError",
     "MicroError",
+    "NotDelivered",
     "NotFound",
     "NotImplementedError_",
     "PreconditionFailed",
@@ -49,6 +61,7 @@ __all__ = [
     "RegistryError",
     "Retry",
     "Selector",
+    "ServerMiddleware",
     "Service",
     "ServiceNotFound",
     "Timeout",
@@ -59,4 +72,5 @@ __all__ = [
     "by_metadata",
     "by_version",
     "current_context",
+    "idempotent",
 ]

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Final
 
-__all__ = ["Context", "current_context"]
+__all__ = ["BaseContext", "Context", "current_context"]
 
 # Metadata keys on the wire (lowercase: gRPC and HTTP/2 require it; go-micro matches case-insensitively).
 FROM_SERVICE: Final = "micro-from-service"
@@ -21,25 +21,19 @@ SERVICE: Final = "micro-service"
 _INTERNAL: Final = frozenset({FROM_SERVICE, FROM_NODE, ENDPOINT, SERVICE})
 
 
-class Context:
-    """One inbound call: deadline, metadata in and out, who called, which endpoint."""
+class BaseContext:
+    """What every inbound message carries, whatever delivered it: metadata and a deadline.
 
-    __slots__ = ("_response_metadata", "deadline", "endpoint", "metadata", "service")
+    The RPC `Context` adds the endpoint and response metadata; a broker message context sits
+    beside it with its topic and delivery attempt. Tracing keys travel in `metadata`.
+    """
 
-    def __init__(
-        self,
-        *,
-        service: str = "",
-        endpoint: str = "",
-        deadline: float | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> None:
-        self.service = service
-        self.endpoint = endpoint
+    __slots__ = ("deadline", "metadata")
+
+    def __init__(self, *, deadline: float | None = None, metadata: Mapping[str, str] | None = None) -> None:
         #: absolute `time.monotonic()` value, or None for no deadline
         self.deadline = deadline
         self.metadata: dict[str, str] = dict(metadata) if metadata else {}
-        self._response_metadata: dict[str, str] | None = None
 
     @property
     def caller(self) -> str:
@@ -60,6 +54,29 @@ class Context:
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
+    def propagated_metadata(self) -> dict[str, str]:
+        """Metadata an outbound call made inside this handler carries on (tracing, user keys)."""
+        return {k: v for k, v in self.metadata.items() if k not in _INTERNAL}
+
+
+class Context(BaseContext):
+    """One inbound call: deadline, metadata in and out, who called, which endpoint."""
+
+    __slots__ = ("_response_metadata", "endpoint", "service")
+
+    def __init__(
+        self,
+        *,
+        service: str = "",
+        endpoint: str = "",
+        deadline: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(deadline=deadline, metadata=metadata)
+        self.service = service
+        self.endpoint = endpoint
+        self._response_metadata: dict[str, str] | None = None
+
     def set_response_metadata(self, key: str, value: str) -> None:
         """Send a key/value back to the caller with the reply (gRPC trailing metadata)."""
         if self._response_metadata is None:
@@ -69,10 +86,6 @@ class Context:
     @property
     def response_metadata(self) -> dict[str, str]:
         return self._response_metadata or {}
-
-    def propagated_metadata(self) -> dict[str, str]:
-        """Metadata an outbound call made inside this handler carries on (tracing, user keys)."""
-        return {k: v for k, v in self.metadata.items() if k not in _INTERNAL}
 
     def __repr__(self) -> str:
         left = self.time_remaining()

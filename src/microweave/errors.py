@@ -13,13 +13,25 @@
     ├── Cancelled                   499  CANCELLED
     ├── InternalServerError         500  INTERNAL           a handler raised; has a correlation id
     ├── NotImplementedError_        501  UNIMPLEMENTED      unknown endpoint
-    ├── Unavailable                 503  UNAVAILABLE        unreachable, draining, connection lost
+    ├── Unavailable                 503  UNAVAILABLE        the node or a dependency cannot serve now
+    │   ├── NotDelivered                 the request never reached a handler: safe to retry elsewhere
+    │   └── ConnectionLost               the connection broke mid-call: the handler may have run
     ├── RegistryError               503                     registry unreadable or unwritable
     └── ConfigurationError          (local only)           bad URL, unknown scheme, missing driver
 
 A remote error reaches the caller as the subclass its code maps to, with the remote `id` (the
-service that raised it) and `detail`. go-micro carries the error as JSON in the gRPC status
-message; we do the same, so go-micro clients and plain grpcio clients both read it.
+service that raised it) and `detail`, and `remote` set. Where an error came from decides what
+the client may do about it, as httpx's `TransportError` versus `HTTPStatusError`:
+
+- `NotDelivered`: refused, draining, connect failure, stream refused. The handler never ran, so
+  the client retries on another node and ejects the node that failed.
+- `ConnectionLost`: the request left but no answer came. The handler may have run: retried only
+  for endpoints declared idempotent.
+- anything with `remote=True`: the node answered. Never ejects a node; retried only when the
+  endpoint is idempotent and the error is transient (`Unavailable`).
+
+go-micro carries the error as JSON in the gRPC status message; we do the same, so go-micro
+clients and plain grpcio clients both read it.
 """
 
 from __future__ import annotations
@@ -34,9 +46,11 @@ __all__ = [
     "Cancelled",
     "ConfigurationError",
     "Conflict",
+    "ConnectionLost",
     "Forbidden",
     "InternalServerError",
     "MicroError",
+    "NotDelivered",
     "NotFound",
     "NotImplementedError_",
     "PreconditionFailed",
@@ -62,6 +76,10 @@ class MicroError(Exception):
         self.detail = detail
         self.id = id
         self.code = self.default_code if code is None else code
+        #: True when a remote node answered with this error (set by the client)
+        self.remote = False
+        #: the service a client was calling when this error came back ("" when raised locally)
+        self.callee = ""
         super().__init__(detail)
 
     @property
@@ -143,6 +161,14 @@ class NotImplementedError_(MicroError):
 
 class Unavailable(MicroError):
     default_code = 503
+
+
+class NotDelivered(Unavailable):
+    """The request never reached a handler (refused, draining, unreachable): safe to retry."""
+
+
+class ConnectionLost(Unavailable):
+    """The connection broke after the request left: the handler may have run."""
 
 
 class RegistryError(MicroError):

@@ -1,31 +1,37 @@
 """Service: the handlers, the transports that serve them, and the registry entry that finds them.
 
-Lifecycle: `start()` listens, registers the node and heartbeats within the TTL; `stop()`
-deregisters first (callers stop picking this node), keeps serving for `drain_delay` while their
-caches catch up, then refuses new calls and lets in-flight ones finish for up to `grace` seconds.
-`run()` does all that under SIGTERM/SIGINT handling and returns when the service has stopped.
+A service is an ordered list of components (`lifecycle`): started in order, stopped in reverse.
+`start()` listens, then registers the node and heartbeats within the TTL; `stop()` deregisters
+first (callers stop picking this node), keeps serving for `drain_delay` while their caches catch
+up, then refuses new calls and lets in-flight ones finish for up to `grace` seconds; calls still
+running then are cancelled, and their callers told so. `run()` does all that under
+SIGTERM/SIGINT handling and returns when the service has stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
 import uuid
-from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._backends import load_registry, settings
 from .client import Client
 from .codec import describe
 from .errors import ConfigurationError
+from .lifecycle import Component, Listeners, Registration
 from .registry import Endpoint, Node, Registry, Value
 from .registry import Service as ServiceRecord
 from .server import Kind, Router
-from .server.invoke import Invoker
-from .transport import ServerTransport, local
+from .server.pipeline import Pipeline
+from .server.threads import DEFAULT_THREADS, WorkerThreads
+from .transport import ServerTransport
+
+if TYPE_CHECKING:
+    from .middleware import ServerMiddleware
 
 __all__ = ["Service"]
 
@@ -94,7 +100,14 @@ class Service:
         grace: float = 10.0,
         drain_delay: float = 0.5,
         max_message: int = 4 * 1024 * 1024,
+        middleware: Sequence[ServerMiddleware] = (),
+        threads: int = DEFAULT_THREADS,
+        transports: Sequence[ServerTransport] | None = None,
     ) -> None:
+        """`middleware` wraps every call this node serves, first outermost; `threads` sizes the
+        pool that runs sync handlers (a deadline cannot stop a thread: size it for the slowest
+        calls you expect at once); `transports` replaces the default gRPC + tcp listeners
+        (each listens on its own `address`, or on this service's address for its kind)."""
         if not name or any(c in name for c in "/ "):
             raise ConfigurationError(f"service name {name!r} must be non-empty, without '/' or spaces")
         self.name = name
@@ -119,11 +132,15 @@ class Service:
         self._registry_arg = registry
         self._registry: Registry | None = registry if isinstance(registry, Registry) else None
         self.router = Router(package=name)
+        self.middleware = list(middleware)
+        self.threads = threads
+        self._transports = list(transports) if transports is not None else None
         self.transports: list[ServerTransport] = []
         self.addresses: dict[str, str] = {}
+        self.components: list[Component] = []
+        self.pipeline: Pipeline | None = None
         self._client: Client | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
-        self._record: ServiceRecord | None = None
+        self._owns_client = True
         self._stop_lock = asyncio.Lock()
         self.running = False
 
@@ -158,7 +175,7 @@ class Service:
             raise ConfigurationError(f"cannot change the registry of {self.name} while it is running")
         self._registry_arg = registry
         self._registry = registry if isinstance(registry, Registry) else None
-        self._client = None  # it was bound to the old registry
+        self._client, self._owns_client = None, True  # it was bound to the old registry
 
     @property
     def client(self) -> Client:
@@ -166,6 +183,13 @@ class Service:
         if self._client is None:
             self._client = Client(registry=self.registry, name=self.name, node_id=self.node_id)
         return self._client
+
+    @client.setter
+    def client(self, client: Client) -> None:
+        """Give handlers a client of your own (other transports, middleware, retries); you
+        built it, so you close it."""
+        self._client = client
+        self._owns_client = False
 
     def record(self) -> ServiceRecord:
         """This node as a go-micro registry record."""
@@ -207,33 +231,53 @@ class Service:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    async def start(self) -> None:
-        if self.running:
-            return
+    def _listeners(self) -> list[tuple[ServerTransport, str]]:
         from .transport.grpc import GrpcServer
         from .transport.tcp import TcpServer
 
-        invoker = Invoker(self.router)
+        if self._transports is not None:
+            by_kind = {"grpc": self.address, "tcp": self.tcp_address}
+            out = []
+            for transport in self._transports:
+                address = transport.address or by_kind.get(transport.name) or "127.0.0.1:0"
+                _split_address(address)
+                out.append((transport, address))
+            return out
         listeners: list[tuple[ServerTransport, str]] = [
             (GrpcServer(max_message=self.max_message), self.address)
         ]
         if self.tcp_address:
             listeners.append((TcpServer(max_frame_size=self.max_message), self.tcp_address))
-        self.transports = [transport for transport, _ in listeners]
+        return listeners
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        self.pipeline = Pipeline(
+            self.router,
+            middleware=self.middleware,
+            max_message=self.max_message,
+            threads=WorkerThreads(self.threads, name=f"{self.name}-worker"),
+        )
+        listening = Listeners(
+            self.pipeline, self._listeners(), node_id=self.node_id, grace=self.grace, advertise=_advertised
+        )
+        self.transports = [t for t, _ in listening.listeners]
+        self.addresses = listening.addresses
+        self.components = [
+            listening,
+            Registration(self.registry, self.record, ttl=self.ttl, drain_delay=self.drain_delay),
+        ]
+        started: list[Component] = []
         try:
-            for transport, address in listeners:
-                host, port = _split_address(address)
-                bound = await transport.start(self.router, invoker, host=host, port=port)
-                self.addresses[transport.name] = _advertised(bound)
-            self._record = self.record()
-            await self.registry.register(self._record, ttl=self.ttl)
+            for component in self.components:
+                await component.start()
+                started.append(component)
         except BaseException:
-            for transport in self.transports:
-                await transport.stop(0)
+            for component in reversed(started):
+                await component.stop()
             raise
-        local.serve(self.node_id, invoker)
         self.running = True
-        self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
         log.info(
             "%s %s serving %s on %s (node %s, registry %r)",
             self.name,
@@ -244,40 +288,23 @@ class Service:
             self.registry,
         )
 
-    async def _beat(self) -> None:
-        """Re-register well within the TTL, so one missed beat does not drop the node."""
-        interval = max(self.ttl / 3, 0.05)
-        while True:
-            await asyncio.sleep(interval)
-            if self._record is None:
-                return
-            try:
-                await self.registry.register(self._record, ttl=self.ttl)
-            except Exception as exc:  # the registry may come back before the TTL runs out
-                log.warning("heartbeat to %r failed: %s", self.registry, exc)
-
     async def stop(self) -> None:
         async with self._stop_lock:
             if not self.running:
                 return
             self.running = False
-            if self._heartbeat is not None:
-                self._heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._heartbeat
-            if self._record is not None:
+            for component in reversed(self.components):
                 try:
-                    await self.registry.deregister(self._record)
-                except Exception as exc:  # still drain and stop: the TTL removes the node anyway
-                    log.warning("could not deregister from %r: %s", self.registry, exc)
-                self._record = None
-            local.unserve(self.node_id)
-            if self.drain_delay > 0:
-                await asyncio.sleep(self.drain_delay)  # callers' caches drop this node meanwhile
-            await asyncio.gather(*(t.stop(self.grace) for t in self.transports))
-            if self._client is not None:
+                    await component.stop()
+                except Exception:
+                    log.exception("stopping %s of %s failed", type(component).__name__, self.name)
+            self.components = []
+            if self._client is not None and self._owns_client:
                 await self._client.aclose()
                 self._client = None
+            if not isinstance(self._registry_arg, Registry) and self._registry is not None:
+                await self._registry.aclose()  # built here from a URL: closed here
+                self._registry = None
             log.info("%s stopped (node %s)", self.name, self.node_id)
 
     async def __aenter__(self) -> Service:

@@ -4,8 +4,9 @@
                               response=HelloReply)
 
 A call made inside a handler inherits what is left of the caller's deadline and its metadata.
-Only calls that never reached a handler (the node was unreachable or draining) are retried, on
-another node, so a retry never runs a handler twice.
+Every call runs the client pipeline (`client.pipeline`): retry -> your middleware -> deadline ->
+metadata -> select -> transport. Only calls that never reached a handler are retried, on
+another node, unless the endpoint is idempotent: a retry never runs a handler twice otherwise.
 """
 
 from __future__ import annotations
@@ -19,28 +20,48 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import msgspec
 
 from ..codec import JSON, type_codec
-from ..context import FROM_NODE, FROM_SERVICE, current_context
-from ..errors import ServiceNotFound, Timeout, Unavailable
+from ..context import current_context
+from ..errors import NotDelivered, ServiceNotFound
 from ..registry import Node, Registry
 from ..registry.cache import RegistryCache
 from ..selector import Filter, Selector
 from ..server import Kind, grpc_path
 from ..transport import ClientTransport, local
+from .call import UNSET, ClientCall, Unset, check_timeout
 
 if TYPE_CHECKING:
+    from ..middleware import ClientMiddleware
     from .channel import Channel
 
-__all__ = ["DEFAULT_TIMEOUT", "Client", "Retry"]
+__all__ = ["DEFAULT_TIMEOUT", "UNSET", "Client", "ClientCall", "Retry", "Unset"]
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0  # seconds, go-micro's default request timeout
+_MOCK_NODE = Node(id="mock", address="")
 
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """Retry calls that never reached a handler, on another node, up to `attempts` in all."""
+    """Send a call again on another node, up to `attempts` in all: when it never reached a
+    handler, or (idempotent endpoints only) when it may have run but failed transiently."""
 
     attempts: int = 3
+
+
+def _transport(name: str | ClientTransport, max_message: int) -> ClientTransport:
+    if isinstance(name, ClientTransport):
+        return name
+    if name == "local":
+        return local.LocalClient()
+    if name == "tcp":
+        from ..transport.tcp import TcpClient
+
+        return TcpClient(max_frame_size=max_message)
+    if name == "grpc":
+        from ..transport.grpc import GrpcClient
+
+        return GrpcClient(max_message=max_message)
+    raise ValueError(f"unknown transport {name!r}; choose from local, tcp, grpc, or pass a ClientTransport")
 
 
 class Client:
@@ -49,14 +70,18 @@ class Client:
         *,
         registry: Registry | str | None = None,
         selector: Selector | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float | None = DEFAULT_TIMEOUT,
         retry: Retry = Retry(),
+        middleware: Sequence[ClientMiddleware] = (),
         name: str = "",
         node_id: str = "",
         cache_ttl: float = 60.0,
-        transports: Sequence[str] = ("local", "tcp", "grpc"),
+        transports: Sequence[str | ClientTransport] = ("local", "tcp", "grpc"),
         max_message: int = 4 * 1024 * 1024,
     ) -> None:
+        """`timeout` is the default for calls (None: no deadline); `transports` in order of
+        preference, by name or as instances (a node is reached by the first one it offers)."""
+        self._owns_registry = registry is None or isinstance(registry, str)
         if registry is None or isinstance(registry, str):
             from .._backends import load_registry
 
@@ -64,65 +89,39 @@ class Client:
         self.registry = registry
         self.cache = RegistryCache(registry, ttl=cache_ttl)
         self.selector = selector or Selector()
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         self.retry = retry
         self.name = name  # the calling service, sent as micro-from-service
         self.node_id = node_id
-        self._grpc: ClientTransport | None = None
-        self._tcp: ClientTransport | None = None
-        self._paths: dict[tuple[str, str], str] = {}
         self.max_message = max_message
-        self._local = local.LocalClient()
-        unknown = set(transports) - {"local", "tcp", "grpc"}
-        if unknown or not transports:
-            raise ValueError(f"unknown transports {sorted(unknown)}; choose from local, tcp, grpc")
-        #: in order of preference; a node is reached by the first one it offers
-        self.transports = tuple(transports)
+        if not transports:
+            raise ValueError("a client needs at least one transport: local, tcp or grpc")
+        #: in order of preference
+        self.transports = tuple(_transport(t, max_message) for t in transports)
+        self._paths: dict[tuple[str, str], str] = {}
+        from .pipeline import ClientPipeline
 
-    # -- the transports ---------------------------------------------------------------
+        self.pipeline = ClientPipeline(self, middleware)
 
-    def _route(self, node: Node) -> tuple[ClientTransport, str]:
-        """Which transport and address reach this node, in order of `self.transports`."""
-        for name in self.transports:
-            if name == "local" and local.serving(node.id):
-                return self._local, node.id
-            if name == "tcp" and (address := node.metadata.get("tcp_address")):
-                if self._tcp is None:
-                    from ..transport.tcp import TcpClient
+    # -- what the pipeline asks of the client ------------------------------------------------
 
-                    self._tcp = TcpClient(max_frame_size=self.max_message)
-                return self._tcp, address
-            if name == "grpc" and node.address:
-                if self._grpc is None:
-                    from ..transport.grpc import GrpcClient
-
-                    self._grpc = GrpcClient(max_message=self.max_message)
-                return self._grpc, node.address
-        raise Unavailable(
-            f"node {node.id} offers none of the transports {', '.join(self.transports)}",
+    async def route(self, call: ClientCall) -> tuple[ClientTransport, str]:
+        """Select a node for this attempt and the transport that reaches it."""
+        first = self.transports[0]
+        if not first.discovers:  # a test double that answers for every service
+            call.node, call.transport = _MOCK_NODE, first.name
+            return first, ""
+        node = await self._select(call.service, call.filters, call.tried)
+        for transport in self.transports:
+            address = transport.address_of(node)
+            if address:
+                call.node, call.transport = node, transport.name
+                self.selector.started(node)
+                return transport, address
+        raise NotDelivered(
+            f"node {node.id} offers none of the transports {', '.join(t.name for t in self.transports)}",
             id="microweave.client",
         )
-
-    # -- helpers shared by every call kind --------------------------------------------
-
-    def _deadline(self, timeout: float | None) -> float:
-        """Seconds this call may take: its own timeout, shrunk to what the caller has left."""
-        budget = self.timeout if timeout is None else timeout
-        ctx = current_context()
-        if ctx is not None and ctx.deadline is not None:
-            budget = min(budget, ctx.deadline - time.monotonic())
-        return budget
-
-    def _metadata(self, extra: Mapping[str, str] | None) -> dict[str, str]:
-        ctx = current_context()
-        md = ctx.propagated_metadata() if ctx is not None else {}
-        if self.name:
-            md[FROM_SERVICE] = self.name
-        if self.node_id:
-            md[FROM_NODE] = self.node_id
-        if extra:
-            md.update((k.lower(), v) for k, v in extra.items())
-        return md
 
     async def _select(self, service: str, filters: Sequence[Filter], exclude: Sequence[str]) -> Node:
         services = self.cache.fresh(service)
@@ -135,6 +134,40 @@ class Client:
             )
         return self.selector.select(service, services, filters, exclude)
 
+    def _records(self, call: ClientCall) -> list[Any]:
+        records = self.cache.fresh(call.service) or []
+        for keep in call.filters:
+            records = keep(records)
+        return records
+
+    def has_untried_node(self, call: ClientCall) -> bool:
+        if not self.transports[0].discovers:
+            return True
+        return any(n.id not in call.tried for r in self._records(call) for n in r.nodes)
+
+    def is_idempotent(self, call: ClientCall) -> bool:
+        """The call says so, or the endpoint was declared `@idempotent` (its registry record)."""
+        if call.idempotent is not None:
+            return call.idempotent
+        for record in self._records(call):
+            for endpoint in record.endpoints:
+                path = endpoint.metadata.get("path") or grpc_path(call.service, endpoint.name)
+                if endpoint.name == call.endpoint or path == call.path:
+                    return bool(endpoint.metadata.get("idempotent") == "true")
+        return False
+
+    # -- building a call ---------------------------------------------------------------------
+
+    def _deadline(self, timeout: float | Unset | None) -> float | None:
+        """When this call must end: its own timeout, or the client's, shrunk to what the
+        calling handler has left (deadlines shrink hop by hop)."""
+        seconds = self.timeout if timeout is UNSET else check_timeout(timeout)
+        deadline = None if seconds is None else time.monotonic() + seconds
+        ctx = current_context()
+        if ctx is not None and ctx.deadline is not None:
+            deadline = ctx.deadline if deadline is None else min(deadline, ctx.deadline)
+        return deadline
+
     def _path(self, service: str, endpoint: str) -> str:
         key = (service, endpoint)
         path = self._paths.get(key)
@@ -143,6 +176,34 @@ class Client:
             if len(self._paths) < 4096:  # endpoints are few; a bound keeps odd callers in check
                 self._paths[key] = path
         return path
+
+    def _call(
+        self,
+        service: str,
+        endpoint: str,
+        kind: Kind,
+        body: bytes | AsyncIterator[bytes],
+        *,
+        timeout: float | Unset | None,
+        metadata: Mapping[str, str] | None,
+        filters: Sequence[Filter],
+        content_type: str,
+        idempotent: bool | None,
+        response_metadata: dict[str, str] | None = None,
+    ) -> ClientCall:
+        return ClientCall(
+            service=service,
+            endpoint=endpoint,
+            path=self._path(service, endpoint),
+            kind=kind,
+            body=body,
+            content_type=content_type,
+            metadata={k.lower(): v for k, v in metadata.items()} if metadata else {},
+            deadline=self._deadline(timeout),
+            filters=filters,
+            idempotent=idempotent,
+            response_metadata=response_metadata,
+        )
 
     @staticmethod
     def _encode(request: Any, content_type: str) -> bytes:
@@ -168,11 +229,12 @@ class Client:
         request: Any,
         *,
         response: type[T],
-        timeout: float | None = ...,
+        timeout: float | Unset | None = ...,
         metadata: Mapping[str, str] | None = ...,
         response_metadata: dict[str, str] | None = ...,
         filters: Sequence[Filter] = ...,
         content_type: str = ...,
+        idempotent: bool | None = ...,
     ) -> T: ...
 
     @overload
@@ -183,11 +245,12 @@ class Client:
         request: Any,
         *,
         response: None = ...,
-        timeout: float | None = ...,
+        timeout: float | Unset | None = ...,
         metadata: Mapping[str, str] | None = ...,
         response_metadata: dict[str, str] | None = ...,
         filters: Sequence[Filter] = ...,
         content_type: str = ...,
+        idempotent: bool | None = ...,
     ) -> Any: ...
 
     async def call(
@@ -197,71 +260,46 @@ class Client:
         request: Any,
         *,
         response: Any = None,
-        timeout: float | None = None,
+        timeout: float | Unset | None = UNSET,
         metadata: Mapping[str, str] | None = None,
         response_metadata: dict[str, str] | None = None,
         filters: Sequence[Filter] = (),
         content_type: str = JSON,
+        idempotent: bool | None = None,
     ) -> Any:
         """Call `endpoint` (`Handler.Method`) of `service`; `response` is the reply type.
 
         Without `response` the reply is decoded to plain Python (dicts, lists, str, ...);
         with `response=bytes` it is returned undecoded. `request` may be bytes already encoded.
+        `timeout`: seconds, None for no deadline, UNSET for the client's default.
+        `idempotent`: whether the endpoint may run twice (None: as its registry record says).
         """
         body = self._encode(request, content_type)
         reply = await self.call_raw(
-            service,
-            self._path(service, endpoint),
-            body,
-            timeout=timeout,
-            metadata=metadata,
-            response_metadata=response_metadata,
-            filters=filters,
-            content_type=content_type,
-        )
+            service, endpoint, body, timeout=timeout, metadata=metadata, response_metadata=response_metadata,
+            filters=filters, content_type=content_type, idempotent=idempotent,
+        )  # fmt: skip
         return self._decode(reply, response, content_type)
 
     async def call_raw(
         self,
         service: str,
-        path: str,
+        endpoint: str,
         body: bytes,
         *,
-        timeout: float | None = None,
+        timeout: float | Unset | None = UNSET,
         metadata: Mapping[str, str] | None = None,
         response_metadata: dict[str, str] | None = None,
         filters: Sequence[Filter] = (),
         content_type: str = JSON,
+        idempotent: bool | None = None,
     ) -> bytes:
-        """A unary call with encoded bodies, at a gRPC path: what proxies and channels use."""
-        deadline = time.monotonic() + self._deadline(timeout)
-        md = self._metadata(metadata)
-        tried: list[str] = []
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise Timeout(f"deadline exceeded before calling {service} {path}", id="microweave.client")
-            node = await self._select(service, filters, tried)
-            transport, address = self._route(node)
-            self.selector.started(node)
-            failed = False
-            try:
-                return await transport.unary(
-                    address,
-                    path,
-                    body,
-                    timeout=left,
-                    metadata=md,
-                    content_type=content_type,
-                    response_metadata=response_metadata,
-                )
-            except Unavailable:
-                failed = True
-                tried.append(node.id)
-                if len(tried) >= self.retry.attempts:
-                    raise
-            finally:
-                self.selector.finished(node, failed=failed)
+        """A unary call with encoded bodies, by endpoint name or gRPC path (proxies, channels)."""
+        call = self._call(
+            service, endpoint, Kind.UNARY, body, timeout=timeout, metadata=metadata, filters=filters,
+            content_type=content_type, idempotent=idempotent, response_metadata=response_metadata,
+        )  # fmt: skip
+        return await self.pipeline.unary(call)
 
     # -- streams -----------------------------------------------------------------------
 
@@ -273,13 +311,15 @@ class Client:
         *,
         response: Any = None,
         kind: Kind | None = None,
-        timeout: float | None = None,
+        timeout: float | Unset | None = UNSET,
         metadata: Mapping[str, str] | None = None,
         filters: Sequence[Filter] = (),
         content_type: str = JSON,
+        idempotent: bool | None = None,
     ) -> AsyncIterator[Any]:
         """A streaming call: `request` is one message (server-streaming) or an async iterator
-        of messages (bidi); yields the replies decoded as `response`."""
+        of messages (bidi); yields the replies decoded as `response`. A long-lived stream
+        usually wants `timeout=None` (no deadline)."""
         if kind is None:
             kind = Kind.BIDI if hasattr(request, "__aiter__") else Kind.SERVER_STREAM
         body: Any
@@ -288,8 +328,8 @@ class Client:
         else:
             body = self._encode(request, content_type)
         replies = self.stream_raw(
-            service, self._path(service, endpoint), kind, body, timeout=timeout,
-            metadata=metadata, filters=filters, content_type=content_type,
+            service, endpoint, kind, body, timeout=timeout,
+            metadata=metadata, filters=filters, content_type=content_type, idempotent=idempotent,
         )  # fmt: skip
         async with contextlib.aclosing(replies):  # stopping early cancels the call at once
             async for reply in replies:
@@ -298,36 +338,26 @@ class Client:
     async def stream_raw(
         self,
         service: str,
-        path: str,
+        endpoint: str,
         kind: Kind,
         body: bytes | AsyncIterator[bytes],
         *,
-        timeout: float | None = None,
+        timeout: float | Unset | None = UNSET,
         metadata: Mapping[str, str] | None = None,
         filters: Sequence[Filter] = (),
         content_type: str = JSON,
+        idempotent: bool | None = None,
     ) -> AsyncGenerator[bytes, None]:
-        left = self._deadline(timeout)
-        if left <= 0:
-            raise Timeout(f"deadline exceeded before calling {service} {path}", id="microweave.client")
-        node = await self._select(service, filters, ())
-        transport, address = self._route(node)
-        self.selector.started(node)
-        failed = False
-        replies = transport.stream(
-            address, path, kind, body, timeout=left, metadata=self._metadata(metadata),
-            content_type=content_type,
+        call = self._call(
+            service, endpoint, kind, body, timeout=timeout, metadata=metadata, filters=filters,
+            content_type=content_type, idempotent=idempotent,
         )  # fmt: skip
+        replies = self.pipeline.stream(call)
         try:
-            # a caller that stops early cancels the call now, not when the generator is collected
-            async with contextlib.aclosing(replies):
-                async for reply in replies:
-                    yield reply
-        except Unavailable:
-            failed = True
-            raise
+            async for reply in replies:
+                yield reply
         finally:
-            self.selector.finished(node, failed=failed)
+            await replies.aclose()
 
     async def _encode_stream(self, requests: AsyncIterator[Any], content_type: str) -> AsyncIterator[bytes]:
         async for item in requests:
@@ -335,11 +365,23 @@ class Client:
 
     # -- typed views ---------------------------------------------------------------------
 
-    def proxy(self, handler: type[T], *, service: str, name: str | None = None) -> T:
-        """A typed stand-in for a remote handler class: `await proxy.say_hello(req)`."""
+    def proxy(
+        self,
+        handler: type[T],
+        *,
+        service: str,
+        name: str | None = None,
+        timeout: float | Unset | None = UNSET,
+        metadata: Mapping[str, str] | None = None,
+        filters: Sequence[Filter] = (),
+    ) -> T:
+        """A typed stand-in for a remote handler class: `await proxy.say_hello(req)`; the call
+        options given here apply to every call made through it."""
         from .proxy import make_proxy
 
-        return make_proxy(self, handler, service=service, name=name)
+        return make_proxy(
+            self, handler, service=service, name=name, timeout=timeout, metadata=metadata, filters=filters
+        )
 
     def channel(self, service: str) -> Channel:
         """A grpc.aio-style channel over discovery: `GreeterStub(client.channel("greeter"))`."""
@@ -348,11 +390,13 @@ class Client:
         return Channel(self, service)
 
     async def aclose(self) -> None:
+        """Close the connections and the registry cache, and the registry if this client
+        built it from a URL (whoever builds a resource closes it)."""
         await self.cache.aclose()
-        for transport in (self._grpc, self._tcp):
-            if transport is not None:
-                await transport.aclose()
-        self._grpc = self._tcp = None
+        for transport in self.transports:
+            await transport.aclose()
+        if self._owns_registry:
+            await self.registry.aclose()
 
     async def __aenter__(self) -> Client:
         return self

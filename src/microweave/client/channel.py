@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..codec import PROTO
 from ..server import Kind
+from .call import UNSET, Unset
 
 if TYPE_CHECKING:
     from . import Client
@@ -24,6 +25,11 @@ Deserializer = Callable[[bytes], Any] | None
 
 def _metadata(metadata: Sequence[tuple[str, str]] | None) -> dict[str, str] | None:
     return dict(metadata) if metadata else None
+
+
+def _timeout(timeout: float | None) -> float | Unset:
+    """A stub passes timeout=None when its caller gave none: the client's default applies."""
+    return UNSET if timeout is None else timeout
 
 
 class _MultiCallable:
@@ -48,7 +54,7 @@ class _MultiCallable:
             self._service,
             self._path,
             self._serialize(request),
-            timeout=timeout,
+            timeout=_timeout(timeout),
             metadata=_metadata(metadata),
             content_type=PROTO,
         )
@@ -69,7 +75,7 @@ class _MultiCallable:
             self._path,
             self._kind,
             body,
-            timeout=timeout,
+            timeout=_timeout(timeout),
             metadata=_metadata(metadata),
             content_type=PROTO,
         )

@@ -1,9 +1,10 @@
 """Server side: the router every transport serves, and the description of one endpoint.
 
 A `Router` is transport-neutral: it knows the typed endpoints (`Greeter.SayHello`, with their
-request and response types and codecs) and the grpcio servicers. Each transport (gRPC, tcp,
-in-process) turns its wire form into a `Context` plus bytes and asks the router to run the call,
-so error handling, deadlines and the handler contract are written once.
+request and response types and codecs) and the grpcio servicers, each as a `Target` the
+pipeline (`server.pipeline`) can run. Each transport (gRPC, tcp, in-process) turns its wire form
+into a `Call` and hands it to the pipeline, so error handling, deadlines, limits and the
+handler contract are written once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import TypeCodec
+from ..errors import NotImplementedError_
 
 __all__ = ["Kind", "Method", "Router", "ServicerEntry", "grpc_path"]
 
@@ -81,6 +83,7 @@ class Router:
         self.by_name: dict[str, Method] = {}
         self.servicers: list[ServicerEntry] = []
         self.servicer_handlers: dict[str, Any] = {}  # /pkg.Service/Method -> grpc.RpcMethodHandler
+        self.targets: dict[str, Target] = {}  # every endpoint by path, as the pipeline runs it
 
     def add_handler(self, handler: object, *, name: str | None = None) -> list[Method]:
         from .handlers import introspect
@@ -92,6 +95,7 @@ class Router:
         for method in methods:
             self.methods[method.path] = method
             self.by_name[method.name] = method
+            self.targets[method.path] = Target.of_method(method)
         return methods
 
     def add_servicer(self, servicer: object, add_to_server: Callable[[Any, Any], None]) -> None:
@@ -101,7 +105,11 @@ class Router:
         self.servicers.append(entry)
         for service, handlers in entry.handlers.items():
             for method, handler in handlers.items():
-                self.servicer_handlers[f"/{service}/{method}"] = handler
+                path = f"/{service}/{method}"
+                if path in self.targets:
+                    raise ValueError(f"endpoint {path} is registered twice")
+                self.servicer_handlers[path] = handler
+                self.targets[path] = Target.of_servicer(path, handler)
 
     def servicer_names(self) -> list[str]:
         return [name for entry in self.servicers for name in entry.handlers]
@@ -109,3 +117,12 @@ class Router:
     def lookup(self, endpoint: str) -> Method | None:
         """By `Greeter.SayHello` or by `/greeter.Greeter/SayHello`."""
         return self.methods.get(endpoint) or self.by_name.get(endpoint)
+
+    def unknown(self, path: str) -> NotImplementedError_:
+        known = ", ".join(sorted(self.by_name)) or "none"
+        return NotImplementedError_(
+            f"unknown endpoint {path} on service {self.package}; known endpoints: {known}", id=self.package
+        )
+
+
+from .call import Target  # noqa: E402 - Target builds on Method and Kind above

@@ -13,7 +13,19 @@ from ..codec import type_codec
 from ..context import Context
 from . import Kind, Method, ServicerEntry, grpc_path
 
-__all__ = ["camel", "describe_class", "endpoint_name", "introspect", "record_servicer", "snake"]
+__all__ = ["camel", "describe_class", "endpoint_name", "idempotent", "introspect", "record_servicer", "snake"]
+
+F = typing.TypeVar("F", bound=Callable[..., Any])
+_IDEMPOTENT = "__microweave_idempotent__"
+
+
+def idempotent(fn: F) -> F:
+    """Declare an endpoint safe to run twice: callers may then retry it after errors that
+    leave it unclear whether it ran (the node answered `Unavailable`, the connection broke).
+    The registry record carries the declaration (`idempotent: "true"` in endpoint metadata)."""
+    setattr(fn, _IDEMPOTENT, True)
+    return fn
+
 
 _STREAM_ORIGINS = (
     collections.abc.AsyncIterator,
@@ -127,7 +139,10 @@ def _describe(fn: Callable[..., Any], handler_name: str, attr: str, package: str
         response_codec=type_codec(response_type),
         takes_context=takes_context,
         is_async=is_async,
-        metadata={"stream": kind.value} if kind is not Kind.UNARY else {},
+        metadata={
+            **({"stream": kind.value} if kind is not Kind.UNARY else {}),
+            **({"idempotent": "true"} if getattr(fn, _IDEMPOTENT, False) else {}),
+        },
     )
 
 

@@ -7,17 +7,20 @@ by our `Context`, so the same servicer object serves gRPC, tcp and in-process ca
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
-from ..context import Context, _current
+from ..context import Context
 from ..errors import MicroError, error_for_code, grpc_to_code
 
-__all__ = ["ServicerContext", "run_servicer"]
+if TYPE_CHECKING:
+    from .threads import WorkerThreads
+
+__all__ = ["ServicerContext", "run_servicer", "stream_servicer"]
 
 
 class ServicerContext:
@@ -82,37 +85,50 @@ def _as_error(code: Any, details: str) -> MicroError:
     return error_for_code(grpc_to_code(code), details or str(code))
 
 
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
+async def run_servicer(handler: Any, arg: Any, ctx: Context, threads: WorkerThreads) -> Any:
+    """Call a servicer's unary-response behaviour; raise MicroError as it told the client.
 
-
-async def run_servicer(handler: Any, arg: Any, ctx: Context) -> Any:
-    """Call a servicer's unary-response behaviour; raise MicroError as it told the client."""
-    _current.set(ctx)
+    A sync method runs on the service's worker threads, never on the event loop."""
     context = ServicerContext(ctx)
     behaviour = handler.unary_unary or handler.stream_unary
-    if inspect.iscoroutinefunction(behaviour) or handler.request_streaming:
-        result = await _maybe_await(behaviour(arg, context))
+    if inspect.iscoroutinefunction(behaviour):
+        result = await behaviour(arg, context)
+    elif handler.request_streaming:  # a sync method would have to block on an async iterator
+        result = behaviour(arg, context)
+        if inspect.isawaitable(result):
+            result = await result
     else:
-        result = await asyncio.to_thread(behaviour, arg, context)
+        result = await threads.run(behaviour, arg, context)
     failure = context.failed()
     if failure is not None:
         raise failure
     return result
 
 
-async def stream_servicer(handler: Any, arg: Any, ctx: Context) -> AsyncIterator[Any]:
-    """Call a servicer's streaming-response behaviour (async or sync generator)."""
-    _current.set(ctx)
+_DONE = object()
+
+
+async def stream_servicer(handler: Any, arg: Any, ctx: Context, threads: WorkerThreads) -> AsyncIterator[Any]:
+    """Call a servicer's streaming-response behaviour; a sync generator is stepped on the
+    worker threads, so a blocking `yield` never stalls the event loop."""
     context = ServicerContext(ctx)
     behaviour = handler.unary_stream or handler.stream_stream
-    produced = behaviour(arg, context)
-    if hasattr(produced, "__aiter__"):
+    if inspect.isasyncgenfunction(behaviour) or inspect.iscoroutinefunction(behaviour):
+        produced = behaviour(arg, context)
+        if inspect.isawaitable(produced):
+            produced = await produced
         async for item in produced:
             yield item
     else:
-        for item in await _maybe_await(produced):
-            yield item
+        items = await threads.run(lambda: iter(behaviour(arg, context)))
+        try:
+            while (item := await threads.run(next, items, _DONE)) is not _DONE:
+                yield item
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                with contextlib.suppress(ValueError):  # still running in its thread: it ends there
+                    close()
     failure = context.failed()
     if failure is not None:
         raise failure

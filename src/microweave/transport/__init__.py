@@ -1,9 +1,14 @@
 """Transports: how a call's bytes travel between a client and a node.
 
-A server transport serves a `Router` on an address; a client transport carries encoded bodies to
-an address and back, pooling its connections. Bodies are already encoded (the codec belongs to
-the endpoint, not the wire), so every transport carries JSON, msgpack and protobuf alike.
-Errors come back as `MicroError`s; a node that cannot be reached is `Unavailable`.
+A server transport only moves bytes: it turns what arrives into a `Call` and hands it to the
+service's `Pipeline`, which runs every rule (limits, deadlines, errors) the same for all. A
+client transport carries encoded bodies to an address and back, pooling its connections.
+Bodies are already encoded (the codec belongs to the endpoint, not the wire), so every transport
+carries JSON, msgpack and protobuf alike.
+
+A client transport says where an error came from: `NotDelivered` when the request certainly
+never reached a handler (refused, draining, connect failure), `ConnectionLost` when it may
+have, and an error with `remote=True` when the node answered with it.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from typing import TYPE_CHECKING
 from ..codec import JSON
 
 if TYPE_CHECKING:
-    from ..server import Kind, Router
-    from ..server.invoke import Invoker
+    from ..registry import Node
+    from ..server import Kind
+    from ..server.pipeline import Pipeline
 
 __all__ = ["ClientTransport", "ServerTransport", "StreamBody"]
 
@@ -29,20 +35,29 @@ class ServerTransport(abc.ABC):
 
     #: registry metadata key naming this transport (`grpc`, `tcp`)
     name: str = ""
+    #: host:port to listen on; None: the service's address for this kind of transport
+    address: str | None = None
 
     @abc.abstractmethod
-    async def start(self, router: Router, invoker: Invoker, *, host: str, port: int) -> str:
+    async def start(self, pipeline: Pipeline, *, host: str, port: int) -> str:
         """Listen (port 0 picks a free one) and return the address callers should use."""
 
     @abc.abstractmethod
     async def stop(self, grace: float) -> None:
-        """Refuse new calls, let in-flight ones finish for up to `grace` seconds, then close."""
+        """Refuse new calls, let in-flight ones finish for up to `grace` seconds, then close.
+        (The service cancels calls still running at its own grace; their callers are told.)"""
 
 
 class ClientTransport(abc.ABC):
     """Carries calls to nodes by address, reusing connections."""
 
     name: str = ""
+    #: False for a test double that answers every call itself: the client then selects no node
+    discovers: bool = True
+
+    def address_of(self, node: Node) -> str | None:
+        """Where this transport reaches `node`, or None when the node does not offer it."""
+        return node.metadata.get(f"{self.name}_address")
 
     @abc.abstractmethod
     async def unary(

@@ -8,7 +8,8 @@ from typing import Any
 import grpc
 
 from ...codec import JSON
-from ...errors import MicroError, from_grpc
+from ...errors import ConnectionLost, MicroError, NotDelivered, from_grpc
+from ...registry import Node
 from ...server import Kind
 from .. import ClientTransport, StreamBody
 from .server import CONTENT_TYPE_KEY, MAX_MESSAGE
@@ -30,15 +31,35 @@ def _grpc_metadata(metadata: Mapping[str, str], content_type: str) -> tuple[tupl
     return pairs or None
 
 
+# what grpc-core says when no connection could be made: the request never left
+_NOT_CONNECTED = ("failed to connect", "connection refused", "dns resolution failed", "connect failed")
+
+
 def _error(exc: grpc.aio.AioRpcError, address: str) -> MicroError:
-    err = from_grpc(exc.code(), exc.details())
-    if exc.code() is grpc.StatusCode.UNAVAILABLE and not err.id:
-        err.detail = f"node {address} unavailable: {err.detail}"
+    """Where the error came from: a microweave or go-micro node answers with its error JSON in
+    the status message (`remote`); grpc-core's own UNAVAILABLE is a transport failure."""
+    code, details = exc.code(), exc.details() or ""
+    err = from_grpc(code, details)
+    if err.id or details.startswith("{"):
+        err.remote = True
+        return err
+    if code is grpc.StatusCode.UNAVAILABLE:
+        said = details.lower()
+        if any(words in said for words in _NOT_CONNECTED):
+            return NotDelivered(f"node {address} unreachable: {details}", id="microweave.client")
+        return ConnectionLost(f"connection to node {address} lost: {details}", id="microweave.client")
+    local = code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED) or details.startswith(
+        "Sent"
+    )
+    err.remote = not local  # else a plain gRPC server answered with a status of its own
     return err
 
 
 class GrpcClient(ClientTransport):
     name = "grpc"
+
+    def address_of(self, node: Node) -> str | None:
+        return node.address or None  # go-micro's field: the gRPC address
 
     def __init__(self, *, max_message: int = MAX_MESSAGE) -> None:
         self._options = [

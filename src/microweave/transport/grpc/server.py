@@ -1,8 +1,10 @@
-"""Native gRPC server (grpc.aio): typed endpoints with JSON bodies, grpcio servicers as they are.
+"""Native gRPC server (grpc.aio): every endpoint, typed or grpcio servicer, through the pipeline.
 
-Typed endpoints are registered as grpc "registered methods" with raw-bytes (de)serializers, so
-grpc does no lookup in Python and we decode the body once with the endpoint's own codec. Any
-other path reaches a catch-all handler that answers UNIMPLEMENTED naming the known endpoints.
+Endpoints are registered as grpc "registered methods" with raw-bytes (de)serializers, so grpc
+does no lookup in Python and the pipeline decodes the body once with the endpoint's own codec
+(a servicer's own protobuf functions included: its errors, limits and context are the same as
+a typed handler's). Any other path reaches a catch-all handler that answers UNIMPLEMENTED
+through the pipeline too.
 """
 
 from __future__ import annotations
@@ -15,29 +17,35 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from ...codec import JSON
 from ...context import Context
-from ...server import Kind, Method, Router
-from ...server.invoke import Invoker
+from ...errors import MicroError
+from ...server import Kind
+from ...server.call import Call
+from ...server.pipeline import Pipeline
 from .. import ServerTransport
 
-__all__ = ["MAX_MESSAGE", "GrpcServer"]
+__all__ = ["MAX_CONCURRENT_STREAMS", "MAX_MESSAGE", "GrpcServer"]
 
 MAX_MESSAGE = 4 * 1024 * 1024  # gRPC's own default, said out loud
+#: streams one connection may have open at once; HTTP/2 refuses the rest (grpc's default: none)
+MAX_CONCURRENT_STREAMS = 1000
 CONTENT_TYPE_KEY = "x-content-type"
 
 
-def _context(method_name: str, grpc_context: Any) -> Context:
+def _call(pipeline: Pipeline, path: str, body: Any, grpc_context: Any) -> Call:
     remaining = grpc_context.time_remaining()
-    ctx = Context(endpoint=method_name, deadline=None if remaining is None else time.monotonic() + remaining)
-    # built once and handed over: Context(metadata=...) would copy it (binary values are skipped)
-    ctx.metadata = {k: v for k, v in grpc_context.invocation_metadata() if v.__class__ is str}
-    return ctx
-
-
-def _content_type(ctx: Context) -> str:
-    # gRPC owns the content-type header; go-micro names the body's codec in x-content-type
-    return ctx.metadata.get(CONTENT_TYPE_KEY, JSON)
+    # binary (-bin) values are skipped: metadata is text
+    metadata = {k: v for k, v in grpc_context.invocation_metadata() if v.__class__ is str}
+    return pipeline.call(
+        path,
+        body,
+        transport="grpc",
+        # gRPC owns the content-type header; go-micro names the body's codec in x-content-type;
+        # without it, the endpoint's own (JSON, or protobuf for protobuf-typed endpoints)
+        content_type=metadata.get(CONTENT_TYPE_KEY),
+        deadline=None if remaining is None else time.monotonic() + remaining,
+        metadata=metadata,
+    )
 
 
 def _trailers(ctx: Context, grpc_context: Any) -> None:
@@ -67,32 +75,35 @@ class GrpcServer(ServerTransport):
     name = "grpc"
 
     def __init__(
-        self, *, max_message: int = MAX_MESSAGE, options: list[tuple[str, Any]] | None = None
+        self,
+        *,
+        max_message: int = MAX_MESSAGE,
+        max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
+        options: list[tuple[str, Any]] | None = None,
     ) -> None:
         self._options = [
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),
+            ("grpc.max_concurrent_streams", max_concurrent_streams),
             ("grpc.so_reuseport", 0),
             *(options or []),
         ]
         self._server: Any = None
         self.health: Any = None
 
-    async def start(self, router: Router, invoker: Invoker, *, host: str, port: int) -> str:
+    async def start(self, pipeline: Pipeline, *, host: str, port: int) -> str:
+        router = pipeline.router
         server = grpc.aio.server(options=self._options)
         by_service: dict[str, dict[str, Any]] = {}
-        for method in router.methods.values():
-            service, _, name = method.path[1:].partition("/")
-            by_service.setdefault(service, {})[name] = _method_handler(method, invoker)
+        for target in router.targets.values():
+            service, _, name = target.path[1:].partition("/")
+            by_service.setdefault(service, {})[name] = _method_handler(target.path, target.kind, pipeline)
         for service, handlers in by_service.items():
             server.add_registered_method_handlers(service, handlers)
-        for entry in router.servicers:
-            entry.add_to_server(entry.servicer, server)
 
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, _GenericOnly(server))
-        names = [*by_service, *router.servicer_names()]
-        for name in ["", *names]:
+        for name in ["", *by_service]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection.aio.ReflectionServicer(
@@ -100,7 +111,7 @@ class GrpcServer(ServerTransport):
             ),
             _GenericOnly(server),
         )
-        server.add_generic_rpc_handlers((_Unknown(invoker),))
+        server.add_generic_rpc_handlers((_Unknown(pipeline),))
 
         try:
             bound = server.add_insecure_port(f"{host}:{port}")
@@ -121,71 +132,58 @@ class GrpcServer(ServerTransport):
         self._server = None
 
 
-def _method_handler(method: Method, invoker: Invoker) -> Any:
-    name = method.name
+def _method_handler(path: str, kind: Kind, pipeline: Pipeline) -> Any:
+    """A raw-bytes grpc handler that hands the call to the pipeline."""
 
-    async def fail(exc: BaseException, ctx: Context, grpc_context: Any) -> None:
-        err = invoker.error(exc, ctx)
-        _trailers(ctx, grpc_context)
+    async def fail(err: MicroError, call: Call, grpc_context: Any) -> None:
+        _trailers(call.ctx, grpc_context)
         await grpc_context.abort(err.grpc_code, err.to_json())
 
-    if method.kind is Kind.UNARY:
+    if not kind.response_streaming:
 
-        async def unary(request: bytes, grpc_context: Any) -> bytes:
-            ctx = _context(name, grpc_context)
+        async def unary(request: Any, grpc_context: Any) -> bytes:
+            call = _call(pipeline, path, request, grpc_context)
             try:
-                reply = await invoker.unary(method, request, ctx, _content_type(ctx))
-            except Exception as exc:
-                await fail(exc, ctx, grpc_context)
+                reply = await pipeline.unary(call)
+            except MicroError as err:
+                await fail(err, call, grpc_context)
                 raise  # abort raised already; keeps type checkers sure we never fall through
-            _trailers(ctx, grpc_context)
+            _trailers(call.ctx, grpc_context)
             return reply
 
-        return grpc.unary_unary_rpc_method_handler(unary)
+        factory = (
+            grpc.stream_unary_rpc_method_handler
+            if kind.request_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        return factory(unary)
 
-    if method.kind is Kind.CLIENT_STREAM:
-
-        async def client_stream(requests: AsyncIterator[bytes], grpc_context: Any) -> bytes:
-            ctx = _context(name, grpc_context)
-            try:
-                reply = await invoker.client_stream(method, requests, ctx, _content_type(ctx))
-            except Exception as exc:
-                await fail(exc, ctx, grpc_context)
-                raise
-            _trailers(ctx, grpc_context)
-            return reply
-
-        return grpc.stream_unary_rpc_method_handler(client_stream)
-
-    async def streaming(arg: Any, grpc_context: Any) -> AsyncIterator[bytes]:
-        ctx = _context(name, grpc_context)
+    async def streaming(request: Any, grpc_context: Any) -> AsyncIterator[bytes]:
+        call = _call(pipeline, path, request, grpc_context)
         try:
-            async for out in invoker.stream(method, arg, ctx, _content_type(ctx)):
-                yield out
-        except Exception as exc:
-            await fail(exc, ctx, grpc_context)
+            async for reply in pipeline.stream(call):
+                yield reply
+        except MicroError as err:
+            await fail(err, call, grpc_context)
             raise
-        _trailers(ctx, grpc_context)
+        _trailers(call.ctx, grpc_context)
 
-    factory: Callable[..., Any] = (
-        grpc.unary_stream_rpc_method_handler
-        if method.kind is Kind.SERVER_STREAM
-        else grpc.stream_stream_rpc_method_handler
+    stream_factory: Callable[..., Any] = (
+        grpc.stream_stream_rpc_method_handler
+        if kind.request_streaming
+        else grpc.unary_stream_rpc_method_handler
     )
-    return factory(streaming)
+    return stream_factory(streaming)
 
 
 class _Unknown(grpc.GenericRpcHandler):  # type: ignore[misc]
-    """Any path no endpoint claims: UNIMPLEMENTED, with the names a caller could have meant."""
+    """Any path no endpoint claims: UNIMPLEMENTED from the pipeline, naming the known endpoints."""
 
-    def __init__(self, invoker: Invoker) -> None:
-        self._invoker = invoker
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
 
     def service(self, handler_call_details: Any) -> Any:
-        err = self._invoker.unknown(handler_call_details.method)
-
-        async def unimplemented(request: Any, grpc_context: Any) -> bytes:
-            await grpc_context.abort(err.grpc_code, err.to_json())
-            raise AssertionError("unreachable")
-
-        return grpc.unary_unary_rpc_method_handler(unimplemented)
+        path = handler_call_details.method
+        if not isinstance(path, str):
+            path = bytes(path).decode(errors="replace")
+        return _method_handler(path, Kind.UNARY, self._pipeline)

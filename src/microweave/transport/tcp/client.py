@@ -10,12 +10,13 @@ from typing import Any
 
 from ...codec import JSON
 from ...errors import (
-    BadRequest,
     Cancelled,
+    ConnectionLost,
     InternalServerError,
     MicroError,
+    NotDelivered,
     Timeout,
-    Unavailable,
+    TooManyRequests,
     error_for_code,
 )
 from ...server import Kind
@@ -31,7 +32,9 @@ IDLE_CLOSE = 300.0  # seconds without a call before a pooled connection is close
 def _error(trailers: f.Trailers) -> MicroError:
     e = trailers.error
     assert e is not None
-    return error_for_code(e.code or 500, e.detail, id=e.id)
+    err = error_for_code(e.code or 500, e.detail, id=e.id)
+    err.remote = True  # the node answered with it
+    return err
 
 
 def _timeout_us(timeout: float | None) -> int:
@@ -82,7 +85,7 @@ class _ClientConnection(Connection):
     def check_size(self, frame: bytes, path: str) -> None:
         """Never send a frame the server said it will not take: that would cost the connection."""
         if len(frame) - f.HEADER_SIZE > self.peer.max_frame_size:
-            raise BadRequest(
+            raise TooManyRequests(
                 f"request to {path} is {len(frame) - f.HEADER_SIZE} bytes framed; "
                 f"the server takes at most {self.peer.max_frame_size}",
                 id="microweave.client",
@@ -120,7 +123,7 @@ class _ClientConnection(Connection):
         elif type(frame) is f.RstStream:
             del self.calls[sid]
             if frame.code == f.ErrorCode.REFUSED_STREAM:
-                self._fail(call, Unavailable(f"node {self.address} refused the call (draining)"))
+                self._fail(call, NotDelivered(f"node {self.address} refused the call"))
             else:
                 self._fail(call, Cancelled(f"node {self.address} reset the call ({frame.code})"))
         elif type(frame) is f.WindowUpdate and call.send_credit is not None:
@@ -136,15 +139,15 @@ class _ClientConnection(Connection):
             call.send_credit.fail(exc)
 
     def goaway(self, frame: f.GoAway) -> None:
-        # Streams the server never saw are safe to retry elsewhere: say Unavailable.
+        # Streams the server never saw are safe to retry elsewhere.
         for sid in [s for s in self.calls if s > frame.last_stream_id]:
-            self._fail(self.calls.pop(sid), Unavailable(f"node {self.address} is draining"))
+            self._fail(self.calls.pop(sid), NotDelivered(f"node {self.address} is draining"))
 
     def streams_lost(self, exc: Exception | None) -> None:
         calls, self.calls = self.calls, {}
         reason = f": {exc}" if exc else ""
         for call in calls.values():
-            self._fail(call, Unavailable(f"connection to {self.address} lost{reason}"))
+            self._fail(call, ConnectionLost(f"connection to {self.address} lost{reason}"))
 
 
 class TcpClient(ClientTransport):
@@ -169,12 +172,12 @@ class TcpClient(ClientTransport):
         retry_at, delay = self._backoff.get(address, (0.0, 0.0))
         if time.monotonic() < retry_at:
             wait = retry_at - time.monotonic()
-            raise Unavailable(f"node {address} unreachable (last connect failed; next try in {wait:.1f}s)")
+            raise NotDelivered(f"node {address} unreachable (last connect failed; next try in {wait:.1f}s)")
         future: asyncio.Future[_ClientConnection] = asyncio.get_running_loop().create_future()
         self._connecting[address] = future
         try:
             conn = await self._connect(address)
-        except Unavailable as exc:
+        except NotDelivered as exc:
             delay = min(max(delay * 2, 0.1), 5.0)  # exponential backoff, 0.1 s to 5 s
             self._backoff[address] = (time.monotonic() + delay, delay)
             future.set_exception(exc)
@@ -199,7 +202,7 @@ class TcpClient(ClientTransport):
             async with asyncio.timeout(self.connect_timeout):
                 await conn.ready
         except (OSError, TimeoutError) as exc:
-            raise Unavailable(f"cannot connect to node {address}: {exc}") from None
+            raise NotDelivered(f"cannot connect to node {address}: {exc}") from None
         return conn
 
     async def unary(
@@ -260,7 +263,7 @@ class TcpClient(ClientTransport):
         )  # fmt: skip
         try:
             conn.check_size(frame, path)
-        except BadRequest:
+        except TooManyRequests:
             del conn.calls[sid]
             raise
         conn.write(frame)

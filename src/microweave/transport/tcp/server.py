@@ -10,29 +10,29 @@ import asyncio
 import contextlib
 import functools
 import math
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
-from ...context import Context, _current
-from ...errors import MicroError, NotImplementedError_, TooManyRequests
-from ...server import Kind, Router
-from ...server.invoke import Invoker
-from .. import ServerTransport
+from ...context import Context
+from ...errors import MicroError, Timeout, TooManyRequests
+from ...server import Kind
+from ...server.call import Call
+from ...server.pipeline import Pipeline
+from .. import ServerTransport, limits
 from . import frames as f
-from .connection import CALL_KINDS, Connection, Credit, Inbox
+from .connection import CALL_KINDS, Connection, Credit, Inbox, log, warn
 
 __all__ = ["TcpServer"]
 
-_KIND_NAMES = {
-    f.CallKind.UNARY: "unary",
-    f.CallKind.SERVER_STREAM: "server-streaming",
-    f.CallKind.CLIENT_STREAM: "client-streaming",
-    f.CallKind.BIDI: "bidirectional-streaming",
-}
+_T = TypeVar("_T")
+
+#: the wire's call kinds as ours
+_KINDS = {wire: kind for kind, wire in CALL_KINDS.items()}
 _KIND_STREAMS_REQUEST = (f.CallKind.CLIENT_STREAM, f.CallKind.BIDI)
 
 
@@ -48,29 +48,53 @@ _EAGER = _task_factory()
 
 
 class _Stream:
-    __slots__ = ("ctx", "headers", "inbox", "send_credit", "task")
+    __slots__ = ("body_by", "call", "ctx", "ended", "headers", "inbox", "send_credit", "task")
 
-    def __init__(self, headers: f.Headers, ctx: Context) -> None:
+    def __init__(self, headers: f.Headers, call: Call) -> None:
         self.headers = headers
-        self.ctx = ctx
+        self.call = call
+        self.ctx: Context = call.ctx
         self.task: asyncio.Task[Any] | None = None
         self.inbox: Inbox | None = None
         self.send_credit: Credit | None = None
+        #: the client half-closed (END_STREAM): a request is taken once, DATA after it is refused
+        self.ended = bool(headers.flags & f.END_STREAM)
+        #: when a unary or server-streaming request still waiting for its body is given up
+        self.body_by = math.inf
 
 
 class _ServerConnection(Connection):
     is_server = True
+    pause_when_backed_up = True
 
     def __init__(self, owner: TcpServer) -> None:
-        super().__init__(max_frame_size=owner.max_frame_size, window=owner.window)
+        super().__init__(
+            max_frame_size=owner.max_frame_size, window=owner.window,
+            handshake_timeout=owner.handshake_timeout, frame_timeout=owner.frame_timeout,
+            ping_budget=owner.ping_budget, ping_window=owner.ping_window,
+            frames_per_turn=owner.frames_per_turn,
+        )  # fmt: skip
+        self.settings = msgspec.structs.replace(
+            self.settings, max_concurrent_streams=owner.max_concurrent_streams
+        )
         self.owner = owner
-        self.invoker = owner.invoker
+        self.pipeline = owner.pipeline
         self.streams: dict[int, _Stream] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._sweep_at = math.inf
         self.last_opened = 0
 
     def connection_made(self, transport: Any) -> None:
+        if len(self.owner.connections) >= self.owner.max_connections:
+            # Over the cap: say so and hang up at once. asyncio cannot pause accepting, so a
+            # connection over the cap costs a descriptor for one loop iteration, not longer.
+            self.transport, self.closed = transport, True
+            goaway = f.encode_goaway(0, f.ErrorCode.NO_ERROR, "connection limit reached")
+            transport.write(f.PREFACE + f.encode_settings(self.settings) + goaway)
+            transport.close()
+            warn("limit", "refusing a connection from %s: %d connections open (the limit)",
+                 self.peer_name, self.owner.max_connections)  # fmt: skip
+            return
         super().connection_made(transport)
         self.owner.connections.add(self)
         if self.owner.draining:
@@ -102,18 +126,29 @@ class _ServerConnection(Connection):
         sid = getattr(frame, "stream_id", 0)
         stream = self.streams.get(sid)
         if stream is None:
+            if sid > self.last_opened:
+                name = type(frame).__name__
+                raise f.ProtocolError(f.ErrorCode.PROTOCOL_ERROR, f"{name} on stream {sid}, never opened")
             return  # a stream we already finished or reset: late frames are dropped
         if type(frame) is f.Data:
+            if stream.ended:  # the request was complete: one request, one execution
+                self.reset(stream, f.ErrorCode.STREAM_CLOSED)
+                return
+            stream.ended = bool(frame.flags & f.END_STREAM)
             if stream.inbox is None:  # unary or server-streaming: the request body came late
-                if frame.body is not None and stream.headers.body is None:
+                if frame.body is not None:
+                    if stream.headers.body is not None:  # a second message: not this call kind
+                        self.reset(stream, f.ErrorCode.PROTOCOL_ERROR)
+                        return
                     stream.headers = msgspec.structs.replace(stream.headers, body=frame.body)
-                if frame.flags & f.END_STREAM:
+                if stream.ended:
+                    stream.body_by = math.inf
                     self.start(stream)
                 return
             if frame.body is not None and not stream.inbox.put(frame.body):
                 self.reset(stream, f.ErrorCode.FLOW_CONTROL_ERROR)
                 return
-            if frame.flags & f.END_STREAM:
+            if stream.ended:
                 stream.inbox.end()
         elif type(frame) is f.RstStream:
             self.reset(stream, None)
@@ -141,12 +176,16 @@ class _ServerConnection(Connection):
 
     def open(self, h: f.Headers) -> None:
         self.last_opened = h.stream_id
-        if self.owner.draining or self.goaway_sent:
+        if self.owner.draining or self.goaway_sent or len(self.streams) >= self.owner.max_concurrent_streams:
             self.write(f.encode_rst_stream(h.stream_id, f.ErrorCode.REFUSED_STREAM))
             return
+        # the deadline runs from the HEADERS, whether or not the request is complete yet
         deadline = time.monotonic() + h.timeout_us / 1e6 if h.timeout_us else None
-        ctx = Context(endpoint=h.path, deadline=deadline, metadata=h.metadata)
-        stream = _Stream(h, ctx)
+        call = self.pipeline.call(
+            h.path, b"", transport="tcp", kind=_KINDS.get(h.kind, Kind.UNARY),
+            content_type=h.content_type, deadline=deadline, metadata=h.metadata,
+        )  # fmt: skip
+        stream = _Stream(h, call)
         self.streams[h.stream_id] = stream
         if h.kind in _KIND_STREAMS_REQUEST:
             stream.inbox = Inbox(self, h.stream_id, self.settings.initial_window)
@@ -155,41 +194,27 @@ class _ServerConnection(Connection):
             if h.flags & f.END_STREAM:
                 stream.inbox.end()
             self.start(stream)
-        elif h.flags & f.END_STREAM:
+        elif stream.ended:
             self.start(stream)
-        # else: a unary or server-streaming request whose body follows in DATA
+        else:  # a unary or server-streaming request whose body follows in DATA: not for ever
+            body_by = time.monotonic() + self.owner.body_timeout
+            stream.body_by = body_by if deadline is None else min(body_by, deadline)
+            if stream.body_by < self._sweep_at:
+                self.sweep_at(stream.body_by)
 
     def start(self, stream: _Stream) -> None:
-        h = stream.headers
-        kind = self.endpoint_kind(h.path)
-        if kind is not None and kind != h.kind:
-            called = f.CallKind(h.kind).name.lower().replace("_", "-")
-            self.fail(stream, NotImplementedError_(
-                f"{h.path} is {_KIND_NAMES[kind]}; called as {called}", id=self.invoker.service
-            ))  # fmt: skip
-            return
-        if h.kind == f.CallKind.UNARY:
-            body = h.body if h.body is not None else b""
-            self.run_task(
-                stream, self.invoker.unary_path(h.path, body, stream.ctx, h.content_type), unary=True
-            )
-        elif h.kind == f.CallKind.CLIENT_STREAM:
-            assert stream.inbox is not None
-            call = self.invoker.unary_path(h.path, _bodies(stream.inbox), stream.ctx, h.content_type)
-            self.run_task(stream, call, unary=True)
-        else:
+        """The request is complete (or, for streaming requests, open): hand it to the pipeline,
+        which checks the call kind, limits and deadline like on every other transport."""
+        h, call = stream.headers, stream.call
+        if stream.inbox is not None:
+            call.body = _bodies(stream.inbox)
+        elif h.body is not None:
+            call.body = h.body
+        if call.kind.response_streaming:
             stream.send_credit = Credit(self.peer.initial_window)
             self.run_task(stream, self.stream_replies(stream))
-
-    def endpoint_kind(self, path: str) -> f.CallKind | None:
-        """The call kind the endpoint at `path` serves, None when no endpoint is there."""
-        method = self.invoker.router.methods.get(path)
-        if method is not None:
-            return CALL_KINDS[method.kind]
-        handler = self.invoker.router.servicer_handlers.get(path)
-        if handler is None:
-            return None
-        return CALL_KINDS[Kind.of(handler.request_streaming, handler.response_streaming)]
+        else:
+            self.run_task(stream, self.pipeline.unary(call), unary=True)
 
     # -- deadlines: one timer per connection, at the earliest deadline, instead of one per call --
 
@@ -200,10 +225,20 @@ class _ServerConnection(Connection):
         self._sweep = self.loop.call_at(_loop_time(self.loop, deadline), self.sweep)
 
     def sweep(self) -> None:
-        """Cancel the calls whose deadline has passed; wake again at the next deadline."""
+        """Cancel the calls whose deadline has passed, give up on requests whose body never
+        came; wake again at the next deadline."""
         self._sweep, self._sweep_at = None, math.inf
         now, upcoming = time.monotonic(), math.inf
         for stream in list(self.streams.values()):
+            if stream.body_by < math.inf:  # not started: still waiting for its request body
+                if stream.body_by > now:
+                    upcoming = min(upcoming, stream.body_by)
+                elif stream.ctx.expired:
+                    self.fail(stream, asyncio.CancelledError())  # answered DEADLINE_EXCEEDED
+                else:
+                    took, service = self.owner.body_timeout, self.pipeline.service
+                    self.fail(stream, Timeout(f"no request body within {took:g}s", id=service))
+                continue
             deadline = stream.ctx.deadline
             if deadline is None or stream.task is None:
                 continue
@@ -219,17 +254,15 @@ class _ServerConnection(Connection):
     def run_task(self, stream: _Stream, call: Coroutine[Any, Any, Any], *, unary: bool = False) -> None:
         """Run one call in its own task (so handlers may use anything asyncio offers, such as
         `asyncio.timeout`), cancelled at the caller's deadline; answer when it ends."""
-        token = _current.set(stream.ctx)  # the task copies the context as it is created
-        try:
-            task = stream.task = _EAGER(call, loop=self.loop) if _EAGER else self.loop.create_task(call)
-        finally:
-            _current.reset(token)
+        task = stream.task = _EAGER(call, loop=self.loop) if _EAGER else self.loop.create_task(call)
         deadline = stream.ctx.deadline
         if deadline is not None and deadline < self._sweep_at and not task.done():
             self.sweep_at(deadline)
 
         def finished(task: asyncio.Task[Any]) -> None:
             if self.streams.get(stream.headers.stream_id) is not stream:
+                if not task.cancelled():
+                    task.exception()  # retrieved: nobody is left to hear it
                 return  # reset by the client, or the connection is gone: nobody to answer
             if task.cancelled():
                 self.fail(stream, asyncio.CancelledError())
@@ -243,12 +276,9 @@ class _ServerConnection(Connection):
         task.add_done_callback(finished)
 
     async def stream_replies(self, stream: _Stream) -> None:
-        h = stream.headers
-        assert stream.send_credit is not None
-        arg: bytes | AsyncIterator[bytes]
-        arg = _bodies(stream.inbox) if stream.inbox is not None else (h.body or b"")
-        credit, sid = stream.send_credit, h.stream_id
-        async for body in self.invoker.stream_path(h.path, arg, stream.ctx, h.content_type):
+        credit, sid = stream.send_credit, stream.headers.stream_id
+        assert credit is not None
+        async for body in self.pipeline.stream(stream.call):
             frame = f.encode_data(sid, body)
             if len(frame) - f.HEADER_SIZE > self.peer.max_frame_size:
                 raise self.too_large(len(body))
@@ -270,7 +300,7 @@ class _ServerConnection(Connection):
     def too_large(self, size: int) -> TooManyRequests:
         limit = self.peer.max_frame_size
         return TooManyRequests(
-            f"reply of {size} bytes is over the caller's limit of {limit}", id=self.invoker.service
+            f"reply of {size} bytes is over the caller's limit of {limit}", id=self.pipeline.service
         )
 
     def end(self, stream: _Stream) -> None:
@@ -282,12 +312,38 @@ class _ServerConnection(Connection):
         sid = stream.headers.stream_id
         if not self.finish(sid):
             return
-        err: MicroError = self.invoker.error(exc, stream.ctx)
+        err = exc if isinstance(exc, MicroError) else self.pipeline.error(exc, stream.call)
         wire = f.WireError(id=err.id, code=err.code, detail=err.detail, status=err.status)
         status = err.grpc_code.value[0]
         self.write(
             f.encode_trailers(sid, status=status, error=wire, metadata=stream.ctx.response_metadata or None)
         )
+
+
+def _pick(value: _T | None, default: _T) -> _T:
+    return default if value is None else value
+
+
+def _connection_cap(wanted: int, reserve: int) -> int:
+    """`wanted`, but never more than the descriptors the process may still open minus
+    `reserve`: a flood of connections must not leave the registry heartbeat, the gRPC port or
+    outgoing calls without a descriptor (the node would drop out of discovery)."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return wanted
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 0
+    cap = max(1, min(wanted, soft - in_use - reserve))
+    if cap < wanted:
+        log.info("tcp: at most %d connections (descriptor limit %d, %d kept in reserve)", cap, soft, reserve)
+    return cap
 
 
 def _loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
@@ -301,21 +357,39 @@ async def _bodies(inbox: Inbox | None) -> AsyncIterator[bytes]:
 
 
 class TcpServer(ServerTransport):
+    """The `tcp` listener. Every option bounds what one peer can make the node hold or do;
+    `None` takes the default from `microweave.transport.limits` (docs/protocol.md, section 15)."""
+
     name = "tcp"
 
     def __init__(
-        self, *, max_frame_size: int = f.DEFAULT_MAX_FRAME_SIZE, window: int = f.DEFAULT_INITIAL_WINDOW
-    ) -> None:
+        self, *, max_frame_size: int = f.DEFAULT_MAX_FRAME_SIZE, window: int = f.DEFAULT_INITIAL_WINDOW,
+        max_concurrent_streams: int | None = None, max_connections: int | None = None,
+        fd_reserve: int | None = None, handshake_timeout: float | None = None,
+        frame_timeout: float | None = None, body_timeout: float | None = None,
+        ping_budget: int | None = None, ping_window: float | None = None,
+        frames_per_turn: int | None = None,
+    ) -> None:  # fmt: skip
         self.max_frame_size = max_frame_size
         self.window = window
+        self.max_concurrent_streams = _pick(max_concurrent_streams, limits.MAX_CONCURRENT_STREAMS)
+        self.handshake_timeout = _pick(handshake_timeout, limits.HANDSHAKE_TIMEOUT)
+        self.frame_timeout = _pick(frame_timeout, limits.FRAME_TIMEOUT)
+        self.body_timeout = _pick(body_timeout, limits.BODY_TIMEOUT)
+        self.ping_budget = _pick(ping_budget, limits.PING_BUDGET)
+        self.ping_window = _pick(ping_window, limits.PING_WINDOW)
+        self.frames_per_turn = _pick(frames_per_turn, limits.FRAMES_PER_TURN)
+        self.max_connections = _connection_cap(
+            _pick(max_connections, limits.MAX_CONNECTIONS), _pick(fd_reserve, limits.FD_RESERVE)
+        )
         self.connections: set[_ServerConnection] = set()
         self.draining = False
         self.drained = asyncio.Event()  # set when a connection goes quiet while draining
         self._server: asyncio.Server | None = None
-        self.invoker: Invoker
+        self.pipeline: Pipeline
 
-    async def start(self, router: Router, invoker: Invoker, *, host: str, port: int) -> str:
-        self.invoker = invoker
+    async def start(self, pipeline: Pipeline, *, host: str, port: int) -> str:
+        self.pipeline = pipeline
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _ServerConnection(self), host, port)
         bound = self._server.sockets[0].getsockname()

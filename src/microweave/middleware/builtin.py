@@ -1,0 +1,161 @@
+"""The framework's own stages, written as middlewares (see the order in `microweave.middleware`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from ..client.call import ClientCall
+from ..context import FROM_NODE, FROM_SERVICE, current_context
+from ..errors import MicroError, NotImplementedError_, Timeout, TooManyRequests
+from ..server import Router
+from ..server.call import Call
+from . import ClientMiddleware, ServerMiddleware, StreamNext, UnaryNext
+
+__all__ = ["AccessLog", "CallChecks", "ClientDeadline", "Deadline", "PropagateMetadata"]
+
+_KIND_NAMES = {
+    "unary": "unary",
+    "server_stream": "server-streaming",
+    "client_stream": "client-streaming",
+    "bidi": "bidirectional-streaming",
+}
+
+
+class CallChecks(ServerMiddleware):
+    """Refuse, before decoding: an unknown endpoint (501), a call of the wrong kind (501, on
+    every transport: a unary call to a streaming endpoint never hangs), a request over the size
+    limit (429, as gRPC's RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, router: Router, max_message: int) -> None:
+        self.router = router
+        self.max_message = max_message
+
+    def check(self, call: Call) -> None:
+        target = call.target
+        if target is None:
+            raise self.router.unknown(call.path)
+        if call.kind is not target.kind:
+            raise NotImplementedError_(
+                f"{target.name} is {_KIND_NAMES[target.kind.value]}; called as {_KIND_NAMES[call.kind.value]}"
+            )
+        body = call.body
+        if isinstance(body, bytes | bytearray | memoryview) and len(body) > self.max_message:
+            raise TooManyRequests(f"request of {len(body)} bytes is over the limit of {self.max_message}")
+
+    async def unary(self, call: Call, call_next: UnaryNext[Call]) -> bytes:
+        self.check(call)
+        return await call_next(call)
+
+    def stream(self, call: Call, call_next: StreamNext[Call]) -> AsyncIterator[bytes]:
+        self.check(call)
+        return call_next(call)
+
+
+class Deadline(ServerMiddleware):
+    """A call whose deadline passed on the way in is answered 408 without running. The transport
+    cancels a running call at its deadline; the error boundary says 408 for it too."""
+
+    async def unary(self, call: Call, call_next: UnaryNext[Call]) -> bytes:
+        if call.ctx.expired:
+            raise Timeout(f"deadline exceeded before serving {call.endpoint}")
+        return await call_next(call)
+
+    def stream(self, call: Call, call_next: StreamNext[Call]) -> AsyncIterator[bytes]:
+        if call.ctx.expired:
+            raise Timeout(f"deadline exceeded before serving {call.endpoint}")
+        return call_next(call)
+
+
+class ClientDeadline(ClientMiddleware):
+    """What this attempt may take: the call's deadline, which already holds what the calling
+    handler had left (deadlines shrink hop by hop)."""
+
+    async def unary(self, call: ClientCall, call_next: UnaryNext[ClientCall]) -> bytes:
+        self.set(call)
+        return await call_next(call)
+
+    def stream(self, call: ClientCall, call_next: StreamNext[ClientCall]) -> AsyncIterator[bytes]:
+        self.set(call)
+        return call_next(call)
+
+    @staticmethod
+    def set(call: ClientCall) -> None:
+        if call.deadline is None:
+            call.timeout = None
+            return
+        left = call.deadline - time.monotonic()
+        if left <= 0:
+            raise Timeout(f"deadline exceeded before calling {call.service} {call.endpoint}")
+        call.timeout = left
+
+
+class PropagateMetadata(ClientMiddleware):
+    """Carry the serving handler's metadata (tracing, user keys) into calls it makes, and say
+    who is calling (`micro-from-service`, `micro-from-id`)."""
+
+    def __init__(self, name: str = "", node_id: str = "") -> None:
+        self.identity = {k: v for k, v in ((FROM_SERVICE, name), (FROM_NODE, node_id)) if v}
+
+    async def unary(self, call: ClientCall, call_next: UnaryNext[ClientCall]) -> bytes:
+        self.add(call)
+        return await call_next(call)
+
+    def stream(self, call: ClientCall, call_next: StreamNext[ClientCall]) -> AsyncIterator[bytes]:
+        self.add(call)
+        return call_next(call)
+
+    def add(self, call: ClientCall) -> None:
+        if call.attempt > 1:
+            return  # done on the first attempt
+        ctx = current_context()
+        inherited = ctx.propagated_metadata() if ctx is not None else None
+        if inherited or self.identity:
+            call.metadata = {**(inherited or {}), **self.identity, **call.metadata}
+
+
+class AccessLog(ServerMiddleware):
+    """One log line per call: endpoint, transport, caller, outcome and duration (off by default:
+    add it to `Service(middleware=[AccessLog()])`)."""
+
+    def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
+        self.log = logger or logging.getLogger("microweave.access")
+        self.level = level
+
+    async def unary(self, call: Call, call_next: UnaryNext[Call]) -> bytes:
+        started = time.perf_counter()
+        outcome = "500"
+        try:
+            reply = await call_next(call)
+            outcome = "ok"
+            return reply
+        except MicroError as exc:
+            outcome = f"{exc.code}"
+            raise
+        finally:
+            self.write(call, outcome, started)
+
+    async def stream(self, call: Call, call_next: StreamNext[Call]) -> AsyncIterator[bytes]:
+        started = time.perf_counter()
+        outcome, sent = "500", 0
+        try:
+            async for reply in call_next(call):
+                sent += 1
+                yield reply
+            outcome = "ok"
+        except MicroError as exc:
+            outcome = f"{exc.code}"
+            raise
+        finally:
+            self.write(call, f"{outcome} ({sent} replies)", started)
+
+    def write(self, call: Call, outcome: str, started: float) -> None:
+        elapsed = (time.perf_counter() - started) * 1e3
+        self.log.log(
+            self.level,
+            "%s %s via %s from %s: %s in %.1f ms",
+            call.service, call.endpoint, call.transport, call.ctx.caller or call.peer or "-",
+            outcome, elapsed,
+            extra={"service": call.service, "endpoint": call.endpoint, "transport": call.transport},
+        )  # fmt: skip

@@ -1,0 +1,258 @@
+"""The server pipeline: every call into a node, whatever carried it, runs through here.
+
+    error boundary -> user middleware -> CallChecks -> Deadline -> decode -> handler -> encode
+
+Transports only move bytes: they build a `Call` with `Pipeline.call` and await
+`Pipeline.unary` (one reply) or iterate `Pipeline.stream` (many replies). Both raise nothing but
+`MicroError`: the boundary turns anything else into an error with a correlation id, logging the
+traceback under the same id, so no exception text, path or traceback reaches a caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from ..codec import JSON
+from ..context import Context, _current
+from ..errors import (
+    Cancelled,
+    InternalServerError,
+    MicroError,
+    Timeout,
+    TooManyRequests,
+    Unavailable,
+)
+from ..middleware import ServerMiddleware, chain
+from ..middleware.builtin import CallChecks, Deadline
+from . import Kind, Router
+from .call import Body, Call, Target
+from .threads import WorkerThreads
+
+__all__ = ["Pipeline"]
+
+log = logging.getLogger("microweave.server")
+
+
+def _correlation_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class Pipeline:
+    """Runs calls for one service's router; the service's name is the `id` of its errors."""
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        middleware: Sequence[ServerMiddleware] = (),
+        max_message: int = 4 * 1024 * 1024,
+        threads: WorkerThreads | None = None,
+    ) -> None:
+        self.router = router
+        self.service = router.package
+        self.max_message = max_message
+        self.threads = threads or WorkerThreads(name=f"{self.service}-worker")
+        self._unary, self._stream = chain(
+            [*middleware, CallChecks(router, max_message), Deadline()], self._run_unary, self._run_stream
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.inflight: set[asyncio.Task[Any]] = set()
+        #: why in-flight calls are being cancelled (the node stopped after its grace), if they are
+        self.aborting = ""
+
+    # -- the one place a Context is built --------------------------------------------------------
+
+    def call(
+        self,
+        path: str,
+        body: Body,
+        *,
+        transport: str,
+        kind: Kind | None = None,
+        content_type: str | None = None,
+        deadline: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        peer: str = "",
+    ) -> Call:
+        """Describe one inbound call. `kind` is how the caller called (None: as the endpoint
+        is, for transports whose wire does not say); `content_type` None: the endpoint's own."""
+        target = self.router.targets.get(path)
+        ctx = Context(service=self.service, endpoint=target.name if target else path, deadline=deadline)
+        if metadata:
+            ctx.metadata = metadata if type(metadata) is dict else dict(metadata)
+        return Call(
+            service=self.service,
+            path=path,
+            kind=kind if kind is not None else (target.kind if target else Kind.UNARY),
+            transport=transport,
+            content_type=content_type or (target.content_type if target else JSON),
+            ctx=ctx,
+            body=body,
+            target=target,
+            peer=peer,
+        )
+
+    # -- the error boundary: outermost, owned by the framework --------------------------------
+
+    async def unary(self, call: Call) -> bytes:
+        """Run a call with one reply; raises only `MicroError`."""
+        loop = self._loop or self._bind_loop()
+        task = asyncio.current_task(loop)
+        if task is not None:
+            self.inflight.add(task)
+        _current.set(call.ctx)  # each call runs in a task of its own: no reset needed
+        try:
+            return await self._unary(call)
+        except asyncio.CancelledError as exc:
+            if not self._answers(call):
+                raise  # the caller went away: nobody to answer, and cancellation must propagate
+            raise self.error(exc, call) from None
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt from a handler too
+            raise self.error(exc, call) from None
+        finally:
+            if task is not None:
+                self.inflight.discard(task)
+
+    async def stream(self, call: Call) -> AsyncIterator[bytes]:
+        """Run a call with a stream of replies; raises only `MicroError`."""
+        loop = self._loop or self._bind_loop()
+        task = asyncio.current_task(loop)
+        if task is not None:
+            self.inflight.add(task)
+        _current.set(call.ctx)
+        replies: AsyncIterator[bytes] | None = None
+        try:
+            replies = self._stream(call)
+            async for reply in replies:
+                yield reply
+        except GeneratorExit:  # the transport stopped reading: not an error to report
+            raise
+        except asyncio.CancelledError as exc:
+            if not self._answers(call):
+                raise
+            raise self.error(exc, call) from None
+        except BaseException as exc:
+            raise self.error(exc, call) from None
+        finally:
+            if task is not None:
+                self.inflight.discard(task)
+            close = getattr(replies, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(BaseException):
+                    await close()
+
+    def _answers(self, call: Call) -> bool:
+        """Whether a cancelled call gets an answer: at its deadline (408) or at the end of the
+        node's grace (503, may have run). Otherwise its caller is gone."""
+        return bool(self.aborting) or call.ctx.expired
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def error(self, exc: BaseException, call: Call) -> MicroError:
+        """What the caller is told about an exception raised while serving `call`."""
+        ctx, endpoint = call.ctx, call.ctx.endpoint
+        if isinstance(exc, MicroError):
+            if exc.remote or exc.id not in ("", self.service):
+                return self._dependency_error(exc, call)
+            exc.id = self.service
+            return exc
+        if isinstance(exc, asyncio.CancelledError):
+            if self.aborting and not ctx.expired:
+                log.warning(
+                    "cancelled %s from %s: %s; the caller is told it may have run",
+                    endpoint, ctx.caller or call.peer or "?", self.aborting,
+                    extra={"service": self.service, "endpoint": endpoint},
+                )  # fmt: skip
+                return Unavailable(
+                    f"{endpoint} was cancelled: {self.aborting}; the call may have run", id=self.service
+                )
+            if ctx.expired:
+                return Timeout(f"deadline exceeded serving {endpoint}", id=self.service)
+            return Cancelled(f"call to {endpoint} was cancelled", id=self.service)
+        correlation = _correlation_id()
+        log.error(
+            "%s raised %s (correlation id %s)",
+            endpoint, type(exc).__name__, correlation, exc_info=exc,
+            extra={"service": self.service, "endpoint": endpoint, "correlation_id": correlation},
+        )  # fmt: skip
+        return InternalServerError(
+            f"internal error in {endpoint}; correlation id {correlation}", id=self.service
+        )
+
+    def _dependency_error(self, exc: MicroError, call: Call) -> MicroError:
+        """A call this handler made failed and it let the error out: the caller hears it from
+        this service, with the same code, without the dependency's node addresses."""
+        correlation = _correlation_id()
+        log.warning(
+            "%s: a call it made failed: %s (correlation id %s)",
+            call.endpoint, exc, correlation,
+            extra={"service": self.service, "endpoint": call.endpoint, "correlation_id": correlation},
+        )  # fmt: skip
+        dependency = exc.id or "a dependency"
+        said = (
+            f"{dependency} answered: {exc.detail}"
+            if exc.remote
+            else f"calling {dependency} failed ({exc.status})"
+        )
+        return type(exc)(
+            f"{call.endpoint}: {said}; correlation id {correlation}", id=self.service, code=exc.code
+        )
+
+    # -- the core: decode, run the handler, encode ---------------------------------------------
+
+    async def _run_unary(self, call: Call) -> bytes:
+        target = call.target
+        assert target is not None  # CallChecks refused the call otherwise
+        content_type = call.content_type
+        arg = self._decode(target, call.body, content_type)
+        result = await target.run(arg, call.ctx, self.threads)
+        return self._checked(target.encode(result, content_type))
+
+    async def _run_stream(self, call: Call) -> AsyncIterator[bytes]:
+        target = call.target
+        assert target is not None
+        content_type = call.content_type
+        items = target.run(self._decode(target, call.body, content_type), call.ctx, self.threads)
+        encode = target.encode
+        try:
+            async for item in items:
+                yield self._checked(encode(item, content_type))
+        finally:
+            await items.aclose()
+
+    def _decode(self, target: Target, body: Body, content_type: str) -> Any:
+        if isinstance(body, bytes | bytearray | memoryview):
+            return target.decode(body, content_type)
+        return self._decode_each(target, body, content_type)
+
+    async def _decode_each(
+        self, target: Target, bodies: AsyncIterator[bytes], content_type: str
+    ) -> AsyncIterator[Any]:
+        decode, limit = target.decode, self.max_message
+        async for body in bodies:
+            if len(body) > limit:
+                raise TooManyRequests(f"request message of {len(body)} bytes is over the limit of {limit}")
+            yield decode(body, content_type)
+
+    def _checked(self, reply: bytes) -> bytes:
+        if len(reply) > self.max_message:
+            raise TooManyRequests(f"reply of {len(reply)} bytes is over the limit of {self.max_message}")
+        return reply
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    def abort(self, reason: str) -> int:
+        """Cancel every call still running (the node's grace is over); each caller is told so.
+        Returns how many were cancelled."""
+        self.aborting = reason
+        tasks = list(self.inflight)
+        for task in tasks:
+            task.cancel()
+        return len(tasks)

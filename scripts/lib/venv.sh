@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/demo and scripts/test: find a Python >= 3.11, make or reuse the checkout's
 # virtualenv, install microweave into it.
 #
@@ -69,7 +70,11 @@ summary() {
 }
 
 _py_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; }
-_py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo "?"; }
+_py_version() {
+  local v
+  v=$("$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || true
+  printf '%s\n' "${v:-?}"
+}
 # the interpreter behind a command (pyenv shims, symlinks and venvs resolved), to compare two
 _py_base() {
   "$1" -c 'import os, sys; print(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))' \

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
-from microweave import Context, Service
+from microweave import Service
 
 
 class HelloRequest(msgspec.Struct):
@@ -28,7 +28,7 @@ service = Service("greeter", version="1.0.0")
 
 @service.handler
 class Greeter:
-    async def say_hello(self, req: HelloRequest, ctx: Context) -> HelloReply:
+    async def say_hello(self, req: HelloRequest) -> HelloReply:
         return HelloReply(message=f"Hello {req.name}")
 
     async def say_hello_stream(self, req: HelloRequest) -> AsyncIterator[HelloReply]:

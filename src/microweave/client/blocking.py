@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..registry import Registry, Service
-from . import Client
+from ..selector import Filter
+from ..transport import ClientTransport
+from . import DEFAULT_TIMEOUT, Client, Retry
+from .call import UNSET, Unset
+
+if TYPE_CHECKING:
+    from ..middleware import ClientMiddleware
 
 __all__ = ["BlockingClient"]
 
 T = TypeVar("T")
+_RETRY = Retry()
 
 
 class BlockingClient:
@@ -21,15 +28,28 @@ class BlockingClient:
     Works inside Jupyter too, where a loop already runs in the main thread: ours has its own.
     """
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        registry: Registry | str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retry: Retry = _RETRY,
+        middleware: Sequence[ClientMiddleware] = (),
+        transports: Sequence[str | ClientTransport] = ("tcp", "grpc"),
+        name: str = "",
+    ) -> None:
+        """The same options as `Client`."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="microweave-client", daemon=True)
         self._thread.start()
-        self._client: Client = self._run(self._make(options))
 
-    @staticmethod
-    async def _make(options: dict[str, Any]) -> Client:
-        return Client(**options)
+        async def make() -> Client:  # built on its loop: it binds asyncio objects there
+            return Client(
+                registry=registry, timeout=timeout, retry=retry, middleware=middleware,
+                transports=transports, name=name,
+            )  # fmt: skip
+
+        self._client: Client = self._run(make())
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -38,15 +58,45 @@ class BlockingClient:
     def registry(self) -> Registry:
         return self._client.registry
 
-    def call(self, service: str, endpoint: str, request: Any, **options: Any) -> Any:
+    def call(
+        self,
+        service: str,
+        endpoint: str,
+        request: Any,
+        *,
+        response: Any = None,
+        timeout: float | Unset | None = UNSET,
+        metadata: Mapping[str, str] | None = None,
+        filters: Sequence[Filter] = (),
+        idempotent: bool | None = None,
+    ) -> Any:
         """Same arguments as `Client.call`; blocks until the reply or the error."""
-        return self._run(self._client.call(service, endpoint, request, **options))
+        return self._run(
+            self._client.call(
+                service, endpoint, request, response=response, timeout=timeout, metadata=metadata,
+                filters=filters, idempotent=idempotent,
+            )
+        )  # fmt: skip
 
-    def stream(self, service: str, endpoint: str, request: Any, **options: Any) -> list[Any]:
+    def stream(
+        self,
+        service: str,
+        endpoint: str,
+        request: Any,
+        *,
+        response: Any = None,
+        timeout: float | Unset | None = UNSET,
+        metadata: Mapping[str, str] | None = None,
+        filters: Sequence[Filter] = (),
+    ) -> list[Any]:
         """A server-streaming call, collected into a list."""
 
         async def collect() -> list[Any]:
-            return [r async for r in self._client.stream(service, endpoint, request, **options)]
+            replies = self._client.stream(
+                service, endpoint, request, response=response, timeout=timeout, metadata=metadata,
+                filters=filters,
+            )  # fmt: skip
+            return [r async for r in replies]
 
         return self._run(collect())
 

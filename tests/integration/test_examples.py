@@ -1,0 +1,89 @@
+"""The README's examples, run as a user would: against a real service process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from cli_helpers import REPO, CliProcess, registry_env, wait_for_service
+
+GREETER = "examples/greeter/service.py"
+PROXY_CLIENT = REPO / "examples/greeter/proxy_client.py"
+
+
+def test_proxy_client_calls_the_greeter(tmp_path: Path) -> None:
+    env = registry_env(tmp_path / "registry")
+    with CliProcess("run", GREETER, env=env, log=tmp_path / "run.log") as process:
+        wait_for_service("greeter", env=env, process=process)
+        ran = subprocess.run(
+            [sys.executable, str(PROXY_CLIENT), "Ada"],
+            env=env, cwd=PROXY_CLIENT.parent, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == ["Hello Ada", "Hello A", "Hello d"]
+
+
+def test_proxy_client_passes_mypy_strict() -> None:
+    checked = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(PROXY_CLIENT)],
+        cwd=PROXY_CLIENT.parent, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "Success" in checked.stdout
+
+
+def test_mypy_sees_a_wrong_proxy_call(tmp_path: Path) -> None:
+    """The check above can fail: a call with the wrong type is an error for mypy."""
+    wrong = PROXY_CLIENT.parent / f"_wrong_{tmp_path.name}.py"
+    wrong.write_text(
+        "from microweave import Client\nfrom service import Greeter\n\n\n"
+        "async def main(client: Client) -> None:\n"
+        "    await client.proxy(Greeter, service='greeter').say_hello('not a request')\n"
+    )
+    try:
+        checked = subprocess.run(
+            [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(wrong)],
+            cwd=PROXY_CLIENT.parent, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        wrong.unlink()
+    assert checked.returncode == 1 and "arg-type" in checked.stdout, checked.stdout
+
+
+def _readme_block(heading: str) -> str:
+    text = (REPO / "README.md").read_text()
+    section = text.split(heading, 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_deadlines_example_runs_as_written() -> None:
+    ran = subprocess.run(
+        [sys.executable, "-c", _readme_block("### 8. Deadlines and metadata")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    pong, trailers = ran.stdout.splitlines()
+    assert pong.startswith("Pong(text='hi', user='ada', seconds_left=") and "seconds_left=0" not in pong
+    assert trailers == "{'x-served-by': 'pinger'}"
+
+
+async def test_readme_middleware_example_wraps_every_call() -> None:
+    from microweave.testing import capture_logs, serve
+
+    namespace: dict[str, Any] = {}
+    exec(_readme_block("### 9. Middleware"), namespace)
+    service = namespace["service"]
+
+    @service.handler
+    class Echo:
+        async def echo(self, req: dict[str, Any]) -> dict[str, Any]:
+            return req
+
+    with capture_logs() as logs:
+        for transport in ("local", "tcp", "grpc"):
+            async with serve(service, transport=transport) as client:
+                assert await client.call("greeter", "Echo.Echo", {"n": 1}) == {"n": 1}
+    timed = [e["message"] for e in logs if e["message"].startswith("Echo.Echo via")]
+    assert [m.split()[2] for m in timed] == ["local", "tcp", "grpc"]

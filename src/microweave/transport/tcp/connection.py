@@ -5,6 +5,11 @@ a stream.
 asyncio Protocols rather than streams: a call is a callback on bytes already read, with no task
 switch until a handler really waits — that is most of the distance between this transport and
 grpcio (see docs/protocol.md for the wire format).
+
+Every connection is also a peer we may not trust: it gets a handshake deadline, a frame-progress
+deadline (only complete frames prove it alive), a PING budget, a cap on the frames handled per
+turn of the event loop, and (on the server) no reading while its own output is backed up. The
+defaults live in `transport/limits.py`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections import deque
 from typing import Any
 
 from ...server import Kind
+from .. import limits
 from . import frames as f
 
 __all__ = ["CALL_KINDS", "Connection", "Credit", "Inbox"]
@@ -32,6 +38,31 @@ CALL_KINDS = {
 }
 KEEPALIVE = 30.0  # seconds of silence before we PING the peer
 KEEPALIVE_TIMEOUT = 10.0  # seconds without any frame after our PING: the connection is dead
+
+
+class _Throttle:
+    """Connection-level warnings, at most one line per kind per `limits.LOG_INTERVAL`; the next
+    line that gets through says how many were held back. A thousand bad peers then cost the log
+    one line a second, not a thousand (the kinds are a handful of fixed strings)."""
+
+    def __init__(self) -> None:
+        self._quiet_until: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._quiet_until.get(kind, 0.0):
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return
+        self._quiet_until[kind] = now + limits.LOG_INTERVAL
+        held = self._held.pop(kind, 0)
+        if held:
+            message += " (%d more like this suppressed)"
+            args = (*args, held)
+        log.warning(message, *args)
+
+
+warn = _Throttle().warning
 
 
 class Credit:
@@ -125,10 +156,21 @@ class Connection(asyncio.Protocol):
     """Preface, SETTINGS, PING and GOAWAY; subclasses handle the stream frames."""
 
     is_server = False
+    #: stop reading while our output to the peer is backed up. Only a server does: if both ends
+    #: did, two peers writing to each other at once could each wait for the other to read.
+    pause_when_backed_up = False
 
     def __init__(
-        self, *, max_frame_size: int = f.DEFAULT_MAX_FRAME_SIZE, window: int = f.DEFAULT_INITIAL_WINDOW
-    ) -> None:
+        self, *, max_frame_size: int = f.DEFAULT_MAX_FRAME_SIZE, window: int = f.DEFAULT_INITIAL_WINDOW,
+        handshake_timeout: float | None = None, frame_timeout: float | None = None,
+        ping_budget: int | None = None, ping_window: float | None = None,
+        frames_per_turn: int | None = None,
+    ) -> None:  # fmt: skip
+        self.handshake_timeout = limits.HANDSHAKE_TIMEOUT if handshake_timeout is None else handshake_timeout
+        self.frame_timeout = limits.FRAME_TIMEOUT if frame_timeout is None else frame_timeout
+        self.ping_budget = limits.PING_BUDGET if ping_budget is None else ping_budget
+        self.ping_window = limits.PING_WINDOW if ping_window is None else ping_window
+        self.frames_per_turn = limits.FRAMES_PER_TURN if frames_per_turn is None else frames_per_turn
         self.transport: asyncio.Transport | None = None
         self.decoder = f.FrameDecoder(server=self.is_server, max_frame_size=max_frame_size)
         self.settings = f.Settings(max_frame_size=max_frame_size, initial_window=window)
@@ -137,7 +179,14 @@ class Connection(asyncio.Protocol):
         self.goaway_received: f.GoAway | None = None
         self.goaway_sent = False
         self._paused: asyncio.Future[None] | None = None
-        self._last_seen = time.monotonic()
+        self._opened = self._last_seen = time.monotonic()
+        self._partial_since: float | None = None  # when the frame now half-received began
+        self._pings = 0  # PINGs received in the current budget window
+        self._pings_reset = 0.0  # when the window ends
+        self._write_blocked = False  # the transport's buffer is above its high-water mark
+        self._reading_paused = False
+        self._backlog: list[f.Frame] | None = None  # frames decoded but not yet handled
+        self._backlog_pos = 0
         self._ping_sent: float | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self._out: list[bytes] | None = None  # frames written since the last flush
@@ -150,18 +199,77 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         transport.write(f.PREFACE + f.encode_settings(self.settings))
-        self._schedule_keepalive()
+        self._opened = time.monotonic()
+        self._schedule_keepalive(min(KEEPALIVE, self.handshake_timeout))
 
     def data_received(self, data: bytes) -> None:
-        self._last_seen = time.monotonic()
-        self._ping_sent = None  # any bytes prove the peer alive, not only the PING's ACK
         try:
-            for frame in self.decoder.feed(data):
-                self.frame_received(frame)
+            frames = self.decoder.feed(data)
         except f.ProtocolError as exc:
-            log.warning("closing connection to %s: %s", self.peer_name, exc)
-            self.close(exc.code, exc.message)
-        self.flush()  # the replies to everything this read held go out in one send
+            self._protocol_error(exc)
+            return
+        now = time.monotonic()
+        if frames:  # complete frames prove the peer alive; bytes trickling in do not
+            self._last_seen = now
+            self._ping_sent = None
+        if self.decoder.buffered:  # part of a frame (or of the preface) is waiting for the rest
+            if frames or self._partial_since is None:
+                self._partial_since = now
+        else:
+            self._partial_since = None
+        if self._backlog is not None:  # a read that was under way when reading paused
+            self._backlog.extend(frames)
+        elif len(frames) <= self.frames_per_turn:  # the usual case: the whole read in one go
+            try:
+                for frame in frames:
+                    self.frame_received(frame)
+            except f.ProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            self.flush()  # the replies to everything this read held go out in one send
+        else:
+            self._handle(frames, 0)
+
+    def _handle(self, frames: list[f.Frame], pos: int) -> None:
+        """Handle up to `frames_per_turn` frames from `pos`; leave the rest for a later turn of
+        the loop, not reading meanwhile, so one busy peer cannot hold the loop from the others."""
+        stop = min(len(frames), pos + self.frames_per_turn)
+        try:
+            while pos < stop and not self.closed:
+                self.frame_received(frames[pos])
+                pos += 1
+        except f.ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        self.flush()
+        if pos < len(frames) and not self.closed:
+            self._backlog, self._backlog_pos = frames, pos
+            if not self._write_blocked:
+                self.loop.call_soon(self._next_turn)
+        else:
+            self._backlog = None
+        self._update_reading()
+
+    def _next_turn(self) -> None:
+        if self._backlog is None or self.closed or self._write_blocked:
+            return
+        frames, self._backlog = self._backlog, None
+        self._handle(frames, self._backlog_pos)
+
+    def _update_reading(self) -> None:
+        """Read from the peer unless frames are waiting, or our output to it is backed up."""
+        pause = self._backlog is not None or self._write_blocked
+        if pause == self._reading_paused or self.transport is None or self.transport.is_closing():
+            return
+        self._reading_paused = pause
+        if pause:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def _protocol_error(self, exc: f.ProtocolError) -> None:
+        warn("protocol", "closing connection to %s: %s", self.peer_name, exc)
+        self.close(exc.code, exc.message)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -179,10 +287,18 @@ class Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self._paused is None or self._paused.done():
             self._paused = asyncio.get_running_loop().create_future()
+        if self.pause_when_backed_up:
+            self._write_blocked = True  # a peer that does not read gets no more work done
+            self._update_reading()
 
     def resume_writing(self) -> None:
         if self._paused is not None and not self._paused.done():
             self._paused.set_result(None)
+        if self._write_blocked:
+            self._write_blocked = False
+            self._update_reading()
+            if self._backlog is not None:
+                self.loop.call_soon(self._next_turn)
 
     # -- for subclasses ----------------------------------------------------------------------
 
@@ -213,6 +329,11 @@ class Connection(asyncio.Protocol):
     def frame_received(self, frame: f.Frame) -> None:
         if isinstance(frame, f.Ping):
             if not frame.ack:
+                if self._over_ping_budget():
+                    warn("ping", "closing connection to %s: more than %d PINGs in %gs",
+                         self.peer_name, self.ping_budget, self.ping_window)  # fmt: skip
+                    self.close(f.ErrorCode.ENHANCE_YOUR_CALM, "too many PINGs")
+                    return
                 self.write(f.encode_ping(frame.opaque, ack=True))
         elif isinstance(frame, f.Settings):
             self.peer = frame
@@ -223,6 +344,14 @@ class Connection(asyncio.Protocol):
             self.goaway(frame)
         else:
             self.stream_frame(frame)
+
+    def _over_ping_budget(self) -> bool:
+        now = time.monotonic()
+        if now >= self._pings_reset:
+            self._pings_reset = now + self.ping_window
+            self._pings = 0
+        self._pings += 1
+        return self._pings > self.ping_budget
 
     def stream_frame(self, frame: f.Frame) -> None:
         raise NotImplementedError
@@ -249,15 +378,27 @@ class Connection(asyncio.Protocol):
 
     # -- keepalive ----------------------------------------------------------------------------
 
-    def _schedule_keepalive(self) -> None:
-        self._keepalive = asyncio.get_running_loop().call_later(KEEPALIVE, self._check_alive)
+    def _schedule_keepalive(self, delay: float) -> None:
+        self._keepalive = self.loop.call_later(max(delay, 0.001), self._check_alive)
 
     def _check_alive(self) -> None:
+        """The connection's one timer: handshake and frame-progress deadlines, keepalive, idle."""
         if self.closed:
             return
         now = time.monotonic()
+        if not self.ready.done() and now - self._opened >= self.handshake_timeout:
+            warn("handshake", "closing connection to %s: no preface and SETTINGS within %gs",
+                 self.peer_name, self.handshake_timeout)  # fmt: skip
+            self.close(f.ErrorCode.NO_ERROR, "handshake timeout")
+            return
+        partial = self._partial_since
+        if partial is not None and now - partial >= self.frame_timeout:
+            warn("frame", "closing connection to %s: a frame did not complete within %gs",
+                 self.peer_name, self.frame_timeout)  # fmt: skip
+            self.close(f.ErrorCode.NO_ERROR, "frame timeout")
+            return
         if self._ping_sent is not None and now - self._ping_sent > KEEPALIVE_TIMEOUT:
-            log.warning("connection to %s missed its keepalive; closing", self.peer_name)
+            warn("keepalive", "connection to %s missed its keepalive; closing", self.peer_name)
             self.close(f.ErrorCode.NO_ERROR, "keepalive timeout")
             return
         if self.idle_expired(now):
@@ -266,7 +407,12 @@ class Connection(asyncio.Protocol):
         if now - self._last_seen >= KEEPALIVE and self._ping_sent is None:
             self._ping_sent = now
             self.write(f.encode_ping(os.urandom(8)))
-        self._schedule_keepalive()
+        wake = min(KEEPALIVE, self.frame_timeout)
+        if not self.ready.done():
+            wake = min(wake, self._opened + self.handshake_timeout - now)
+        if partial is not None:
+            wake = min(wake, partial + self.frame_timeout - now)
+        self._schedule_keepalive(wake)
 
     def idle_expired(self, now: float) -> bool:
         return False

@@ -168,13 +168,17 @@ class Registry(abc.ABC):
 def merge_nodes(records: list[Service]) -> list[Service]:
     """Fold one-node records (as etcd and files hold them) into one Service per version."""
     by_version: dict[str, Service] = {}
+    seen: dict[str, set[str]] = {}  # node ids per version: one set, not one per record
     for record in records:
         known = by_version.get(record.version)
         if known is None:
-            by_version[record.version] = record.with_nodes(list(record.nodes))
-        else:
-            seen = {n.id for n in known.nodes}
-            known.nodes.extend(n for n in record.nodes if n.id not in seen)
+            known = by_version[record.version] = record.with_nodes([])
+            seen[record.version] = set()
+        ids = seen[record.version]
+        for node in record.nodes:
+            if node.id not in ids:
+                ids.add(node.id)
+                known.nodes.append(node)
     return list(by_version.values())
 
 

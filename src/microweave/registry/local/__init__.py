@@ -12,7 +12,8 @@ Settings, as keyword arguments or in the URL (`local:///path?skew=30`): `skew`, 
 difference between processes tolerated (default 60 s; a node that stops heartbeating leaves a
 reader that first sees it after its death within `ttl + skew`, a reader that saw it alive within
 `ttl`); `watch_buffer`, the most events one poll hands a watcher before it sends RESYNC instead;
-`poll`, seconds between a watcher's polls (default 0.2).
+`poll`, seconds between a watcher's polls (default 0.2). As a keyword only: `sweep_after`, how
+long a reader must itself see a dead node's file unchanged before it removes it (default 300 s).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ...errors import ConfigurationError, RegistryError
 from .. import Registry, Service, Watcher, merge_nodes
 from .entries import Entry, encode, write_entry
 from .paths import check_name, default_layout, ensure, explicit_layout
-from .tracker import SKEW, Snapshot, Tracker
+from .tracker import SKEW, SWEEP_AFTER, Snapshot, Tracker
 from .watch import PollingWatcher
 
 __all__ = ["LocalRegistry", "default_root"]
@@ -62,6 +63,7 @@ class LocalRegistry(Registry):
         skew: float = SKEW,
         watch_buffer: int = WATCH_BUFFER,
         poll: float = POLL,
+        sweep_after: float = SWEEP_AFTER,
     ) -> None:
         if not skew >= 0 or not poll > 0 or watch_buffer < 1:
             raise ConfigurationError(
@@ -72,7 +74,7 @@ class LocalRegistry(Registry):
         self.root = self.layout.root
         self.watch_buffer = watch_buffer
         self.poll = poll
-        self._tracker = Tracker(self.layout, skew=skew)
+        self._tracker = Tracker(self.layout, skew=skew, sweep_after=sweep_after)
 
     @classmethod
     def from_url(cls, url: BackendURL, **kwargs: Any) -> LocalRegistry:

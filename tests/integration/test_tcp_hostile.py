@@ -345,3 +345,12 @@ async def test_bad_connections_do_not_flood_the_log(processes: ServiceProcesses)
     lines = [line for line in proc.output().splitlines() if "not a microweave peer" in line]
     assert 2 <= len(lines) <= 3, lines
     assert "suppressed" in lines[-1]
+
+
+async def test_clients_wait_for_a_stream_instead_of_being_refused(
+    processes: ServiceProcesses, client: Client
+) -> None:
+    _start(processes, limits={"MAX_CONCURRENT_STREAMS": 4})
+    calls = [client.call("hostile", "Hostile.Count", {"seconds": 0.1}) for _ in range(40)]
+    replies = await asyncio.gather(*calls)
+    assert sorted(r["count"] for r in replies)[-1] == 40  # every call ran, none was refused

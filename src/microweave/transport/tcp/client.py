@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
@@ -60,6 +61,29 @@ class _ClientConnection(Connection):
         self.calls: dict[int, _Call] = {}
         self.next_id = 1
         self.last_used = time.monotonic()
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+
+    async def slot(self, timeout: float | None) -> None:
+        """Wait until the server's `max_concurrent_streams` allows one more stream: a call over
+        it would only be refused (REFUSED_STREAM)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while len(self.calls) >= self.peer.max_concurrent_streams and self.usable:
+                    waiter = self.loop.create_future()
+                    self._slot_waiters.append(waiter)
+                    await waiter
+        except TimeoutError:
+            raise Timeout("deadline exceeded waiting for a stream", id="microweave.client") from None
+        if not self.usable:
+            raise NotDelivered(f"connection to {self.address} closed while waiting for a stream")
+
+    def _wake_slots(self) -> None:
+        free = self.peer.max_concurrent_streams - len(self.calls)
+        while self._slot_waiters and (free > 0 or not self.usable):
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
 
     @property
     def usable(self) -> bool:
@@ -81,6 +105,8 @@ class _ClientConnection(Connection):
     def cancel(self, sid: int, code: int = f.ErrorCode.CANCEL) -> None:
         if self.calls.pop(sid, None) is not None:
             self.write(f.encode_rst_stream(sid, code))
+            if self._slot_waiters:
+                self._wake_slots()
 
     def check_size(self, frame: bytes, path: str) -> None:
         """Never send a frame the server said it will not take: that would cost the connection."""
@@ -128,6 +154,8 @@ class _ClientConnection(Connection):
                 self._fail(call, Cancelled(f"node {self.address} reset the call ({frame.code})"))
         elif type(frame) is f.WindowUpdate and call.send_credit is not None:
             call.send_credit.grant(frame.increment)
+        if self._slot_waiters:
+            self._wake_slots()
 
     @staticmethod
     def _fail(call: _Call, exc: MicroError) -> None:
@@ -142,12 +170,14 @@ class _ClientConnection(Connection):
         # Streams the server never saw are safe to retry elsewhere.
         for sid in [s for s in self.calls if s > frame.last_stream_id]:
             self._fail(self.calls.pop(sid), NotDelivered(f"node {self.address} is draining"))
+        self._wake_slots()
 
     def streams_lost(self, exc: Exception | None) -> None:
         calls, self.calls = self.calls, {}
         reason = f": {exc}" if exc else ""
         for call in calls.values():
             self._fail(call, ConnectionLost(f"connection to {self.address} lost{reason}"))
+        self._wake_slots()
 
 
 class TcpClient(ClientTransport):
@@ -219,6 +249,8 @@ class TcpClient(ClientTransport):
         conn = self._pool.get(address)
         if conn is None or not conn.usable:
             conn = await self._connection(address)
+        if len(conn.calls) >= conn.peer.max_concurrent_streams:
+            await conn.slot(timeout)
         sid = conn.next_id
         frame = f.encode_headers(
             sid, path, content_type=content_type, timeout_us=_timeout_us(timeout),
@@ -253,6 +285,8 @@ class TcpClient(ClientTransport):
         content_type: str = JSON,
     ) -> AsyncGenerator[bytes, None]:
         conn = await self._connection(address)
+        if len(conn.calls) >= conn.peer.max_concurrent_streams:
+            await conn.slot(timeout)
         sid, call = conn.new_stream()
         call.inbox = Inbox(conn, sid, conn.settings.initial_window)
         one = isinstance(body, bytes | bytearray | memoryview)

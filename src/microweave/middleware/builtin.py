@@ -11,7 +11,7 @@ from ..context import FROM_NODE, FROM_SERVICE, current_context
 from ..errors import MicroError, NotImplementedError_, Timeout, TooManyRequests
 from ..server import Router
 from ..server.call import Call
-from . import ClientMiddleware, ServerMiddleware, StreamNext, UnaryNext
+from . import C, ClientMiddleware, Middleware, ServerMiddleware, StreamNext, UnaryNext
 
 __all__ = ["AccessLog", "CallChecks", "ClientDeadline", "Deadline", "PropagateMetadata"]
 
@@ -23,7 +23,22 @@ _KIND_NAMES = {
 }
 
 
-class CallChecks(ServerMiddleware):
+class _Before(Middleware[C]):
+    """A stage that only checks (or fills in) the call before passing it on, for both hooks."""
+
+    def before(self, call: C) -> None:
+        raise NotImplementedError
+
+    async def unary(self, call: C, call_next: UnaryNext[C]) -> bytes:
+        self.before(call)
+        return await call_next(call)
+
+    def stream(self, call: C, call_next: StreamNext[C]) -> AsyncIterator[bytes]:
+        self.before(call)
+        return call_next(call)
+
+
+class CallChecks(_Before[Call], ServerMiddleware):
     """Refuse, before decoding: an unknown endpoint (501), a call of the wrong kind (501, on
     every transport: a unary call to a streaming endpoint never hangs), a request over the size
     limit (429, as gRPC's RESOURCE_EXHAUSTED)."""
@@ -32,7 +47,7 @@ class CallChecks(ServerMiddleware):
         self.router = router
         self.max_message = max_message
 
-    def check(self, call: Call) -> None:
+    def before(self, call: Call) -> None:
         target = call.target
         if target is None:
             raise self.router.unknown(call.path)
@@ -44,44 +59,21 @@ class CallChecks(ServerMiddleware):
         if isinstance(body, bytes | bytearray | memoryview) and len(body) > self.max_message:
             raise TooManyRequests(f"request of {len(body)} bytes is over the limit of {self.max_message}")
 
-    async def unary(self, call: Call, call_next: UnaryNext[Call]) -> bytes:
-        self.check(call)
-        return await call_next(call)
 
-    def stream(self, call: Call, call_next: StreamNext[Call]) -> AsyncIterator[bytes]:
-        self.check(call)
-        return call_next(call)
-
-
-class Deadline(ServerMiddleware):
+class Deadline(_Before[Call], ServerMiddleware):
     """A call whose deadline passed on the way in is answered 408 without running. The transport
     cancels a running call at its deadline; the error boundary says 408 for it too."""
 
-    async def unary(self, call: Call, call_next: UnaryNext[Call]) -> bytes:
+    def before(self, call: Call) -> None:
         if call.ctx.expired:
             raise Timeout(f"deadline exceeded before serving {call.endpoint}")
-        return await call_next(call)
-
-    def stream(self, call: Call, call_next: StreamNext[Call]) -> AsyncIterator[bytes]:
-        if call.ctx.expired:
-            raise Timeout(f"deadline exceeded before serving {call.endpoint}")
-        return call_next(call)
 
 
-class ClientDeadline(ClientMiddleware):
+class ClientDeadline(_Before[ClientCall], ClientMiddleware):
     """What this attempt may take: the call's deadline, which already holds what the calling
     handler had left (deadlines shrink hop by hop)."""
 
-    async def unary(self, call: ClientCall, call_next: UnaryNext[ClientCall]) -> bytes:
-        self.set(call)
-        return await call_next(call)
-
-    def stream(self, call: ClientCall, call_next: StreamNext[ClientCall]) -> AsyncIterator[bytes]:
-        self.set(call)
-        return call_next(call)
-
-    @staticmethod
-    def set(call: ClientCall) -> None:
+    def before(self, call: ClientCall) -> None:
         if call.deadline is None:
             call.timeout = None
             return
@@ -91,22 +83,14 @@ class ClientDeadline(ClientMiddleware):
         call.timeout = left
 
 
-class PropagateMetadata(ClientMiddleware):
+class PropagateMetadata(_Before[ClientCall], ClientMiddleware):
     """Carry the serving handler's metadata (tracing, user keys) into calls it makes, and say
     who is calling (`micro-from-service`, `micro-from-id`)."""
 
     def __init__(self, name: str = "", node_id: str = "") -> None:
         self.identity = {k: v for k, v in ((FROM_SERVICE, name), (FROM_NODE, node_id)) if v}
 
-    async def unary(self, call: ClientCall, call_next: UnaryNext[ClientCall]) -> bytes:
-        self.add(call)
-        return await call_next(call)
-
-    def stream(self, call: ClientCall, call_next: StreamNext[ClientCall]) -> AsyncIterator[bytes]:
-        self.add(call)
-        return call_next(call)
-
-    def add(self, call: ClientCall) -> None:
+    def before(self, call: ClientCall) -> None:
         if call.attempt > 1:
             return  # done on the first attempt
         ctx = current_context()

@@ -15,7 +15,8 @@ import msgspec
 import pytest
 from helpers import ServiceProcesses, async_wait_until
 
-from microweave import BadRequest, Client, NotImplementedError_, Service, TooManyRequests, Unavailable
+from microweave import Client, NotImplementedError_, Service, TooManyRequests, Unavailable
+from microweave.transport.tcp import TcpClient
 from microweave.transport.tcp import frames as f
 
 
@@ -161,7 +162,7 @@ async def small_frames() -> AsyncIterator[tuple[Service, Client]]:
 
 async def test_request_over_the_servers_limit_fails_locally(small_frames: tuple[Service, Client]) -> None:
     _, client = small_frames
-    with pytest.raises(BadRequest, match="at most"):
+    with pytest.raises(TooManyRequests, match="at most"):
         await client.call("sizes", "Sizes.BigReply", Note("1" + " " * 100_000))
     # nothing was sent, so the connection and the server are fine
     assert await client.call("sizes", "Sizes.BigReply", Note("3"), response=Note) == Note("yyy")
@@ -292,7 +293,8 @@ async def test_idle_pooled_connections_are_closed_and_replaced(monkeypatch: pyte
     service.handler(Echo())
     async with service, Client(registry=registry, transports=("tcp",)) as client:
         assert await client.call("wire", "Echo.Echo", Note("one"), response=Note) == Note("one")
-        pool = client._tcp._pool  # type: ignore[union-attr]
+        (tcp,) = [t for t in client.transports if isinstance(t, TcpClient)]
+        pool = tcp._pool
         (conn,) = pool.values()
         await asyncio.wait_for(conn.done, 10)  # closed by the client once idle
         assert await client.call("wire", "Echo.Echo", Note("two"), response=Note) == Note("two")

@@ -22,13 +22,11 @@ from ...errors import MicroError
 from ...server import Kind
 from ...server.call import Call
 from ...server.pipeline import Pipeline
-from .. import ServerTransport
+from .. import ServerTransport, limits
 
-__all__ = ["MAX_CONCURRENT_STREAMS", "MAX_MESSAGE", "GrpcServer"]
+__all__ = ["MAX_MESSAGE", "GrpcServer"]
 
 MAX_MESSAGE = 4 * 1024 * 1024  # gRPC's own default, said out loud
-#: streams one connection may have open at once; HTTP/2 refuses the rest (grpc's default: none)
-MAX_CONCURRENT_STREAMS = 1000
 CONTENT_TYPE_KEY = "x-content-type"
 
 
@@ -78,13 +76,14 @@ class GrpcServer(ServerTransport):
         self,
         *,
         max_message: int = MAX_MESSAGE,
-        max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
+        max_concurrent_streams: int | None = None,
         options: list[tuple[str, Any]] | None = None,
     ) -> None:
         self._options = [
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),
-            ("grpc.max_concurrent_streams", max_concurrent_streams),
+            # grpc's own default is no limit: the same bound as tcp (transport/limits.py)
+            ("grpc.max_concurrent_streams", max_concurrent_streams or limits.MAX_CONCURRENT_STREAMS),
             ("grpc.so_reuseport", 0),
             *(options or []),
         ]

@@ -21,7 +21,7 @@ import msgspec
 
 from ..codec import JSON, type_codec
 from ..context import current_context
-from ..errors import NotDelivered, ServiceNotFound
+from ..errors import NotDelivered, NotImplementedError_, ServiceNotFound
 from ..registry import Node, Registry
 from ..registry.cache import RegistryCache
 from ..selector import Filter, Selector
@@ -38,6 +38,13 @@ __all__ = ["DEFAULT_TIMEOUT", "UNSET", "Client", "ClientCall", "Retry", "Unset"]
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0  # seconds, go-micro's default request timeout
 _MOCK_NODE = Node(id="mock", address="")
+_KINDS = {kind.value: kind for kind in Kind}
+_KIND_NAMES = {
+    Kind.UNARY: "unary",
+    Kind.SERVER_STREAM: "server-streaming",
+    Kind.CLIENT_STREAM: "client-streaming",
+    Kind.BIDI: "bidirectional-streaming",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +106,7 @@ class Client:
         #: in order of preference
         self.transports = tuple(_transport(t, max_message) for t in transports)
         self._paths: dict[tuple[str, str], str] = {}
+        self._kinds: dict[str, dict[str, Kind]] = {}  # node id -> endpoint path -> call kind
         from .pipeline import ClientPipeline
 
         self.pipeline = ClientPipeline(self, middleware)
@@ -115,13 +123,49 @@ class Client:
         for transport in self.transports:
             address = transport.address_of(node)
             if address:
+                if not getattr(transport, "call_kind_on_wire", True):
+                    self._check_kind(call, node)
                 call.node, call.transport = node, transport.name
                 self.selector.started(node)
                 return transport, address
+        call.tried.append(node.id)  # a retry must look elsewhere: this node stays unreachable
         raise NotDelivered(
             f"node {node.id} offers none of the transports {', '.join(t.name for t in self.transports)}",
             id="microweave.client",
         )
+
+    def _check_kind(self, call: ClientCall, node: Node) -> None:
+        """Refuse a call of the wrong kind (unary to a streaming endpoint, say) before sending
+        it, over a wire that does not carry the kind (gRPC's): the server would take it for the
+        kind it serves, and the caller would hang or get half an answer. The node's registry
+        record says each endpoint's kind; other transports leave the check to the server."""
+        kinds = self._kinds.get(node.id)
+        if kinds is None:
+            kinds = self._kinds_of(call.service, node.id)
+        expected = kinds.get(call.path)
+        if expected is not None and expected is not call.kind:
+            raise NotImplementedError_(
+                f"{call.endpoint} is {_KIND_NAMES[expected]}; called as {_KIND_NAMES[call.kind]}",
+                id=call.service,
+            )
+
+    def _kinds_of(self, service: str, node_id: str) -> dict[str, Kind]:
+        """Each endpoint's kind by path, from the record holding the node (remembered by node
+        id: a node's endpoints are fixed for its life)."""
+        for record in self.cache.fresh(service) or ():
+            if not any(n.id == node_id for n in record.nodes):
+                continue
+            kinds: dict[str, Kind] = {}
+            for endpoint in record.endpoints:
+                stream = endpoint.metadata.get("stream", "unary")
+                if stream in _KINDS:  # go-micro says "true", which names no kind: not checked
+                    path = endpoint.metadata.get("path") or grpc_path(service, endpoint.name)
+                    kinds[path] = _KINDS[stream]
+            if len(self._kinds) >= 4096:  # nodes come and go: a bound, not a leak
+                self._kinds.clear()
+            self._kinds[node_id] = kinds
+            return kinds
+        return {}
 
     async def _select(self, service: str, filters: Sequence[Filter], exclude: Sequence[str]) -> Node:
         services = self.cache.fresh(service)

@@ -64,7 +64,7 @@ class ClientPipeline:
             return False
         if call.deadline is not None and time.monotonic() >= call.deadline:
             return False
-        if not isinstance(exc, NotDelivered):
+        if exc.remote or not isinstance(exc, NotDelivered):  # a node's answer was delivered
             may_have_run = isinstance(exc, ConnectionLost) or (exc.remote and isinstance(exc, Unavailable))
             if not may_have_run or not self.client.is_idempotent(call):
                 return False
@@ -97,8 +97,10 @@ class ClientPipeline:
                 timeout=call.timeout, metadata=call.metadata, content_type=call.content_type,
                 response_metadata=call.response_metadata,
             )  # fmt: skip
-        except (NotDelivered, ConnectionLost):
-            failed = True  # the node, not the call, failed: the selector ejects it for a while
+        except (NotDelivered, ConnectionLost) as exc:
+            # the node, not the call, failed: the selector ejects it for a while (a node that
+            # answered with one of these, in-process say, is up: never ejected)
+            failed = not exc.remote
             raise
         finally:
             if node is not None:
@@ -118,8 +120,8 @@ class ClientPipeline:
             async with contextlib.aclosing(replies):  # stopping early cancels the call at once
                 async for reply in replies:
                     yield reply
-        except (NotDelivered, ConnectionLost):
-            failed = True
+        except (NotDelivered, ConnectionLost) as exc:
+            failed = not exc.remote
             raise
         finally:
             if node is not None:

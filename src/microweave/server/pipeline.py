@@ -26,6 +26,7 @@ from ..errors import (
     Timeout,
     TooManyRequests,
     Unavailable,
+    error_for_code,
 )
 from ..middleware import ServerMiddleware, chain
 from ..middleware.builtin import CallChecks, Deadline
@@ -159,7 +160,9 @@ class Pipeline:
         """What the caller is told about an exception raised while serving `call`."""
         ctx, endpoint = call.ctx, call.ctx.endpoint
         if isinstance(exc, MicroError):
-            if exc.remote or exc.id not in ("", self.service):
+            # `callee` is set on every error a client call returned, answered or not: one the
+            # handler let out is a dependency's, even with no id (a node that was unreachable)
+            if exc.remote or exc.callee or exc.id not in ("", self.service):
                 return self._dependency_error(exc, call)
             exc.id = self.service
             return exc
@@ -195,14 +198,16 @@ class Pipeline:
             call.endpoint, exc, correlation,
             extra={"service": self.service, "endpoint": call.endpoint, "correlation_id": correlation},
         )  # fmt: skip
-        dependency = exc.id or "a dependency"
+        dependency = exc.callee or exc.id or "a dependency"
         said = (
             f"{dependency} answered: {exc.detail}"
             if exc.remote
             else f"calling {dependency} failed ({exc.status})"
         )
-        return type(exc)(
-            f"{call.endpoint}: {said}; correlation id {correlation}", id=self.service, code=exc.code
+        # the class its code names, never NotDelivered or ConnectionLost: this node *did* run
+        # the call, so a caller must not take it for one that never reached a handler
+        return error_for_code(
+            exc.code, f"{call.endpoint}: {said}; correlation id {correlation}", id=self.service
         )
 
     # -- the core: decode, run the handler, encode ---------------------------------------------

@@ -24,11 +24,15 @@ _FACTORIES = {
 }
 
 
-def _grpc_metadata(metadata: Mapping[str, str], content_type: str) -> tuple[tuple[str, str], ...] | None:
-    pairs = tuple(metadata.items())
-    if content_type != JSON:
-        pairs += ((CONTENT_TYPE_KEY, content_type),)
-    return pairs or None
+_JSON_ONLY = ((CONTENT_TYPE_KEY, JSON),)
+
+
+def _grpc_metadata(metadata: Mapping[str, str], content_type: str) -> tuple[tuple[str, str], ...]:
+    """The call's metadata and, always, its content type: a server takes a call that names none
+    as a plain grpcio client's, in the endpoint's own codec (protobuf for protobuf-typed ones)."""
+    if not metadata and content_type == JSON:
+        return _JSON_ONLY
+    return (*metadata.items(), (CONTENT_TYPE_KEY, content_type))
 
 
 # what grpc-core says when no connection could be made: the request never left
@@ -57,6 +61,9 @@ def _error(exc: grpc.aio.AioRpcError, address: str) -> MicroError:
 
 class GrpcClient(ClientTransport):
     name = "grpc"
+    #: gRPC's wire does not say whether a call is unary or streaming: the client checks the
+    #: kind against the registry record before sending (`Client._check_kind`)
+    call_kind_on_wire = False
 
     def address_of(self, node: Node) -> str | None:
         return node.address or None  # go-micro's field: the gRPC address

@@ -117,9 +117,10 @@ def test_call_options_reach_the_handler(two_versions: None, env: dict[str, str])
     assert 0 < reply["seconds_left"] <= 3  # the handler's deadline is the one given
     # the default is 30 s, so more than that left proves --timeout was used, not the default
     assert _reply("--timeout", "1000", env=env)["seconds_left"] > 30
-    # no deadline: none at all, or (a client that needs a number) past any a call could need
-    left = _reply("--timeout", "inf", env=env)["seconds_left"]
-    assert left is None or left > 29 * 24 * 3600, left
+    # inf, or more than 30 days: the handler sees no deadline at all
+    for huge in ("inf", "1e300", "2592001"):
+        assert _reply("--timeout", huge, env=env)["seconds_left"] is None, huge
+    assert _reply("--timeout", "2592000", env=env)["seconds_left"] > 29 * 24 * 3600  # 30 days is a deadline
 
 
 def test_call_streams_one_json_line_per_reply(greeter: CliProcess, env: dict[str, str]) -> None:

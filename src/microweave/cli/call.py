@@ -78,7 +78,7 @@ async def _call(
     endpoint: str,
     body: Any,
     *,
-    timeout: float,
+    timeout: float | None,
     metadata: dict[str, str],
     stream: bool,
     versions: list[str],
@@ -98,7 +98,8 @@ async def _call(
                 async for reply in client.stream(service, endpoint, body, kind=kind, **options):
                     _emit(reply)
             return
-        codec = await proto_json(records, path, timeout=timeout)
+        # learning the types is a lookup, not the call: it keeps a deadline when the call has none
+        codec = await proto_json(records, path, timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
         data = codec.encode(body)
         if kind is Kind.UNARY:
             _emit(codec.decode(await client.call_raw(service, path, data, content_type=PROTO, **options)))

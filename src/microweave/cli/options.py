@@ -13,12 +13,12 @@ from typing import Annotated
 import typer
 
 from .._backends import load_registry
+from ..client.call import MAX_TIMEOUT
 from ..errors import ConfigurationError
 from ..registry import Registry
 from .output import CliError
 
 __all__ = [
-    "NO_DEADLINE",
     "JsonFlag",
     "RegistryOption",
     "TimeoutOption",
@@ -53,21 +53,16 @@ VersionOption = Annotated[
     ),
 ]
 
-#: What the CLI sends for "no deadline" (`--timeout inf`, or longer than 30 days): a month and
-#: a day. The client reads a timeout past its 30-day MAX_TIMEOUT as no deadline at all; a
-#: client without that rule still gets a number every transport can carry (gRPC's deadline
-#: overflows past ~9.2e9 s, tcp's `timeout_us` past 2^63 us), and a month is no deadline for
-#: a call from a shell.
-NO_DEADLINE = 31 * 24 * 3600.0
-_MONTH = 30 * 24 * 3600.0
 
-
-def check_timeout(value: str | float) -> float:
-    """Seconds for the client: > 0; `inf` or more than 30 days means no deadline.
+def check_timeout(value: str | float | None) -> float | None:
+    """Seconds for the client: > 0; `inf` or more than the client's MAX_TIMEOUT (30 days)
+    means no deadline (None).
 
     Parsed and checked here, at the boundary, so `--timeout nan` is a usage error that says what
     to give instead, not a traceback from deep inside a transport.
     """
+    if value is None:
+        return None
     try:
         seconds = float(value)
     except ValueError:
@@ -76,11 +71,11 @@ def check_timeout(value: str | float) -> float:
         ) from None
     if math.isnan(seconds) or seconds <= 0:
         raise typer.BadParameter(f"{value} is not a number of seconds > 0 (for no deadline: --timeout inf)")
-    return NO_DEADLINE if seconds > _MONTH else seconds
+    return None if seconds > MAX_TIMEOUT else seconds
 
 
 TimeoutOption = Annotated[
-    float,
+    float | None,
     typer.Option(
         "--timeout",
         "-t",

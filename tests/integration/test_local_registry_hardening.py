@@ -32,6 +32,7 @@ from helpers import REPO, async_wait_until
 from microweave import ConfigurationError
 from microweave.registry import Action, Event, Node, Service
 from microweave.registry.local import LocalRegistry
+from microweave.registry.local.tracker import SETTLE
 
 NOBODY = 65534
 WAIT = 10.0
@@ -180,6 +181,7 @@ READER = """
 import asyncio, json, sys
 from microweave.registry import Node, Service
 from microweave.registry.local import LocalRegistry
+from microweave.registry.local.tracker import SETTLE
 
 async def main():
     registry = LocalRegistry(sys.argv[1])
@@ -295,6 +297,30 @@ async def test_an_idle_reader_of_5000_entries_reads_nothing_again(tmp_path: Path
 async def _address_of(registry: LocalRegistry, node: str) -> bool:
     [service] = await registry.get_service("greeter")
     return any(n.id == node and n.address == "moved:7" for n in service.nodes)
+
+
+async def test_a_file_edited_in_place_is_still_noticed(tmp_path: Path) -> None:
+    # Writers replace entries by rename (a new inode); a person or tool editing one in place
+    # keeps the inode, so only the periodic full stat pass can see it: it must.
+    root = tmp_path / "registry"
+    registry = LocalRegistry(root)
+    await registry.register(record(address="127.0.0.1:1"))
+    assert [n.address for s in await registry.get_service("greeter") for n in s.nodes] == ["127.0.0.1:1"]
+    listings = -1
+    while registry._tracker.listings != listings:  # until the directory is settled: not listed
+        listings = registry._tracker.listings
+        await asyncio.sleep(SETTLE / 4)
+        await registry.get_service("greeter")
+    registry._tracker.reverify = 0.5  # 30 s by default
+    path = root / "greeter" / "n1.json"
+    edited = path.read_text().replace("127.0.0.1:1", "127.0.0.1:2")
+    with path.open("r+") as file:  # same inode, same size
+        file.write(edited)
+
+    async def moved() -> bool:
+        return [n.address for s in await registry.get_service("greeter") for n in s.nodes] == ["127.0.0.1:2"]
+
+    await async_wait_until(moved, timeout=WAIT, what="the edit to be seen")
 
 
 # -- 11: clock skew -----------------------------------------------------------------------------

@@ -7,7 +7,11 @@ changed, or while it is not yet *settled*: a listing that began SETTLE seconds a
 current status was first seen. Filesystem timestamps are coarse (a tick of up to a couple of
 seconds), so a change in the same tick as a listing would otherwise leave the status unchanged
 and go unseen. Within a listed directory, a file is read again only when its (inode, mtime,
-ctime, size) changed: writers replace files by rename, so every write is a new status.
+ctime, size) changed. Writers replace files by rename, so a write gives the name a new inode,
+which a listing reports without a stat: while a directory keeps changing (heartbeats), polls
+compare inodes only, and stat every entry at most once per SETTLE seconds (catching a file
+edited in place, or an inode number reused between two polls). A settled directory is still
+stat'ed entry by entry every REVERIFY seconds, for edits that leave the directory unchanged.
 
 Clock trust. Another process's clock may be far from ours (time namespaces, faked clocks,
 network filesystems), so neither the `expires` a writer stored nor a file's mtime decides
@@ -36,12 +40,13 @@ from .. import Service
 from .entries import MAX_ENTRY, Skipped, Vanished, decode, kind, read_entry
 from .paths import Layout, trusted
 
-__all__ = ["SETTLE", "SKEW", "SWEEP_AFTER", "Live", "Snapshot", "Tracker"]
+__all__ = ["REVERIFY", "SETTLE", "SKEW", "SWEEP_AFTER", "Live", "Snapshot", "Tracker"]
 
 log = logging.getLogger("microweave.registry")
 
 SETTLE = 2.0  # seconds: longer than the coarsest timestamp tick of a common filesystem
 SKEW = 60.0  # seconds of clock difference between processes tolerated by default
+REVERIFY = 30.0  # seconds between full stat passes over a settled directory
 SWEEP_AFTER = 300.0  # seconds a reader must itself see a dead file unchanged before removing it
 _NO_TTL = 5 * 365 * 86400.0  # an `expires` this far past the mtime: registered without a TTL
 
@@ -71,6 +76,7 @@ class _Dir:
     sig: Sig
     seen_at: float
     scanned_at: float = -math.inf
+    full_at: float = -math.inf  # the last listing that stat'ed every entry
     settled: bool = False
     files: dict[str, _File] = field(default_factory=dict)  # service dirs: entries by file name
     names: list[str] = field(default_factory=list)  # the root: service directories
@@ -93,6 +99,7 @@ class Tracker:
         self.skew = skew
         self.sweep_after = sweep_after
         self.max_entry = max_entry
+        self.reverify = REVERIFY
         self.reads = 0  # entries opened and read: what polling costs when nothing changes
         self.listings = 0  # directories listed
         self._lock = threading.Lock()
@@ -165,29 +172,39 @@ class Tracker:
             previous = state
             state = self._dirs[name] = _Dir(sig, mono)
             if previous is not None:
-                state.files, state.scanned_at = previous.files, previous.scanned_at
-        if not state.settled:
-            self._rescan(path, name, state, mono, wall)
-            state.settled = mono - state.seen_at >= SETTLE
+                state.files, state.scanned_at, state.full_at = (
+                    previous.files,
+                    previous.scanned_at,
+                    previous.full_at,
+                )
+        if not state.settled or mono - state.full_at >= self.reverify:
+            full = mono - state.full_at >= SETTLE
+            self._rescan(path, name, state, mono, wall, full=full)
+            state.settled = full and mono - state.seen_at >= SETTLE
         if state.live is None or mono >= state.valid_until:
             self._judge(path, state, mono)
         assert state.live is not None
         return state.live
 
-    def _rescan(self, path: str, name: str, state: _Dir, mono: float, wall: float) -> None:
+    def _rescan(self, path: str, name: str, state: _Dir, mono: float, wall: float, *, full: bool) -> None:
         """List one service directory; read only the files that are new or changed."""
         before, state.scanned_at = state.scanned_at, mono
+        if full:
+            state.full_at = mono
         present: set[str] = set()
         self.listings += 1
         with os.scandir(path) as entries:
             for entry in entries:
                 if not entry.name.endswith(".json"):
                     continue  # a write in progress (.tmp), or not ours to judge
+                old = state.files.get(entry.name)
+                if not full and old is not None and old.sig[0] == entry.inode():
+                    present.add(entry.name)  # not replaced since: no stat needed
+                    continue
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                old = state.files.get(entry.name)
                 if old is not None and old.sig == _sig(st):
                     present.add(entry.name)
                     continue

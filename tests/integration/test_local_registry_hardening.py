@@ -128,6 +128,27 @@ async def test_a_world_writable_explicit_directory_is_refused(tmp_path: Path) ->
         await LocalRegistry(root).get_service("greeter")
 
 
+async def test_a_world_writable_service_directory_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a root others may enter (0755, as older versions left it) holding a 0777 service directory
+    root = tmp_path / "registry"
+    registry = LocalRegistry(root)
+    await registry.register(record("billing", "b1"))
+    root.chmod(0o755)
+    (root / "greeter").mkdir()
+    (root / "greeter").chmod(0o777)
+    impostor = {"expires": time.time() + 60, "ttl": 60.0, "service": json.loads(record().to_json())}
+    (root / "greeter" / "n1.json").write_text(json.dumps(impostor))
+    with pytest.raises(ConfigurationError, match=r"greeter is writable by other users \(mode 0777\)"):
+        await registry.get_service("greeter")
+    with pytest.raises(ConfigurationError, match="writable by other users"):
+        await registry.register(record("greeter", "mine"))
+    caplog.set_level(logging.WARNING, logger="microweave.registry")
+    assert {s.name for s in await registry.list_services()} == {"billing"}
+    assert "writable by other users" in caplog.text
+
+
 async def test_directories_are_private_and_entries_0600_whatever_the_umask(shared_tmp: Path) -> None:
     old = os.umask(0)
     try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ from ..._backends import BackendURL
 from ...errors import ConfigurationError, RegistryError
 from .. import Registry, Service, Watcher, merge_nodes
 from .entries import Entry, encode, write_entry
-from .paths import check_name, default_layout, ensure, explicit_layout
+from .paths import check_name, default_layout, ensure, explicit_layout, unsafe
 from .tracker import SKEW, SWEEP_AFTER, Snapshot, Tracker
 from .watch import PollingWatcher
 
@@ -115,8 +116,12 @@ class LocalRegistry(Registry):
             directory = self.root / service.name
             with contextlib.suppress(FileExistsError):
                 os.mkdir(directory, 0o700)
-            if directory.is_symlink() or not directory.is_dir():
+            st = os.lstat(directory)
+            if not stat.S_ISDIR(st.st_mode):
                 raise RegistryError(f"cannot register {service.name}: {directory} is not a directory")
+            problem = unsafe(directory, st)
+            if problem:
+                raise ConfigurationError(f"{problem}; remove it, or fix its owner and mode")
             for node in service.nodes:
                 data = encode(Entry(expires, service.with_nodes([node]), ttl=float(ttl or 0.0)))
                 write_entry(directory, node.id, data)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ...errors import ConfigurationError
 
-__all__ = ["Layout", "check_name", "default_layout", "ensure", "explicit_layout", "trusted"]
+__all__ = ["Layout", "check_name", "default_layout", "ensure", "explicit_layout", "trusted", "unsafe"]
 
 _FIX = (
     "remove it (if nothing of yours is in it), or use a private directory: "
@@ -80,18 +80,27 @@ def _check(path: Path) -> bool:
         return False  # a dangling link of ours
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigurationError(f"the local registry path {path} is not a directory; {_FIX}")
+    problem = unsafe(path, st)
+    if problem:
+        raise ConfigurationError(f"{problem}; {_FIX}")
+    return True
+
+
+def unsafe(path: Path | str, st: os.stat_result) -> str:
+    """Why a directory with this status is not private to this user ("" when it is)."""
+    uid = os.geteuid()
     if st.st_uid != uid:
-        raise ConfigurationError(
+        return (
             f"the local registry directory {path} is owned by uid {st.st_uid}, not by you "
-            f"(uid {uid}): another user could register impostors there and receive your calls; {_FIX}"
+            f"(uid {uid}): another user could register impostors there and receive your calls"
         )
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigurationError(
+        return (
             f"the local registry directory {path} is writable by other users "
             f"(mode {stat.S_IMODE(st.st_mode):04o}): they could register impostors there and "
-            f"receive your calls; run `chmod go-w {path}` if it is yours, or {_FIX}"
+            f"receive your calls; run `chmod go-w {path}` if it is yours"
         )
-    return True
+    return ""
 
 
 def trusted(layout: Layout) -> bool:

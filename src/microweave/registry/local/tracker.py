@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from ...errors import RegistryError
+from ...errors import ConfigurationError, RegistryError
 from .. import Service
 from .entries import MAX_ENTRY, Skipped, Vanished, decode, kind, read_entry
-from .paths import Layout, trusted
+from .paths import Layout, trusted, unsafe
 
 __all__ = ["REVERIFY", "SETTLE", "SKEW", "SWEEP_AFTER", "Live", "Snapshot", "Tracker"]
 
@@ -117,7 +117,7 @@ class Tracker:
                 return {}
             try:
                 if service is not None:
-                    return {service: self._live_in(service, mono, wall)}
+                    return {service: self._live_in(service, mono, wall, strict=True)}
                 names = self._service_names(mono)
                 for gone in self._dirs.keys() - set(names):
                     del self._dirs[gone]
@@ -156,7 +156,7 @@ class Tracker:
             state.settled = mono - state.seen_at >= SETTLE
         return state.names
 
-    def _live_in(self, name: str, mono: float, wall: float) -> Live:
+    def _live_in(self, name: str, mono: float, wall: float, *, strict: bool = False) -> Live:
         path = os.path.join(self.layout.root, name)
         try:
             st = os.lstat(path)
@@ -165,6 +165,12 @@ class Tracker:
             return {}
         if not stat.S_ISDIR(st.st_mode):
             self._skip_once(self._skipped, path, f"it is {kind(st.st_mode)}, not a service directory")
+            return {}
+        problem = unsafe(path, st)  # e.g. made world-writable under a root others can enter
+        if problem:
+            if strict:
+                raise ConfigurationError(f"{problem}; remove it, or fix its owner and mode")
+            self._skip_once(self._skipped, path, problem)
             return {}
         sig = _sig(st)
         state = self._dirs.get(name)

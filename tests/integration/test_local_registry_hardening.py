@@ -287,10 +287,27 @@ async def test_an_idle_reader_of_5000_entries_reads_nothing_again(tmp_path: Path
     )
     reader = LocalRegistry(root, poll=0.05)
 
+    gaps: list[float] = []
+
+    async def tick() -> None:  # the event loop's responsiveness while the reader works
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.ensure_future(tick())
+    await asyncio.sleep(0.01)
+    gaps.clear()  # count the ticks during the lookup only
     started = time.perf_counter()
     assert len(node_ids(await reader.get_service("greeter"))) == many
     first = time.perf_counter() - started
+    ticking.cancel()
     assert reader.reads == many
+    # the 5,000 reads ran off the event loop: it kept ticking meanwhile (on the loop, the
+    # lookup would have run start to end in one step, between two ticks)
+    assert len(gaps) >= 10, (first, gaps)
 
     async with await reader.watch() as watcher:  # a client's cache watches everything
         polls = asyncio.ensure_future(anext(watcher))

@@ -42,7 +42,7 @@ def generate() -> None:
     except ImportError:
         raise SystemExit(
             "generating the protobuf code needs grpcio-tools: pip install grpcio-tools "
-            '(or pip install -e ".[dev]")'
+            '(from a checkout: .venv/bin/pip install -e ".[dev]")'
         ) from None
     include = Path(protoc.__file__).resolve().parent / "_proto"  # well-known types
     # Generate into a temporary directory, then move: a process importing meanwhile (a client

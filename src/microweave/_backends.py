@@ -95,7 +95,7 @@ def _load(kind: str, group: str, builtin: dict[str, tuple[str, str, str | None]]
             raise
         raise ConfigurationError(
             f"the {scheme} {kind} needs a driver that is not installed ({exc.name}); "
-            f'run: pip install "microweave[{extra}]"'
+            f'run: pip install "microweave[{extra}]" (from a checkout: .venv/bin/pip install -e ".[{extra}]")'
         ) from None
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from ._backends import load_registry, settings
 from .client import Client
 from .codec import describe
-from .errors import ConfigurationError
+from .errors import ConfigurationError, RegistryError
 from .lifecycle import Component, Listeners, Registration
 from .registry import Endpoint, Node, Registry, Value
 from .registry import Service as ServiceRecord
@@ -330,10 +330,16 @@ class Service:
             await self.stop()
 
     def run(self) -> None:
-        """Serve until SIGTERM/SIGINT (blocking); uses uvloop when it is installed."""
+        """Serve until SIGTERM/SIGINT (blocking); uses uvloop when it is installed. A setup
+        error (bad configuration, a registry it cannot use) ends the process with its message
+        and exit code 2, not a traceback."""
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        run_async(self.serve())
+        try:
+            run_async(self.serve())
+        except (ConfigurationError, RegistryError) as exc:
+            log.error("%s cannot start: %s", self.name, exc.detail)
+            raise SystemExit(2) from None
 
 
 def run_async(main: Any) -> Any:

@@ -126,13 +126,17 @@ def start_nats_server(directory: str, cpus: set[int] | None = None, timeout: flo
             preexec_fn=_child_setup(cpus),  # the bench starts no threads: fork-safe
         )
         server = NatsServer(process, f"nats://127.0.0.1:{port}", log_path)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and process.poll() is None:
-            if _answers(port):
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and process.poll() is None:
+                if _answers(port):
+                    time.sleep(0.05)
+                    if process.poll() is None:  # the one answering is ours, not a squatter
+                        return server
                 time.sleep(0.05)
-                if process.poll() is None:  # the one answering is ours, not a squatter
-                    return server
-            time.sleep(0.05)
+        except BaseException:  # Ctrl-C while waiting: do not leave it behind
+            server.stop()
+            raise
         failures.append(f"port {port}: exit code {process.poll()}, log: {server.log_tail()}")
         server.stop()
     raise RuntimeError("nats-server did not start: " + "; ".join(failures))

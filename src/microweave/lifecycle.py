@@ -73,7 +73,11 @@ class Listeners:
         local.unserve(self.node_id)
         abort = asyncio.get_running_loop().call_later(self.grace, self._abort)
         try:
-            await asyncio.gather(*(t.stop(self.grace + ABORT_FLUSH) for t in self._started))
+            # in-process calls have no transport to wait for them: the pipeline does
+            await asyncio.gather(
+                *(t.stop(self.grace + ABORT_FLUSH) for t in self._started),
+                self.pipeline.drain(self.grace + ABORT_FLUSH),
+            )
         finally:
             abort.cancel()
             self._started = []

@@ -468,20 +468,7 @@ async def test_call_refused_by_a_draining_node_is_retried_on_another(
 # -- 6. a call cancelled at the end of a node's grace ---------------------------------------------
 
 
-GRACE_CASES = [
-    pytest.param(
-        t, f, id=f"{t}-{f}",
-        marks=[pytest.mark.xfail(
-            strict=True,
-            reason="Listeners.stop (lifecycle.py) neither waits for nor aborts in-process calls: "
-            "it returns once gRPC and tcp have drained, cancelling the abort timer",
-        )] if t == "local" else [],
-    )
-    for t, f in CASES
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(("transport", "flavour"), GRACE_CASES)
+@pytest.mark.parametrize(("transport", "flavour"), CASES)
 async def test_call_cancelled_at_the_end_of_the_grace_is_reported_not_retried(
     transport: str, flavour: str, pb: tuple[ModuleType, ModuleType]
 ) -> None:

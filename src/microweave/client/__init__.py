@@ -23,6 +23,7 @@ from ..codec import JSON, type_codec
 from ..context import current_context
 from ..errors import NotDelivered, NotImplementedError_, ServiceNotFound
 from ..registry import Node, Registry
+from ..registry import Service as ServiceRecord
 from ..registry.cache import RegistryCache
 from ..selector import Filter, Selector
 from ..server import Kind, grpc_path
@@ -113,17 +114,31 @@ class Client:
 
     # -- what the pipeline asks of the client ------------------------------------------------
 
-    async def route(self, call: ClientCall) -> tuple[ClientTransport, str]:
-        """Select a node for this attempt and the transport that reaches it."""
+    def route(
+        self, call: ClientCall, services: list[ServiceRecord] | None = None
+    ) -> tuple[ClientTransport, str] | None:
+        """Select a node for this attempt and the transport that reaches it, from the registry
+        cache; None when the cache holds nothing fresh for the service: then ask the registry
+        and pass what it said as `services`. (Synchronous: the common case awaits nothing.)"""
         first = self.transports[0]
         if not first.discovers:  # a test double that answers for every service
             call.node, call.transport = _MOCK_NODE, first.name
             return first, ""
-        node = await self._select(call.service, call.filters, call.tried)
+        if services is None:
+            services = self.cache.fresh(call.service)
+            if services is None:
+                return None
+        if not services:
+            raise ServiceNotFound(
+                f"service {call.service} not found in {self.registry!r}; "
+                "is it running, and on the same registry?",
+                id="microweave.client",
+            )
+        node = self.selector.select(call.service, services, call.filters, call.tried)
         for transport in self.transports:
             address = transport.address_of(node)
             if address:
-                if not getattr(transport, "call_kind_on_wire", True):
+                if not transport.call_kind_on_wire:
                     self._check_kind(call, node)
                 call.node, call.transport = node, transport.name
                 self.selector.started(node)
@@ -166,17 +181,6 @@ class Client:
             self._kinds[node_id] = kinds
             return kinds
         return {}
-
-    async def _select(self, service: str, filters: Sequence[Filter], exclude: Sequence[str]) -> Node:
-        services = self.cache.fresh(service)
-        if services is None:  # not cached, or stale: ask the registry
-            services = await self.cache.get_service(service)
-        if not services:
-            raise ServiceNotFound(
-                f"service {service} not found in {self.registry!r}; is it running, and on the same registry?",
-                id="microweave.client",
-            )
-        return self.selector.select(service, services, filters, exclude)
 
     def _records(self, call: ClientCall) -> list[Any]:
         records = self.cache.fresh(call.service) or []

@@ -20,6 +20,7 @@ from ..middleware.builtin import ClientDeadline, PropagateMetadata
 from .call import ClientCall
 
 if TYPE_CHECKING:
+    from ..transport import ClientTransport
     from . import Client
 
 __all__ = ["ClientPipeline"]
@@ -86,32 +87,43 @@ class ClientPipeline:
 
     # -- the innermost stages: select a node, send -----------------------------------------------
 
-    async def _send_unary(self, call: ClientCall) -> bytes:
+    async def _route(self, call: ClientCall) -> tuple[ClientTransport, str]:
         client = self.client
-        transport, address = await client.route(call)
+        routed = client.route(call)
+        if routed is None:  # nothing fresh in the registry cache: ask the registry
+            routed = client.route(call, await client.cache.get_service(call.service))
+            assert routed is not None
+        return routed
+
+    def _finished(self, call: ClientCall, exc: BaseException | None) -> None:
+        """Tell the selector how the attempt went: a node that could not be reached or lost
+        the connection is ejected for a while; a node that answered, even with an error, is not."""
         node = call.node
+        if node is None:
+            return
         failed = False
+        if isinstance(exc, MicroError):
+            call.tried.append(node.id)  # a retry looks elsewhere
+            failed = isinstance(exc, NotDelivered | ConnectionLost) and not exc.remote
+        self.client.selector.finished(node, failed=failed)
+
+    async def _send_unary(self, call: ClientCall) -> bytes:
+        routed = self.client.route(call) or await self._route(call)
+        transport, address = routed
         try:
-            return await transport.unary(
+            reply = await transport.unary(
                 address, call.path, call.body,  # type: ignore[arg-type]
                 timeout=call.timeout, metadata=call.metadata, content_type=call.content_type,
                 response_metadata=call.response_metadata,
             )  # fmt: skip
-        except (NotDelivered, ConnectionLost) as exc:
-            # the node, not the call, failed: the selector ejects it for a while (a node that
-            # answered with one of these, in-process say, is up: never ejected)
-            failed = not exc.remote
+        except BaseException as exc:
+            self._finished(call, exc)
             raise
-        finally:
-            if node is not None:
-                call.tried.append(node.id)
-                client.selector.finished(node, failed=failed)
+        self._finished(call, None)
+        return reply
 
     async def _send_stream(self, call: ClientCall) -> AsyncIterator[bytes]:
-        client = self.client
-        transport, address = await client.route(call)
-        node = call.node
-        failed = False
+        transport, address = self.client.route(call) or await self._route(call)
         replies = transport.stream(
             address, call.path, call.kind, call.body,
             timeout=call.timeout, metadata=call.metadata, content_type=call.content_type,
@@ -120,10 +132,7 @@ class ClientPipeline:
             async with contextlib.aclosing(replies):  # stopping early cancels the call at once
                 async for reply in replies:
                     yield reply
-        except (NotDelivered, ConnectionLost) as exc:
-            failed = not exc.remote
+        except BaseException as exc:
+            self._finished(call, exc)
             raise
-        finally:
-            if node is not None:
-                call.tried.append(node.id)
-                client.selector.finished(node, failed=failed)
+        self._finished(call, None)

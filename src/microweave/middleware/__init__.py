@@ -36,7 +36,7 @@ from typing import Any, Generic, TypeVar
 from ..client.call import ClientCall
 from ..server.call import Call
 
-__all__ = ["ClientMiddleware", "Middleware", "ServerMiddleware", "StreamNext", "UnaryNext", "chain"]
+__all__ = ["Before", "ClientMiddleware", "Middleware", "ServerMiddleware", "StreamNext", "UnaryNext", "chain"]
 
 C = TypeVar("C")
 
@@ -53,6 +53,23 @@ class Middleware(Generic[C]):
         return await call_next(call)
 
     def stream(self, call: C, call_next: StreamNext[C]) -> AsyncIterator[bytes]:
+        return call_next(call)
+
+
+class Before(Middleware[C]):
+    """A middleware that only checks (or fills in) the call before passing it on: override
+    `before`. The chain runs it as a plain function call, with no coroutine of its own, so a
+    check costs what its code costs (the framework's deadline and metadata stages are these)."""
+
+    def before(self, call: C) -> None:
+        raise NotImplementedError
+
+    async def unary(self, call: C, call_next: UnaryNext[C]) -> bytes:
+        self.before(call)
+        return await call_next(call)
+
+    def stream(self, call: C, call_next: StreamNext[C]) -> AsyncIterator[bytes]:
+        self.before(call)
         return call_next(call)
 
 
@@ -74,11 +91,31 @@ def chain(
     """Wrap `unary` and `stream` in `middleware`, the first one outermost; built once per
     pipeline, so a call pays one function call per middleware that does something."""
     for mw in reversed(middleware):
+        if isinstance(mw, Before) and not _overrides_before(mw):
+            unary = _wrap_before(mw.before, unary)
+            stream = _wrap_before(mw.before, stream)
+            continue
         if _overrides(mw, "unary"):
             unary = _wrap_unary(mw, unary)
         if _overrides(mw, "stream"):
             stream = _wrap_stream(mw, stream)
     return unary, stream
+
+
+def _overrides_before(mw: Before[Any]) -> bool:
+    """Whether a `Before` subclass also overrides `unary` or `stream` (then it is run as is)."""
+    return type(mw).unary is not Before.unary or type(mw).stream is not Before.stream
+
+
+N = TypeVar("N", UnaryNext[Any], StreamNext[Any])
+
+
+def _wrap_before(before: Callable[[C], None], call_next: N) -> N:
+    def wrapped(call: C) -> Any:
+        before(call)  # raises before the rest of the chain is even called
+        return call_next(call)
+
+    return wrapped
 
 
 def _wrap_unary(mw: Middleware[C], call_next: UnaryNext[C]) -> UnaryNext[C]:

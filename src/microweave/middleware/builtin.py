@@ -11,7 +11,7 @@ from ..context import FROM_NODE, FROM_SERVICE, current_context
 from ..errors import MicroError, NotImplementedError_, Timeout, TooManyRequests
 from ..server import Router
 from ..server.call import Call
-from . import C, ClientMiddleware, Middleware, ServerMiddleware, StreamNext, UnaryNext
+from . import Before, ClientMiddleware, ServerMiddleware, StreamNext, UnaryNext
 
 __all__ = ["AccessLog", "CallChecks", "ClientDeadline", "Deadline", "PropagateMetadata"]
 
@@ -23,22 +23,7 @@ _KIND_NAMES = {
 }
 
 
-class _Before(Middleware[C]):
-    """A stage that only checks (or fills in) the call before passing it on, for both hooks."""
-
-    def before(self, call: C) -> None:
-        raise NotImplementedError
-
-    async def unary(self, call: C, call_next: UnaryNext[C]) -> bytes:
-        self.before(call)
-        return await call_next(call)
-
-    def stream(self, call: C, call_next: StreamNext[C]) -> AsyncIterator[bytes]:
-        self.before(call)
-        return call_next(call)
-
-
-class CallChecks(_Before[Call], ServerMiddleware):
+class CallChecks(Before[Call], ServerMiddleware):
     """Refuse, before decoding: an unknown endpoint (501), a call of the wrong kind (501, on
     every transport: a unary call to a streaming endpoint never hangs), a request over the size
     limit (429, as gRPC's RESOURCE_EXHAUSTED)."""
@@ -60,7 +45,7 @@ class CallChecks(_Before[Call], ServerMiddleware):
             raise TooManyRequests(f"request of {len(body)} bytes is over the limit of {self.max_message}")
 
 
-class Deadline(_Before[Call], ServerMiddleware):
+class Deadline(Before[Call], ServerMiddleware):
     """A call whose deadline passed on the way in is answered 408 without running. The transport
     cancels a running call at its deadline; the error boundary says 408 for it too."""
 
@@ -69,7 +54,7 @@ class Deadline(_Before[Call], ServerMiddleware):
             raise Timeout(f"deadline exceeded before serving {call.endpoint}")
 
 
-class ClientDeadline(_Before[ClientCall], ClientMiddleware):
+class ClientDeadline(Before[ClientCall], ClientMiddleware):
     """What this attempt may take: the call's deadline, which already holds what the calling
     handler had left (deadlines shrink hop by hop)."""
 
@@ -83,7 +68,7 @@ class ClientDeadline(_Before[ClientCall], ClientMiddleware):
         call.timeout = left
 
 
-class PropagateMetadata(_Before[ClientCall], ClientMiddleware):
+class PropagateMetadata(Before[ClientCall], ClientMiddleware):
     """Carry the serving handler's metadata (tracing, user keys) into calls it makes, and say
     who is calling (`micro-from-service`, `micro-from-id`)."""
 

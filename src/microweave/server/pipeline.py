@@ -63,6 +63,7 @@ class Pipeline:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self.inflight: set[asyncio.Task[Any]] = set()
+        self._idle: asyncio.Event | None = None  # set when the last call ends, while stopping
         #: why in-flight calls are being cancelled (the node stopped after its grace), if they are
         self.aborting = ""
 
@@ -118,6 +119,8 @@ class Pipeline:
         finally:
             if task is not None:
                 self.inflight.discard(task)
+                if self._idle is not None and not self.inflight:
+                    self._idle.set()
 
     async def stream(self, call: Call) -> AsyncIterator[bytes]:
         """Run a call with a stream of replies; raises only `MicroError`."""
@@ -142,6 +145,8 @@ class Pipeline:
         finally:
             if task is not None:
                 self.inflight.discard(task)
+                if self._idle is not None and not self.inflight:
+                    self._idle.set()
             close = getattr(replies, "aclose", None)
             if close is not None:
                 with contextlib.suppress(BaseException):
@@ -261,3 +266,13 @@ class Pipeline:
         for task in tasks:
             task.cancel()
         return len(tasks)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no call is in flight, for up to `timeout` seconds; True when idle. Calls
+        on every transport count, in-process ones included."""
+        if not self.inflight:
+            return True
+        self._idle = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        return not self.inflight

@@ -54,6 +54,9 @@ class ClientTransport(abc.ABC):
     name: str = ""
     #: False for a test double that answers every call itself: the client then selects no node
     discovers: bool = True
+    #: whether the wire says if a call is unary or streaming (gRPC's does not: the client then
+    #: checks the kind against the registry record before sending)
+    call_kind_on_wire: bool = True
 
     def address_of(self, node: Node) -> str | None:
         """Where this transport reaches `node`, or None when the node does not offer it."""

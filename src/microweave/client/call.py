@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from ..registry import Node
@@ -70,5 +70,5 @@ class ClientCall:
     timeout: float | None = None
     #: the node this attempt goes to (set when selected), and the ones already tried
     node: Node | None = None
-    tried: list[str] = field(default_factory=list)
+    tried: tuple[str, ...] = ()
     transport: str = ""  # which transport carried the attempt

@@ -103,7 +103,7 @@ class ClientPipeline:
             return
         failed = False
         if isinstance(exc, MicroError):
-            call.tried.append(node.id)  # a retry looks elsewhere
+            call.tried = (*call.tried, node.id)  # a retry looks elsewhere
             failed = isinstance(exc, NotDelivered | ConnectionLost) and not exc.remote
         self.client.selector.finished(node, failed=failed)
 

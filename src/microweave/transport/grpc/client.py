@@ -12,7 +12,7 @@ from ...errors import ConnectionLost, MicroError, NotDelivered, from_grpc
 from ...registry import Node
 from ...server import Kind
 from .. import ClientTransport, StreamBody
-from .server import CONTENT_TYPE_KEY, MAX_MESSAGE
+from .server import CONTENT_TYPE_KEY, MAX_MESSAGE, REFUSED_KEY
 
 __all__ = ["GrpcClient"]
 
@@ -43,6 +43,10 @@ def _error(exc: grpc.aio.AioRpcError, address: str) -> MicroError:
     """Where the error came from: a microweave or go-micro node answers with its error JSON in
     the status message (`remote`); grpc-core's own UNAVAILABLE is a transport failure."""
     code, details = exc.code(), exc.details() or ""
+    if code is grpc.StatusCode.UNAVAILABLE and any(
+        k == REFUSED_KEY for k, _ in exc.trailing_metadata() or ()
+    ):
+        return NotDelivered(f"node {address} is draining: it refused the call", id="microweave.client")
     err = from_grpc(code, details)
     if err.id or details.startswith("{"):
         err.remote = True

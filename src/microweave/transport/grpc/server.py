@@ -9,6 +9,7 @@ through the pipeline too.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from ...context import Context
-from ...errors import MicroError
+from ...errors import MicroError, Unavailable
 from ...server import Kind
 from ...server.call import Call
 from ...server.pipeline import Pipeline
@@ -28,6 +29,9 @@ __all__ = ["MAX_MESSAGE", "GrpcServer"]
 
 MAX_MESSAGE = 4 * 1024 * 1024  # gRPC's own default, said out loud
 CONTENT_TYPE_KEY = "x-content-type"
+#: trailing metadata of a call a draining node refused before running it: the caller may send
+#: it elsewhere (grpc-core's own refusal while it shuts down is a bare CANCELLED, which says not)
+REFUSED_KEY = "micro-refused"
 
 
 def _call(pipeline: Pipeline, path: str, body: Any, grpc_context: Any) -> Call:
@@ -89,6 +93,9 @@ class GrpcServer(ServerTransport):
         ]
         self._server: Any = None
         self.health: Any = None
+        #: stopping: new calls are answered UNAVAILABLE with `REFUSED_KEY`, never run
+        self.draining = False
+        self._pipeline: Pipeline | None = None
 
     async def start(self, pipeline: Pipeline, *, host: str, port: int) -> str:
         router = pipeline.router
@@ -96,7 +103,9 @@ class GrpcServer(ServerTransport):
         by_service: dict[str, dict[str, Any]] = {}
         for target in router.targets.values():
             service, _, name = target.path[1:].partition("/")
-            by_service.setdefault(service, {})[name] = _method_handler(target.path, target.kind, pipeline)
+            by_service.setdefault(service, {})[name] = _method_handler(
+                target.path, target.kind, pipeline, self
+            )
         for service, handlers in by_service.items():
             server.add_registered_method_handlers(service, handlers)
 
@@ -110,7 +119,7 @@ class GrpcServer(ServerTransport):
             ),
             _GenericOnly(server),
         )
-        server.add_generic_rpc_handlers((_Unknown(pipeline),))
+        server.add_generic_rpc_handlers((_Unknown(pipeline, self),))
 
         try:
             bound = server.add_insecure_port(f"{host}:{port}")
@@ -120,18 +129,38 @@ class GrpcServer(ServerTransport):
             raise OSError(f"gRPC could not listen on {host}:{port}")
         await server.start()
         self._server = server
+        self._pipeline = pipeline
+        self.draining = False
         return f"{host}:{bound}"
 
     async def stop(self, grace: float) -> None:
+        """Refuse new calls as not delivered (callers retry them on another node) while the
+        calls in flight finish, for up to `grace` seconds; then stop grpc's server. Stopping it
+        at once would cancel, with a bare CANCELLED, calls that arrive as it begins: their
+        callers could not tell that those never ran."""
         if self._server is None:
             return
+        self.draining = True
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        deadline = time.monotonic() + grace
+        pipeline = self._pipeline
+        # the node's calls on every transport: all end within the grace, or are cancelled then.
+        # Polled, once per shutdown: a wake-up would cost every call (Pipeline.drain's event
+        # serves the one waiter the service has)
+        while pipeline is not None and pipeline.inflight and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        await self._server.stop(max(0.0, deadline - time.monotonic()))
         self._server = None
 
 
-def _method_handler(path: str, kind: Kind, pipeline: Pipeline) -> Any:
+async def _refuse(pipeline: Pipeline, grpc_context: Any) -> None:
+    err = Unavailable("the node is draining; the call was not run", id=pipeline.service)
+    grpc_context.set_trailing_metadata(((REFUSED_KEY, "draining"),))
+    await grpc_context.abort(err.grpc_code, err.to_json())
+
+
+def _method_handler(path: str, kind: Kind, pipeline: Pipeline, server: GrpcServer) -> Any:
     """A raw-bytes grpc handler that hands the call to the pipeline."""
 
     async def fail(err: MicroError, call: Call, grpc_context: Any) -> None:
@@ -141,6 +170,8 @@ def _method_handler(path: str, kind: Kind, pipeline: Pipeline) -> Any:
     if not kind.response_streaming:
 
         async def unary(request: Any, grpc_context: Any) -> bytes:
+            if server.draining:
+                await _refuse(pipeline, grpc_context)
             call = _call(pipeline, path, request, grpc_context)
             try:
                 reply = await pipeline.unary(call)
@@ -158,6 +189,8 @@ def _method_handler(path: str, kind: Kind, pipeline: Pipeline) -> Any:
         return factory(unary)
 
     async def streaming(request: Any, grpc_context: Any) -> AsyncIterator[bytes]:
+        if server.draining:
+            await _refuse(pipeline, grpc_context)
         call = _call(pipeline, path, request, grpc_context)
         try:
             async for reply in pipeline.stream(call):
@@ -178,11 +211,12 @@ def _method_handler(path: str, kind: Kind, pipeline: Pipeline) -> Any:
 class _Unknown(grpc.GenericRpcHandler):  # type: ignore[misc]
     """Any path no endpoint claims: UNIMPLEMENTED from the pipeline, naming the known endpoints."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, server: GrpcServer) -> None:
         self._pipeline = pipeline
+        self._server = server
 
     def service(self, handler_call_details: Any) -> Any:
         path = handler_call_details.method
         if not isinstance(path, str):
             path = bytes(path).decode(errors="replace")
-        return _method_handler(path, Kind.UNARY, self._pipeline)
+        return _method_handler(path, Kind.UNARY, self._pipeline, self._server)

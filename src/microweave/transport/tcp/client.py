@@ -20,6 +20,7 @@ from ...errors import (
     TooManyRequests,
     error_for_code,
 )
+from ...registry import Node
 from ...server import Kind
 from .. import ClientTransport, StreamBody
 from . import frames as f
@@ -182,6 +183,9 @@ class _ClientConnection(Connection):
 
 class TcpClient(ClientTransport):
     name = "tcp"
+
+    def address_of(self, node: Node) -> str | None:
+        return node.metadata.get("tcp_address")
 
     def __init__(
         self, *, max_frame_size: int = f.DEFAULT_MAX_FRAME_SIZE, connect_timeout: float = 5.0

@@ -435,16 +435,36 @@ class Prefer(Selector):
         return super().select(name, services, filters, exclude)
 
 
+class Attempts(ClientMiddleware):
+    """Records each attempt's node and how it ended (retries happen outside middleware)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    async def unary(self, call: ClientCall, call_next: UnaryNext[ClientCall]) -> bytes:
+        try:
+            reply = await call_next(call)
+        except MicroError as exc:
+            self.seen.append((call.node.id if call.node else "", type(exc).__name__))
+            raise
+        self.seen.append((call.node.id if call.node else "", "ok"))
+        return reply
+
+
 @pytest.mark.parametrize(("transport", "flavour"), CASES, ids=IDS)
 async def test_call_refused_by_a_draining_node_is_retried_on_another(
     transport: str, flavour: str, pb: tuple[ModuleType, ModuleType]
 ) -> None:
     registry, book = memory(), Book()
     nodes = await _nodes(flavour, pb, book, registry, grace=30)
-    draining = nodes[0]
+    draining, other = nodes
+    attempts = Attempts()
     try:
         async with Client(
-            registry=registry, transports=(transport,), selector=Prefer(draining.node_id)
+            registry=registry,
+            transports=(transport,),
+            selector=Prefer(draining.node_id),
+            middleware=[attempts],
         ) as client:
             api = Api(client, draining.name, flavour, pb[0])
             assert await api.unary("Echo", "warm") == ("warm", 4)  # a connection to the node is open
@@ -454,9 +474,19 @@ async def test_call_refused_by_a_draining_node_is_retried_on_another(
             # already running on it keeps it in its drain
             listeners = draining.components[0]
             stopping = asyncio.ensure_future(listeners.stop())
-            await asyncio.sleep(0)
+            # calls racing the start of the drain: each is answered, and runs once, somewhere
+            burst = [f"burst-{i}" for i in range(20)]
+            assert await asyncio.gather(*(api.unary("Echo", t) for t in burst)) == [
+                (t, len(t)) for t in burst
+            ]
+            assert book.count("Echo") == 1 + len(burst), book.runs
+            await asyncio.sleep(0.1)
+            attempts.seen.clear()
+            ran_on_a = book.by_node("Echo").get("a", 0)
             assert await api.unary("Echo", "hello") == ("hello", 5)
-            assert book.by_node("Echo") == {"a": 1, "b": 1}  # ran once, on the other node
+            # refused by the draining node (never reached its handler), then sent to the other
+            assert attempts.seen == [(draining.node_id, "NotDelivered"), (other.node_id, "ok")]
+            assert book.by_node("Echo").get("a", 0) == ran_on_a  # ran once, on the other node
             assert await holding == ("a", 0)  # the drain let the running call finish
             await stopping
             assert client.selector._ejected.keys() <= {draining.node_id}

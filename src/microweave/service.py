@@ -315,19 +315,33 @@ class Service:
         await self.stop()
 
     async def serve(self) -> None:
-        """Start, wait for SIGTERM or SIGINT, stop gracefully."""
+        """Start, wait for SIGTERM or SIGINT, stop gracefully. A second signal while stopping
+        does not cut the drain short (callers of in-flight calls are still answered): it is
+        logged; SIGKILL stops the process at once."""
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
+
+        def on_signal() -> None:
+            if stopping.is_set():
+                log.warning(
+                    "%s is already stopping (grace %gs); send SIGKILL to stop it at once",
+                    self.name,
+                    self.grace,
+                )
+            stopping.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
+            loop.add_signal_handler(sig, on_signal)
         try:
             await self.start()
             await stopping.wait()
             log.info("%s: signal received, draining", self.name)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            await self.stop()
+            try:
+                await self.stop()
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT (blocking); uses uvloop when it is installed. A setup

@@ -21,7 +21,7 @@ import msgspec
 
 from ..codec import JSON, type_codec
 from ..context import current_context
-from ..errors import NotDelivered, NotImplementedError_, ServiceNotFound
+from ..errors import InternalServerError, MicroError, NotDelivered, NotImplementedError_, ServiceNotFound
 from ..registry import Node, Registry
 from ..registry import Service as ServiceRecord
 from ..registry.cache import RegistryCache
@@ -134,6 +134,7 @@ class Client:
                 "is it running, and on the same registry?",
                 id="microweave.client",
             )
+        self._learn_path(call, services)
         node = self.selector.select(call.service, services, call.filters, call.tried)
         for transport in self.transports:
             address = transport.address_of(node)
@@ -218,13 +219,27 @@ class Client:
         return deadline
 
     def _path(self, service: str, endpoint: str) -> str:
-        key = (service, endpoint)
-        path = self._paths.get(key)
+        """The gRPC path of an endpoint: as given, as learnt from the registry, or go-micro's
+        rule (`Greeter.SayHello` of `greeter` -> `/greeter.Greeter/SayHello`)."""
+        path = self._paths.get((service, endpoint))
         if path is None:
-            path = endpoint if endpoint.startswith("/") else grpc_path(service, endpoint)
-            if len(self._paths) < 4096:  # endpoints are few; a bound keeps odd callers in check
-                self._paths[key] = path
+            path = endpoint if endpoint[:1] == "/" else grpc_path(service, endpoint)
         return path
+
+    def _learn_path(self, call: ClientCall, services: list[ServiceRecord]) -> None:
+        """A servicer's endpoint keeps its own package (`Greeter.SayHello` of `greeter` may be
+        `/helloworld.Greeter/SayHello`): its record says so. Learnt once per endpoint name."""
+        key = (call.service, call.endpoint)
+        if call.endpoint[:1] == "/" or key in self._paths:
+            return
+        path = call.path
+        for record in services:
+            for endpoint in record.endpoints:
+                if endpoint.name == call.endpoint:
+                    path = endpoint.metadata.get("path") or path
+        if len(self._paths) >= 4096:  # endpoints are few; a bound keeps odd callers in check
+            self._paths.clear()
+        self._paths[key] = call.path = path
 
     def _call(
         self,
@@ -254,12 +269,25 @@ class Client:
         return type_codec(type(request)).encode(request, content_type)
 
     @staticmethod
-    def _decode(body: bytes, response: Any, content_type: str) -> Any:
-        if response is bytes:
-            return body
-        if response is None:
-            return msgspec.json.decode(body) if content_type == JSON else msgspec.msgpack.decode(body)
-        return type_codec(response).decode(body, content_type)
+    def _decode(body: bytes, response: Any, content_type: str, service: str, endpoint: str) -> Any:
+        """The reply as the caller asked for it; a reply that does not decode is the node's
+        fault, said as a `MicroError` (never a codec's own exception, nor a 400 that would
+        blame the caller's request)."""
+        try:
+            if response is bytes:
+                return body
+            if response is None:
+                return msgspec.json.decode(body) if content_type == JSON else msgspec.msgpack.decode(body)
+            return type_codec(response).decode(body, content_type)
+        except Exception as exc:
+            why = exc.detail if isinstance(exc, MicroError) else str(exc)
+            err = InternalServerError(
+                f"the reply of {service} {endpoint} does not decode as "
+                f"{getattr(response, '__name__', 'JSON')}: {why}",
+                id="microweave.client",
+            )
+            err.callee = service
+            raise err from None
 
     # -- unary -------------------------------------------------------------------------
 
@@ -321,7 +349,7 @@ class Client:
             service, endpoint, body, timeout=timeout, metadata=metadata, response_metadata=response_metadata,
             filters=filters, content_type=content_type, idempotent=idempotent,
         )  # fmt: skip
-        return self._decode(reply, response, content_type)
+        return self._decode(reply, response, content_type, service, endpoint)
 
     def call_raw(
         self,
@@ -377,7 +405,7 @@ class Client:
         )  # fmt: skip
         async with contextlib.aclosing(replies):  # stopping early cancels the call at once
             async for reply in replies:
-                yield self._decode(reply, response, content_type)
+                yield self._decode(reply, response, content_type, service, endpoint)
 
     async def stream_raw(
         self,

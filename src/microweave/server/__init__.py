@@ -119,9 +119,12 @@ class Router:
         return self.methods.get(endpoint) or self.by_name.get(endpoint)
 
     def unknown(self, path: str) -> NotImplementedError_:
-        known = ", ".join(sorted(self.by_name)) or "none"
+        """501 naming what the caller could have meant (the path it sent is cut short: it is
+        the caller's own input, echoed)."""
+        shown = path if len(path) <= 200 else f"{path[:200]}..."
+        known = ", ".join([*sorted(self.by_name), *sorted(self.servicer_handlers)]) or "none"
         return NotImplementedError_(
-            f"unknown endpoint {path} on service {self.package}; known endpoints: {known}", id=self.package
+            f"unknown endpoint {shown!r} on service {self.package}; known endpoints: {known}", id=self.package
         )
 
 

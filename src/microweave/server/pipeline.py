@@ -43,6 +43,17 @@ def _correlation_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def _as_bytes(reply: object) -> bytes:
+    """A reply that came back from the chain as something else than bytes: a middleware (or a
+    custom serializer) returned the wrong type. The boundary answers 500 rather than let the
+    transport choke on it."""
+    if isinstance(reply, bytearray | memoryview):
+        return bytes(reply)
+    raise TypeError(
+        f"the call chain returned {type(reply).__name__}, not bytes (a middleware's return value?)"
+    )
+
+
 class Pipeline:
     """Runs calls for one service's router; the service's name is the `id` of its errors."""
 
@@ -103,8 +114,14 @@ class Pipeline:
             self.inflight.add(task)
         _current.set(call.ctx)  # each call runs in a task of its own: no reset needed
         try:
-            return await self._unary(call)
+            reply = await self._unary(call)
+            if reply.__class__ is not bytes:
+                reply = _as_bytes(reply)
+            return reply
         except asyncio.CancelledError as exc:
+            if task is not None and not task.cancelling():
+                # nobody cancelled this call: the handler let its own CancelledError out
+                raise self._internal(exc, call) from None
             if not self._answers(call):
                 raise  # the caller went away: nobody to answer, and cancellation must propagate
             raise self.error(exc, call) from None
@@ -127,10 +144,12 @@ class Pipeline:
         try:
             replies = self._stream(call)
             async for reply in replies:
-                yield reply
+                yield reply if reply.__class__ is bytes else _as_bytes(reply)
         except GeneratorExit:  # the transport stopped reading: not an error to report
             raise
         except asyncio.CancelledError as exc:
+            if task is not None and not task.cancelling():
+                raise self._internal(exc, call) from None
             if not self._answers(call):
                 raise
             raise self.error(exc, call) from None
@@ -178,6 +197,12 @@ class Pipeline:
             if ctx.expired:
                 return Timeout(f"deadline exceeded serving {endpoint}", id=self.service)
             return Cancelled(f"call to {endpoint} was cancelled", id=self.service)
+        return self._internal(exc, call)
+
+    def _internal(self, exc: BaseException, call: Call) -> InternalServerError:
+        """An exception nobody meant for the caller: 500 with a correlation id, the traceback
+        in the log under the same id."""
+        endpoint = call.ctx.endpoint
         correlation = _correlation_id()
         log.error(
             "%s raised %s (correlation id %s)",

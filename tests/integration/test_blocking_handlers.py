@@ -110,3 +110,19 @@ async def test_sigterm_honours_the_grace_with_a_thread_stuck_in_a_handler(
     assert "may have run" in str(info.value)  # the caller is told, not left hanging
     assert time.monotonic() - started < 600  # finished long before the handler would have
     assert "cancelling 1 calls still running" in proc.output()
+
+
+async def test_a_second_signal_while_stopping_does_not_cut_the_drain_short(
+    processes: ServiceProcesses, client: Client
+) -> None:
+    proc = processes.start("blocking.py", "--grace", "30", name="blocking")
+    running = asyncio.ensure_future(
+        client.call("blocking", "Blocking.Slow", Req(seconds=2), response=Reply, timeout=60)
+    )
+    await async_wait_until(lambda: _started(client), timeout=10, what="the call to start")
+    proc.signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    proc.signal(signal.SIGINT)  # an impatient operator, or a second SIGTERM from a supervisor
+    assert (await running).text == "slept"  # the in-flight call still finished and was answered
+    assert await asyncio.to_thread(proc.wait, 60) == 0, proc.output()
+    assert "already stopping" in proc.output() and "Traceback" not in proc.output()

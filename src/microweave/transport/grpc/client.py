@@ -56,6 +56,13 @@ def _error(exc: grpc.aio.AioRpcError, address: str) -> MicroError:
         if any(words in said for words in _NOT_CONNECTED):
             return NotDelivered(f"node {address} unreachable: {details}", id="microweave.client")
         return ConnectionLost(f"connection to node {address} lost: {details}", id="microweave.client")
+    if code is grpc.StatusCode.CANCELLED:
+        # Not our cancel (that raises CancelledError here): grpc-core on the node cancelled the
+        # call without a word from microweave, as it does to calls arriving while it stops.
+        return ConnectionLost(
+            f"node {address} cancelled the call without answering (stopping?); it may have run",
+            id="microweave.client",
+        )
     local = code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED) or details.startswith(
         "Sent"
     )

@@ -118,20 +118,13 @@ class Pipeline:
             if reply.__class__ is not bytes:
                 reply = _as_bytes(reply)
             return reply
-        except asyncio.CancelledError as exc:
-            if task is not None and not task.cancelling():
-                # nobody cancelled this call: the handler let its own CancelledError out
-                raise self._internal(exc, call) from None
-            if not self._answers(call):
-                raise  # the caller went away: nobody to answer, and cancellation must propagate
-            raise self.error(exc, call) from None
         except BaseException as exc:  # SystemExit and KeyboardInterrupt from a handler too
-            raise self.error(exc, call) from None
+            err = self._boundary(exc, call, task)
+            if err is None:
+                raise  # the caller went away: nobody to answer, and cancellation must propagate
+            raise err from None
         finally:
-            if task is not None:
-                self.inflight.discard(task)
-                if self._idle is not None and not self.inflight:
-                    self._idle.set()
+            self._done(task)
 
     async def stream(self, call: Call) -> AsyncIterator[bytes]:
         """Run a call with a stream of replies; raises only `MicroError`."""
@@ -147,28 +140,33 @@ class Pipeline:
                 yield reply if reply.__class__ is bytes else _as_bytes(reply)
         except GeneratorExit:  # the transport stopped reading: not an error to report
             raise
-        except asyncio.CancelledError as exc:
-            if task is not None and not task.cancelling():
-                raise self._internal(exc, call) from None
-            if not self._answers(call):
-                raise
-            raise self.error(exc, call) from None
         except BaseException as exc:
-            raise self.error(exc, call) from None
+            err = self._boundary(exc, call, task)
+            if err is None:
+                raise
+            raise err from None
         finally:
-            if task is not None:
-                self.inflight.discard(task)
-                if self._idle is not None and not self.inflight:
-                    self._idle.set()
+            self._done(task)
             close = getattr(replies, "aclose", None)
             if close is not None:
                 with contextlib.suppress(BaseException):
                     await close()
 
-    def _answers(self, call: Call) -> bool:
-        """Whether a cancelled call gets an answer: at its deadline (408) or at the end of the
-        node's grace (503, may have run). Otherwise its caller is gone."""
-        return bool(self.aborting) or call.ctx.expired
+    def _boundary(self, exc: BaseException, call: Call, task: asyncio.Task[Any] | None) -> MicroError | None:
+        """The error to answer with, or None when a cancelled call must stay cancelled."""
+        if isinstance(exc, asyncio.CancelledError):
+            if task is not None and not task.cancelling():
+                # nobody cancelled this call: the handler let its own CancelledError out
+                return self._internal(exc, call)
+            if not (self.aborting or call.ctx.expired):
+                return None  # its caller is gone; only a deadline or the grace's end is answered
+        return self.error(exc, call)
+
+    def _done(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None:
+            self.inflight.discard(task)
+            if self._idle is not None and not self.inflight:
+                self._idle.set()
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         self._loop = asyncio.get_running_loop()

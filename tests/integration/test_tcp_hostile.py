@@ -1,5 +1,6 @@
 """Hostile peers on the tcp port of a real service process (issue 7): a request run many times,
-a peer that never reads, a PING flood, half-open streams, slowloris, and log floods.
+a peer that never reads, request bytes piled up in front of slow handlers, a PING flood,
+half-open streams, slowloris, and log floods.
 
 Each test attacks `services/hostile.py` over raw sockets and checks the node's answer on the
 wire, its memory, its registry entry and its log. Times are never asserted: latency is compared
@@ -16,7 +17,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,12 @@ from helpers import ServiceProcess, ServiceProcesses, async_wait_until
 from test_tcp_wire import RawPeer
 
 from microweave import Client
+from microweave.server import Kind
 from microweave.transport.tcp import frames as f
 
 COUNT = "/hostile.Hostile/Count"
 BIG = "/hostile.Hostile/Big"
+COLLECT = "/hostile.Hostile/Collect"
 MiB = 1024 * 1024
 
 
@@ -147,6 +150,138 @@ async def test_a_peer_that_never_reads_cannot_grow_server_memory(
     finally:
         writer.transport.abort()
         del reader
+
+
+# -- 2b. request bytes piled up in front of slow handlers ------------------------------------------
+
+
+class _Pusher:
+    """A thread that sends `frames` (built lazily, one at a time) over a blocking socket and
+    never reads: it blocks as soon as the server stops reading. `stop()` ends it."""
+
+    def __init__(self, address: str, frames: Iterable[bytes]) -> None:
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)))
+        self.sock.sendall(f.PREFACE + f.encode_settings())
+        self.sent = 0
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._send, args=(frames,))
+        self._thread.start()
+
+    def _send(self, frames: Iterable[bytes]) -> None:
+        """Sets `done` only when every frame went out (not when stopped or hung up on)."""
+        with contextlib.suppress(OSError):
+            for frame in frames:
+                if self._stop.is_set():
+                    return
+                self.sock.sendall(frame)
+                self.sent += len(frame)
+            self.done.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(10)
+        self.sock.close()
+
+
+#: a message just under the default `max_frame_size` (4 MiB)
+_FULL = 4 * MiB - 256
+
+
+def _slow_uploads(streams: int) -> Iterator[bytes]:
+    """Client streams to a handler that takes one item per 5 s, each sent a full window of
+    messages as large as a frame may be."""
+    item = msgspec.json.encode({"data": "x" * (_FULL - 64), "pause": 5.0})
+    sids = range(1, 2 * streams, 2)
+    for sid in sids:
+        yield f.encode_headers(sid, COLLECT, kind=f.CallKind.CLIENT_STREAM)
+    for _ in range(f.DEFAULT_INITIAL_WINDOW):
+        for sid in sids:
+            yield f.encode_data(sid, item)
+
+
+def _half_open_requests(streams: int) -> Iterator[bytes]:
+    """Unary requests whose HEADERS carry a body as large as a frame may, never completed."""
+    body = msgspec.json.encode({"seconds": 0.0, "pad": "x" * (_FULL - 1024)})
+    for sid in range(1, 2 * streams, 2):
+        yield f.encode_headers(sid, COUNT, body=body)  # no END_STREAM: waits for more
+
+
+@pytest.mark.parametrize(
+    "attack", [functools.partial(_slow_uploads, 48), functools.partial(_half_open_requests, 200)],
+    ids=["client streams to a slow handler", "half-open requests"],
+)  # fmt: skip
+async def test_request_bytes_one_connection_makes_a_node_hold_are_bounded(
+    processes: ServiceProcesses, client: Client, attack: Any
+) -> None:
+    proc = _start(processes)
+    assert await client.call("hostile", "Hostile.Echo", {"text": "warm"}) == {"text": "warm"}
+    base = peak = _rss(proc.pid)
+    bound = 300 * MiB
+    pusher = _Pusher(_tcp(proc), attack())
+    served = 0
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 8
+    try:
+        while loop.time() < end and not pusher.done.is_set() and peak - base < bound:
+            # a well-behaved client on another connection keeps being served meanwhile
+            text = str(served)
+            assert await client.call("hostile", "Hostile.Echo", {"text": text}) == {"text": text}
+            served += 1
+            peak = max(peak, _rss(proc.pid))
+            await asyncio.sleep(0.05)
+    finally:
+        pusher.stop()
+    grew, sent = (peak - base) / MiB, pusher.sent / MiB
+    assert peak - base < bound, f"server RSS grew by {grew:.0f} MiB; the peer sent {sent:.0f} MiB"
+    assert not pusher.done.is_set(), f"the server read all {sent:.0f} MiB the peer sent"
+    assert served >= 10 and proc.alive()
+
+
+async def _collect(client: Client, items: list[dict[str, Any]]) -> dict[str, Any]:
+    async def requests() -> AsyncIterator[dict[str, Any]]:
+        for item in items:
+            yield item
+
+    replies = [
+        r async for r in client.stream("hostile", "Hostile.Collect", requests(), kind=Kind.CLIENT_STREAM)
+    ]
+    assert len(replies) == 1
+    return dict(replies[0])
+
+
+async def test_client_streams_within_the_budget_complete(processes: ServiceProcesses, client: Client) -> None:
+    _start(processes)
+    items = [{"data": "z" * 100} for _ in range(5000)]
+    assert await _collect(client, items) == {"items": 5000, "chars": 500_000}
+
+
+async def test_a_small_budget_pauses_and_resumes_and_still_takes_a_larger_message(
+    processes: ServiceProcesses, client: Client
+) -> None:
+    # 1 MiB budget: a 3 MiB message is taken (the budget is checked after a frame), and many
+    # 64 KiB messages make the connection pause and resume over and over
+    _start(processes, limits={"MAX_BUFFERED_BYTES": MiB})
+    big = [{"data": "b" * (3 * MiB)} for _ in range(3)]
+    assert await _collect(client, big) == {"items": 3, "chars": 9 * MiB}
+    small = [{"data": "s" * 65536} for _ in range(200)]
+    uploads = [_collect(client, small) for _ in range(4)]
+    assert await asyncio.gather(*uploads) == [{"items": 200, "chars": 200 * 65536}] * 4
+
+
+async def test_a_connection_paused_for_its_budget_is_not_timed_out(
+    processes: ServiceProcesses, client: Client
+) -> None:
+    # the server stops reading while a slow handler catches up: a frame it has half read then
+    # waits on the server, not on the peer, and must not count against the frame timeout
+    # (the handshake timeout sets when the connection's timer first looks at the frame timeout)
+    _start(processes, limits={"MAX_BUFFERED_BYTES": MiB, "FRAME_TIMEOUT": 1.0, "HANDSHAKE_TIMEOUT": 1.0})
+    items = [{"data": "p" * 700_000, "pause": 1.5} for _ in range(5)]
+    assert await _collect(client, items) == {"items": 5, "chars": 3_500_000}
+    assert await client.call("hostile", "Hostile.Echo", {"text": "still"}) == {"text": "still"}
 
 
 # -- 3. PING flood --------------------------------------------------------------------------------

@@ -16,6 +16,15 @@ from __future__ import annotations
 #: default through the `grpc.max_concurrent_streams` server option.
 MAX_CONCURRENT_STREAMS = 256
 
+#: Request bytes one connection may make the server hold for its handlers: messages waiting in
+#: client- and bidi-streaming inboxes, and unary or server-streaming bodies whose request is
+#: not complete yet. Checked after each message is accepted (so a single message up to
+#: `max_frame_size` always gets through: at most this plus one frame is held); over it, the
+#: connection is not read until its handlers have consumed enough to bring it under half.
+#: Without it, flow control alone lets one connection hold max_concurrent_streams x window x
+#: max_frame_size (256 x 16 x 4 MiB = 16 GiB) in front of slow handlers.
+MAX_BUFFERED_BYTES = 16 * 1024 * 1024
+
 #: Connections the tcp server holds at once; a connection over the cap is accepted, told
 #: GOAWAY (NO_ERROR, "connection limit") and closed at once, so it costs a descriptor for
 #: microseconds, not for as long as the peer likes. The effective cap is also kept below the

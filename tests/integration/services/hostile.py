@@ -1,7 +1,9 @@
 """A service for the hostile-peer tests of the tcp port, run as `python hostile.py [options]`.
 
 It counts how often its handler starts (so a test can tell one execution from many), returns
-replies of any size (so a peer that never reads has something to pile up), and can be started
+replies of any size (so a peer that never reads has something to pile up), takes client
+streams at whatever pace a test asks for (so request bytes pile up in front of a slow
+handler), and can be started
 under a small descriptor limit (`--nofile`, what `ulimit -n` does) with tcp limits taken from
 the environment (`HOSTILE_LIMITS`, JSON: names of `microweave.transport.limits` constants).
 """
@@ -13,6 +15,7 @@ import asyncio
 import json
 import os
 import resource
+from collections.abc import AsyncIterator
 
 import msgspec
 
@@ -51,6 +54,16 @@ class Total(msgspec.Struct):
     count: int
 
 
+class Item(msgspec.Struct):
+    data: str = ""
+    pause: float = 0.0  # seconds the handler waits after taking this item
+
+
+class Collected(msgspec.Struct):
+    items: int
+    chars: int
+
+
 service = Service("hostile", ttl=options.ttl)
 started = 0
 
@@ -72,6 +85,19 @@ class Hostile:
 
     async def big(self, req: Size) -> Note:
         return Note("y" * req.size)
+
+    async def collect(self, reqs: AsyncIterator[Item]) -> Collected:
+        """Takes each item, then waits as long as it says: a consumer as slow as a test wants.
+        It keeps nothing of an item once counted, so a test measures what the node holds, not
+        what this handler chooses to."""
+        items = chars = 0
+        async for item in reqs:
+            items += 1
+            chars += len(item.data)
+            pause = item.pause
+            del item
+            await asyncio.sleep(pause)
+        return Collected(items, chars)
 
 
 if __name__ == "__main__":

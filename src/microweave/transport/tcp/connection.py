@@ -8,8 +8,9 @@ grpcio (see docs/protocol.md for the wire format).
 
 Every connection is also a peer we may not trust: it gets a handshake deadline, a frame-progress
 deadline (only complete frames prove it alive), a PING budget, a cap on the frames handled per
-turn of the event loop, and (on the server) no reading while its own output is backed up. The
-defaults live in `transport/limits.py`.
+turn of the event loop, and (on the server) no reading while its own output is backed up or
+while the request bytes it holds for its handlers are over budget. The defaults live in
+`transport/limits.py`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections import deque
 from typing import Any
@@ -95,9 +97,15 @@ class Inbox:
 
     The peer may send `window` messages ahead; each read gives one credit back, batched into
     one WINDOW_UPDATE per half window so a busy stream costs few extra frames.
+
+    The bytes of the messages held count against the connection's budget (`Connection.buffered`)
+    from their arrival until the application asks for the next one (or the stream is dropped):
+    the message last handed out is still in use (the handler, and the generators that decoded
+    it, hold it) until then, while a reader waiting here holds nothing. One addition when a
+    message arrives, one subtraction per read.
     """
 
-    __slots__ = ("_conn", "_ended", "_error", "_items", "_owed", "_sid", "_waiter", "_window")
+    __slots__ = ("_conn", "_ended", "_error", "_items", "_owed", "_sid", "_taken", "_waiter", "_window")
 
     def __init__(self, conn: Connection, sid: int, window: int) -> None:
         self._conn = conn
@@ -108,6 +116,7 @@ class Inbox:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._owed = 0
+        self._taken = 0  # bytes of the message last handed out, still counted
 
     def __len__(self) -> int:
         return len(self._items)
@@ -118,8 +127,22 @@ class Inbox:
         if len(self._items) >= self._window:
             return False
         self._items.append(body)
+        conn = self._conn
+        conn.buffered += len(body)
+        if conn.buffered > conn.max_buffered:
+            conn.budget_exceeded()
         self._wake()
         return True
+
+    def drop(self) -> None:
+        """The stream is over: forget the messages nobody will read and give back their bytes,
+        and those of the message last read."""
+        size, self._taken = self._taken, 0
+        if self._items:
+            size += sum(map(len, self._items))
+            self._items.clear()
+        if size:
+            self._conn.release(size)
 
     def end(self, error: BaseException | None = None) -> None:
         self._ended = True
@@ -133,6 +156,12 @@ class Inbox:
 
     async def get(self) -> bytes | None:
         """The next message, None at the end; raises what ended the stream abnormally."""
+        conn = self._conn
+        if self._taken:  # the reader is done with the previous message
+            conn.buffered -= self._taken
+            self._taken = 0
+            if conn.over_budget and conn.buffered <= conn.max_buffered >> 1:
+                conn.budget_freed()
         while not self._items:
             if self._error is not None:
                 raise self._error
@@ -141,9 +170,10 @@ class Inbox:
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
         body = self._items.popleft()
+        self._taken = len(body)
         self._owed += 1
         if self._owed * 2 >= self._window and not self._ended:
-            self._conn.write(f.encode_window_update(self._sid, self._owed))
+            conn.write(f.encode_window_update(self._sid, self._owed))
             self._owed = 0
         return body
 
@@ -159,6 +189,9 @@ class Connection(asyncio.Protocol):
     #: stop reading while our output to the peer is backed up. Only a server does: if both ends
     #: did, two peers writing to each other at once could each wait for the other to read.
     pause_when_backed_up = False
+    #: request bytes held for the application (`buffered`) above which reading stops until
+    #: they are back under half; only a server sets one, a client must keep reading (above)
+    max_buffered = sys.maxsize
 
     def __init__(
         self, *, max_frame_size: int = f.DEFAULT_MAX_FRAME_SIZE, window: int = f.DEFAULT_INITIAL_WINDOW,
@@ -172,8 +205,15 @@ class Connection(asyncio.Protocol):
         self.ping_window = limits.PING_WINDOW if ping_window is None else ping_window
         self.frames_per_turn = limits.FRAMES_PER_TURN if frames_per_turn is None else frames_per_turn
         self.transport: asyncio.Transport | None = None
-        self.decoder = f.FrameDecoder(server=self.is_server, max_frame_size=max_frame_size)
-        self.settings = f.Settings(max_frame_size=max_frame_size, initial_window=window)
+        # the header block limit we announce is the one our decoder enforces (smaller than the
+        # default when frames are: a block must fit in one)
+        block = min(f.DEFAULT_MAX_HEADER_BLOCK, max_frame_size - 4)
+        self.decoder = f.FrameDecoder(
+            server=self.is_server, max_frame_size=max_frame_size, max_header_block=block
+        )
+        self.settings = f.Settings(
+            max_frame_size=max_frame_size, initial_window=window, max_header_block=block
+        )
         self.peer = f.Settings()  # until the peer's SETTINGS frame arrives
         self.closed = False
         self.goaway_received: f.GoAway | None = None
@@ -184,6 +224,9 @@ class Connection(asyncio.Protocol):
         self._pings = 0  # PINGs received in the current budget window
         self._pings_reset = 0.0  # when the window ends
         self._write_blocked = False  # the transport's buffer is above its high-water mark
+        #: bytes of messages received and not yet read by the application (see `Inbox`)
+        self.buffered = 0
+        self.over_budget = False  # `buffered` went over `max_buffered`, not yet back under half
         self._reading_paused = False
         self._backlog: list[f.Frame] | None = None  # frames decoded but not yet handled
         self._backlog_pos = 0
@@ -257,15 +300,48 @@ class Connection(asyncio.Protocol):
         self._handle(frames, self._backlog_pos)
 
     def _update_reading(self) -> None:
-        """Read from the peer unless frames are waiting, or our output to it is backed up."""
-        pause = self._backlog is not None or self._write_blocked
+        """Read from the peer unless frames are waiting, our output to it is backed up, or it
+        has us holding more request bytes than the budget: independent reasons, reading resumes
+        when none holds."""
+        pause = self._backlog is not None or self._write_blocked or self.over_budget
         if pause == self._reading_paused or self.transport is None or self.transport.is_closing():
             return
         self._reading_paused = pause
         if pause:
             self.transport.pause_reading()
         else:
+            # while we did not read, the peer could not prove itself alive nor finish a frame:
+            # its clocks start again now
+            now = self._last_seen = time.monotonic()
+            self._ping_sent = None
+            if self._partial_since is not None:
+                self._partial_since = now
             self.transport.resume_reading()
+
+    # -- the request-byte budget (`buffered`, `max_buffered`) ---------------------------------
+
+    def hold(self, size: int) -> None:
+        """Count `size` more request bytes held for the application; stop reading above the
+        budget. Checked after the message is accepted: one message larger than the budget
+        (but within max_frame_size) still gets through, alone."""
+        self.buffered += size
+        if self.buffered > self.max_buffered:
+            self.budget_exceeded()
+
+    def release(self, size: int) -> None:
+        """`size` request bytes were handed on or dropped; read again once under half."""
+        self.buffered -= size
+        if self.over_budget and self.buffered <= self.max_buffered >> 1:
+            self.budget_freed()
+
+    def budget_exceeded(self) -> None:
+        if not self.over_budget:
+            self.over_budget = True
+            self._update_reading()
+
+    def budget_freed(self) -> None:
+        self.over_budget = False
+        self._update_reading()
 
     def _protocol_error(self, exc: f.ProtocolError) -> None:
         warn("protocol", "closing connection to %s: %s", self.peer_name, exc)
@@ -391,6 +467,11 @@ class Connection(asyncio.Protocol):
                  self.peer_name, self.handshake_timeout)  # fmt: skip
             self.close(f.ErrorCode.NO_ERROR, "handshake timeout")
             return
+        if self.over_budget:
+            # we stopped reading, not the peer: its silence and its half-read frame are ours
+            self._last_seen, self._ping_sent = now, None
+            if self._partial_since is not None:
+                self._partial_since = now
         partial = self._partial_since
         if partial is not None and now - partial >= self.frame_timeout:
             warn("frame", "closing connection to %s: a frame did not complete within %gs",

@@ -2,6 +2,12 @@
 
 A unary call arrives as one HEADERS frame and leaves as one TRAILERS frame; the replies to all
 the calls one read brought in leave in one send.
+
+Request bytes a connection's calls make us hold count against a per-connection budget: a unary
+or server-streaming request body from its arrival until its call ends, a streaming request's
+messages from their arrival until the handler asks for the next one. Over it, the connection is
+not read until the handlers catch up (`Connection.hold`, `release`; flow control alone would let
+one connection hold 256 streams x 16 messages x 4 MiB).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ _EAGER = _task_factory()
 
 
 class _Stream:
-    __slots__ = ("body_by", "call", "ctx", "ended", "headers", "inbox", "send_credit", "task")
+    __slots__ = ("body_by", "call", "ctx", "ended", "headers", "held", "inbox", "send_credit", "task")
 
     def __init__(self, headers: f.Headers, call: Call) -> None:
         self.headers = headers
@@ -61,6 +67,9 @@ class _Stream:
         self.ended = bool(headers.flags & f.END_STREAM)
         #: when a unary or server-streaming request still waiting for its body is given up
         self.body_by = math.inf
+        #: bytes of the request body (unary, server-streaming) counted in the connection's
+        #: budget until the call ends: the call holds it that long
+        self.held = 0
 
 
 class _ServerConnection(Connection):
@@ -74,6 +83,7 @@ class _ServerConnection(Connection):
             ping_budget=owner.ping_budget, ping_window=owner.ping_window,
             frames_per_turn=owner.frames_per_turn,
         )  # fmt: skip
+        self.max_buffered = owner.max_buffered_bytes
         self.settings = msgspec.structs.replace(
             self.settings, max_concurrent_streams=owner.max_concurrent_streams
         )
@@ -141,6 +151,8 @@ class _ServerConnection(Connection):
                         self.reset(stream, f.ErrorCode.PROTOCOL_ERROR)
                         return
                     stream.headers = msgspec.structs.replace(stream.headers, body=frame.body)
+                    stream.held = len(frame.body)
+                    self.hold(stream.held)
                 if stream.ended:
                     stream.body_by = math.inf
                     self.start(stream)
@@ -158,8 +170,15 @@ class _ServerConnection(Connection):
     def finish(self, sid: int) -> bool:
         """Forget a stream (False if it was already gone); tell a draining server when the
         last one of this connection ends."""
-        if self.streams.pop(sid, None) is None:
+        stream = self.streams.pop(sid, None)
+        if stream is None:
             return False
+        if stream.held:  # the request body: its call is over
+            self.buffered -= stream.held
+            if self.over_budget and self.buffered <= self.max_buffered >> 1:
+                self.budget_freed()
+        if stream.inbox is not None:  # messages the handler did not read
+            stream.inbox.drop()
         if not self.streams and self.owner.draining:
             self.owner.drained.set()
         return True
@@ -194,7 +213,13 @@ class _ServerConnection(Connection):
             if h.flags & f.END_STREAM:
                 stream.inbox.end()
             self.start(stream)
-        elif stream.ended:
+            return
+        if h.body is not None:  # counted until the call ends (inlined `hold`: the hot path)
+            size = stream.held = len(h.body)
+            self.buffered += size
+            if self.buffered > self.max_buffered:
+                self.budget_exceeded()
+        if stream.ended:
             self.start(stream)
         else:  # a unary or server-streaming request whose body follows in DATA: not for ever
             body_by = time.monotonic() + self.owner.body_timeout
@@ -350,10 +375,29 @@ def _loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
     return loop.time() + (deadline - time.monotonic())
 
 
-async def _bodies(inbox: Inbox | None) -> AsyncIterator[bytes]:
+def _bodies(inbox: Inbox | None) -> AsyncIterator[bytes]:
     assert inbox is not None
-    while (body := await inbox.get()) is not None:
-        yield body
+    return _Bodies(inbox)
+
+
+class _Bodies:
+    """A streaming request's messages for the pipeline. Not an async generator: its frame
+    would keep the last message alive while waiting for the next, a message the budget no
+    longer counts (it is released when the reader asks for the next one)."""
+
+    __slots__ = ("_get",)
+
+    def __init__(self, inbox: Inbox) -> None:
+        self._get = inbox.get
+
+    def __aiter__(self) -> _Bodies:
+        return self
+
+    async def __anext__(self) -> bytes:
+        body = await self._get()
+        if body is None:
+            raise StopAsyncIteration
+        return body
 
 
 class TcpServer(ServerTransport):
@@ -368,7 +412,7 @@ class TcpServer(ServerTransport):
         fd_reserve: int | None = None, handshake_timeout: float | None = None,
         frame_timeout: float | None = None, body_timeout: float | None = None,
         ping_budget: int | None = None, ping_window: float | None = None,
-        frames_per_turn: int | None = None,
+        frames_per_turn: int | None = None, max_buffered_bytes: int | None = None,
     ) -> None:  # fmt: skip
         self.max_frame_size = max_frame_size
         self.window = window
@@ -379,6 +423,7 @@ class TcpServer(ServerTransport):
         self.ping_budget = _pick(ping_budget, limits.PING_BUDGET)
         self.ping_window = _pick(ping_window, limits.PING_WINDOW)
         self.frames_per_turn = _pick(frames_per_turn, limits.FRAMES_PER_TURN)
+        self.max_buffered_bytes = _pick(max_buffered_bytes, limits.MAX_BUFFERED_BYTES)
         self.max_connections = _connection_cap(
             _pick(max_connections, limits.MAX_CONNECTIONS), _pick(fd_reserve, limits.FD_RESERVE)
         )

@@ -15,7 +15,8 @@ import msgspec
 import pytest
 from helpers import ServiceProcesses, async_wait_until
 
-from microweave import Client, NotImplementedError_, Service, TooManyRequests, Unavailable
+from microweave import BadRequest, Client, NotImplementedError_, Service, TooManyRequests, Unavailable
+from microweave.server import Kind
 from microweave.transport.tcp import TcpClient
 from microweave.transport.tcp import frames as f
 
@@ -166,6 +167,44 @@ async def test_request_over_the_servers_limit_fails_locally(small_frames: tuple[
         await client.call("sizes", "Sizes.BigReply", Note("1" + " " * 100_000))
     # nothing was sent, so the connection and the server are fine
     assert await client.call("sizes", "Sizes.BigReply", Note("3"), response=Note) == Note("yyy")
+
+
+async def _items() -> AsyncIterator[dict[str, str]]:
+    yield {"data": "x"}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "limit"),
+    [({"x-big": "A" * 70_000}, "max_header_block"), ({f"x-{i}": "v" for i in range(200)}, "max_metadata")],
+    ids=["header block", "metadata entries"],
+)
+async def test_metadata_over_the_servers_limit_fails_locally_and_spares_the_connection(
+    processes: ServiceProcesses, metadata: dict[str, str], limit: str
+) -> None:
+    # The server's SETTINGS say what a header block may hold: a client that sent more would
+    # have the whole shared connection closed (HEADERS_TOO_LARGE), every call on it lost.
+    processes.start("hostile.py", name="hostile")
+    async with Client(transports=("tcp",), timeout=20) as client:
+        await client.call("hostile", "Hostile.Echo", {"text": "warm"})  # one pooled connection
+        held = [
+            asyncio.ensure_future(client.call("hostile", "Hostile.Count", {"seconds": 1.0})) for _ in range(3)
+        ]
+        await asyncio.sleep(0.3)  # the three are in flight on that connection
+        try:
+            with pytest.raises(BadRequest, match=limit) as info:
+                await client.call("hostile", "Hostile.Echo", {"text": "big"}, metadata=metadata)
+        finally:
+            replies = await asyncio.gather(*held, return_exceptions=True)
+        assert info.value.code == 400
+        assert [r if isinstance(r, BaseException) else r["count"] for r in replies] == [3, 3, 3]
+        with pytest.raises(BadRequest, match=limit):  # a stream's HEADERS too
+            stream = client.stream(
+                "hostile", "Hostile.Collect", _items(), kind=Kind.CLIENT_STREAM, metadata=metadata
+            )
+            await anext(stream)
+        assert await client.call("hostile", "Hostile.Echo", {"text": "after"}) == {"text": "after"}
+        (tcp,) = [t for t in client.transports if isinstance(t, TcpClient)]
+        assert len(tcp._pool) == 1 and not next(iter(tcp._pool.values())).closed
 
 
 async def test_reply_over_the_callers_limit_is_resource_exhausted(

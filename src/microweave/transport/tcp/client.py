@@ -11,6 +11,7 @@ from typing import Any
 
 from ...codec import JSON
 from ...errors import (
+    BadRequest,
     Cancelled,
     ConnectionLost,
     InternalServerError,
@@ -108,6 +109,30 @@ class _ClientConnection(Connection):
             self.write(f.encode_rst_stream(sid, code))
             if self._slot_waiters:
                 self._wake_slots()
+
+    def check_headers(self, frame: bytes, body_size: int, metadata: Mapping[str, str], path: str) -> None:
+        """Never send request HEADERS the server said it will not take (its SETTINGS): it would
+        close the connection (HEADERS_TOO_LARGE), failing every call on it, not just this one.
+        The header block is what the frame holds besides the body and the block length."""
+        peer = self.peer
+        block = len(frame) - f.HEADER_SIZE - 4 - body_size
+        if block > peer.max_header_block or len(metadata) > peer.max_metadata:
+            self._headers_refused(block, len(metadata), path)
+        self.check_size(frame, path)
+
+    def _headers_refused(self, block: int, entries: int, path: str) -> None:
+        peer = self.peer
+        if entries > peer.max_metadata:
+            raise BadRequest(
+                f"request to {path} has {entries} metadata entries; the server takes at most "
+                f"{peer.max_metadata} (its max_metadata)",
+                id="microweave.client",
+            )
+        raise BadRequest(
+            f"request to {path} has a header block (path, content type, metadata) of {block} bytes; "
+            f"the server takes at most {peer.max_header_block} (its max_header_block)",
+            id="microweave.client",
+        )
 
     def check_size(self, frame: bytes, path: str) -> None:
         """Never send a frame the server said it will not take: that would cost the connection."""
@@ -260,7 +285,7 @@ class TcpClient(ClientTransport):
             sid, path, content_type=content_type, timeout_us=_timeout_us(timeout),
             metadata=metadata, body=body, end_stream=True,
         )  # fmt: skip
-        conn.check_size(frame, path)
+        conn.check_headers(frame, len(body), metadata, path)
         sid, call = conn.new_stream()
         future = call.future = conn.loop.create_future()
         conn.write(frame)
@@ -300,8 +325,8 @@ class TcpClient(ClientTransport):
             body=bytes(body) if one else None, end_stream=one,  # type: ignore[arg-type]
         )  # fmt: skip
         try:
-            conn.check_size(frame, path)
-        except TooManyRequests:
+            conn.check_headers(frame, len(body) if one else 0, metadata, path)  # type: ignore[arg-type]
+        except (BadRequest, TooManyRequests):
             del conn.calls[sid]
             raise
         conn.write(frame)
@@ -320,6 +345,7 @@ class TcpClient(ClientTransport):
         finally:
             if not finished:
                 conn.cancel(sid)
+                call.inbox.drop()  # replies nobody will read: their bytes leave the count
             if sender is not None:
                 sender.cancel()
                 with contextlib.suppress(BaseException):

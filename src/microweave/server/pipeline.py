@@ -289,7 +289,8 @@ class Pipeline:
         on every transport count, in-process ones included."""
         if not self.inflight:
             return True
-        self._idle = asyncio.Event()
+        if self._idle is None or self._idle.is_set():  # waiters at once share one event
+            self._idle = asyncio.Event()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
         return not self.inflight

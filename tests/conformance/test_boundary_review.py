@@ -15,6 +15,7 @@ from pipeline_kit import PROTO, Book, Msg, compile_proto, make_service
 from microweave import (
     Call,
     Client,
+    Context,
     InternalServerError,
     MicroError,
     ServerMiddleware,
@@ -142,3 +143,34 @@ async def test_unknown_endpoint_lists_servicers_and_cuts_the_echoed_path(
             await client.call("psvc", "/" + "x" * 5000, msgspec.json.encode({}))
     assert info.value.code == 501
     assert "/mwpipe.Pipe/Echo" in info.value.detail and len(info.value.detail) < 2000
+
+
+class Chatty:
+    async def echo(self, req: Msg, ctx: Context) -> Msg:
+        if req.text == "big":
+            ctx.set_response_metadata("x-big", "A" * 70_000)  # over the caller's header block
+        else:
+            await asyncio.sleep(0.3)
+        return req
+
+    async def count(self, req: Msg, ctx: Context) -> AsyncIterator[Msg]:
+        ctx.set_response_metadata("x-big", "A" * 70_000)
+        yield req
+
+
+async def test_tcp_response_metadata_over_the_callers_limit_fails_that_call_only() -> None:
+    registry = f"memory://{uuid.uuid4().hex}"
+    service = Service("chatty", registry=registry, drain_delay=0)
+    service.handler(Chatty())
+    async with service, Client(registry=registry, transports=("tcp",), timeout=10) as client:
+        others = [
+            asyncio.ensure_future(client.call("chatty", "Chatty.Echo", Msg("ok"), response=Msg))
+            for _ in range(3)
+        ]
+        await asyncio.sleep(0.05)
+        with pytest.raises(InternalServerError, match="more response metadata than the caller takes"):
+            await client.call("chatty", "Chatty.Echo", Msg("big"))
+        with pytest.raises(InternalServerError, match="more response metadata"):
+            async for _ in client.stream("chatty", "Chatty.Count", Msg("x")):
+                pass
+        assert [r.text for r in await asyncio.gather(*others)] == ["ok"] * 3  # the connection lived

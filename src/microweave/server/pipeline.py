@@ -266,7 +266,10 @@ class Pipeline:
         async for body in bodies:
             if len(body) > limit:
                 raise TooManyRequests(f"request message of {len(body)} bytes is over the limit of {limit}")
-            yield decode(body, content_type)
+            item = decode(body, content_type)
+            del body  # not held while the handler works and the next message is awaited
+            yield item
+            del item
 
     def _checked(self, reply: bytes) -> bytes:
         if len(reply) > self.max_message:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from ...context import Context
-from ...errors import MicroError, Timeout, TooManyRequests
+from ...errors import InternalServerError, MicroError, Timeout, TooManyRequests
 from ...server import Kind
 from ...server.call import Call
 from ...server.pipeline import Pipeline
@@ -315,7 +315,12 @@ class _ServerConnection(Connection):
 
     def reply(self, stream: _Stream, body: bytes) -> None:
         sid = stream.headers.stream_id
-        frame = f.encode_trailers(sid, metadata=stream.ctx.response_metadata or None, body=body)
+        try:
+            md = self.response_metadata(stream)
+        except _MetadataTooLarge as exc:
+            self.fail(stream, exc)
+            return
+        frame = f.encode_trailers(sid, metadata=md, body=body)
         if len(frame) - f.HEADER_SIZE > self.peer.max_frame_size:
             self.fail(stream, self.too_large(len(frame) - f.HEADER_SIZE))
             return
@@ -328,20 +333,61 @@ class _ServerConnection(Connection):
             f"reply of {size} bytes is over the caller's limit of {limit}", id=self.pipeline.service
         )
 
+    def response_metadata(self, stream: _Stream) -> dict[str, str] | None:
+        """What the handler set for the caller, unless it is over the caller's header limits:
+        sent anyway, the caller would have to close the connection and every call on it. Then
+        the call fails instead (500, said in the log)."""
+        md = stream.ctx.response_metadata
+        if not md:
+            return None
+        peer = self.peer
+        size = sum(len(k) + len(v) for k, v in md.items()) + 16 * len(md)  # generous framing
+        if len(md) <= peer.max_metadata and size <= peer.max_header_block // 2:
+            return md
+        block = len(f.encode_trailers(0, metadata=md)) - f.HEADER_SIZE - 4
+        if len(md) <= peer.max_metadata and block + 256 <= peer.max_header_block:
+            return md  # 256: room for the status and an error beside it
+        warn(
+            "response metadata",
+            "%s set %d response metadata entries (%d bytes), over the caller's limits (%d entries, "
+            "%d bytes): the call fails instead",
+            stream.ctx.endpoint, len(md), block, peer.max_metadata, peer.max_header_block,
+        )  # fmt: skip
+        raise _MetadataTooLarge(stream.ctx.endpoint)
+
     def end(self, stream: _Stream) -> None:
         sid = stream.headers.stream_id
+        try:
+            md = self.response_metadata(stream)
+        except _MetadataTooLarge as exc:
+            self.fail(stream, exc.error(self.pipeline.service))
+            return
         if self.finish(sid):
-            self.write(f.encode_trailers(sid, metadata=stream.ctx.response_metadata or None))
+            self.write(f.encode_trailers(sid, metadata=md))
 
     def fail(self, stream: _Stream, exc: BaseException) -> None:
         sid = stream.headers.stream_id
         if not self.finish(sid):
             return
+        if isinstance(exc, _MetadataTooLarge):
+            exc = exc.error(self.pipeline.service)
         err = exc if isinstance(exc, MicroError) else self.pipeline.error(exc, stream.call)
         wire = f.WireError(id=err.id, code=err.code, detail=err.detail, status=err.status)
         status = err.grpc_code.value[0]
-        self.write(
-            f.encode_trailers(sid, status=status, error=wire, metadata=stream.ctx.response_metadata or None)
+        try:
+            md = self.response_metadata(stream)
+        except _MetadataTooLarge:
+            md = None
+        self.write(f.encode_trailers(sid, status=status, error=wire, metadata=md))
+
+
+class _MetadataTooLarge(Exception):
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    def error(self, service: str) -> MicroError:
+        return InternalServerError(
+            f"{self.endpoint} set more response metadata than the caller takes", id=service
         )
 
 

@@ -25,7 +25,8 @@ from ...registry import Node
 from ...server import Kind
 from .. import ClientTransport, StreamBody
 from . import frames as f
-from .connection import CALL_KINDS, Connection, Credit, Inbox
+from .connection import CALL_KINDS, Connection
+from .flow import Credit, Inbox
 
 __all__ = ["TcpClient"]
 

@@ -67,9 +67,9 @@ class ClientPipeline:
             return False
         if exc.remote or not isinstance(exc, NotDelivered):  # a node's answer was delivered
             may_have_run = isinstance(exc, ConnectionLost) or (exc.remote and isinstance(exc, Unavailable))
-            if not may_have_run or not self.client.is_idempotent(call):
+            if not may_have_run or not self.client.routing.is_idempotent(call):
                 return False
-        if not self.client.has_untried_node(call):
+        if not self.client.routing.has_untried_node(call):
             return False
         call.attempt += 1
         return True
@@ -89,9 +89,9 @@ class ClientPipeline:
 
     async def _route(self, call: ClientCall) -> tuple[ClientTransport, str]:
         client = self.client
-        routed = client.route(call)
+        routed = client.routing.route(call)
         if routed is None:  # nothing fresh in the registry cache: ask the registry
-            routed = client.route(call, await client.cache.get_service(call.service))
+            routed = client.routing.route(call, await client.cache.get_service(call.service))
             assert routed is not None
         return routed
 
@@ -108,7 +108,7 @@ class ClientPipeline:
         self.client.selector.finished(node, failed=failed)
 
     async def _send_unary(self, call: ClientCall) -> bytes:
-        routed = self.client.route(call) or await self._route(call)
+        routed = self.client.routing.route(call) or await self._route(call)
         transport, address = routed
         try:
             reply = await transport.unary(
@@ -123,7 +123,7 @@ class ClientPipeline:
         return reply
 
     async def _send_stream(self, call: ClientCall) -> AsyncIterator[bytes]:
-        transport, address = self.client.route(call) or await self._route(call)
+        transport, address = self.client.routing.route(call) or await self._route(call)
         replies = transport.stream(
             address, call.path, call.kind, call.body,
             timeout=call.timeout, metadata=call.metadata, content_type=call.content_type,

@@ -73,7 +73,7 @@ def _error(exc: grpc.aio.AioRpcError, address: str) -> MicroError:
 class GrpcClient(ClientTransport):
     name = "grpc"
     #: gRPC's wire does not say whether a call is unary or streaming: the client checks the
-    #: kind against the registry record before sending (`Client._check_kind`)
+    #: kind against the registry record before sending (`client.routing.Routing`)
     call_kind_on_wire = False
 
     def address_of(self, node: Node) -> str | None:

@@ -39,7 +39,7 @@ class Routing:
         self.selector = selector
         self.transports = tuple(transports)
         self.registry_name = registry_name  # for "not found in ..." messages
-        self._paths: dict[tuple[str, str], str] = {}
+        self._paths: dict[str, dict[str, str]] = {}  # service -> endpoint name -> gRPC path
         self._kinds: dict[str, dict[str, Kind]] = {}  # node id -> endpoint path -> call kind
 
     def route(
@@ -139,22 +139,28 @@ class Routing:
     def path(self, service: str, endpoint: str) -> str:
         """The gRPC path of an endpoint: as given, as learnt from the registry, or go-micro's
         rule (`Greeter.SayHello` of `greeter` -> `/greeter.Greeter/SayHello`)."""
-        path = self._paths.get((service, endpoint))
+        known = self._paths.get(service)
+        path = known.get(endpoint) if known is not None else None
         if path is None:
             path = endpoint if endpoint[:1] == "/" else grpc_path(service, endpoint)
         return path
 
     def _learn_path(self, call: ClientCall, services: list[ServiceRecord]) -> None:
         """A servicer's endpoint keeps its own package (`Greeter.SayHello` of `greeter` may be
-        `/helloworld.Greeter/SayHello`): its record says so. Learnt once per endpoint name."""
-        key = (call.service, call.endpoint)
-        if call.endpoint[:1] == "/" or key in self._paths:
+        `/helloworld.Greeter/SayHello`): its record says so. Learnt once per endpoint name.
+        (Nested dicts, not a dict by (service, endpoint): no tuple to build on every call.)"""
+        known = self._paths.get(call.service)
+        if call.endpoint[:1] == "/" or (known is not None and call.endpoint in known):
             return
         path = call.path
         for record in services:
             for endpoint in record.endpoints:
                 if endpoint.name == call.endpoint:
                     path = endpoint.metadata.get("path") or path
-        if len(self._paths) >= 4096:  # endpoints are few; a bound keeps odd callers in check
-            self._paths.clear()
-        self._paths[key] = call.path = path
+        if known is None:
+            if len(self._paths) >= 1024:  # services are few; a bound keeps odd callers in check
+                self._paths.clear()
+            known = self._paths[call.service] = {}
+        elif len(known) >= 1024:
+            known.clear()
+        known[call.endpoint] = call.path = path

@@ -72,7 +72,9 @@ class Context(BaseContext):
         deadline: float | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(deadline=deadline, metadata=metadata)
+        # BaseContext's fields set here too: one call less on every inbound call
+        self.deadline = deadline
+        self.metadata: dict[str, str] = dict(metadata) if metadata else {}
         self.service = service
         self.endpoint = endpoint
         self._response_metadata: dict[str, str] | None = None

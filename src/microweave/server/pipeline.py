@@ -237,8 +237,12 @@ class Pipeline:
     async def _run_unary(self, call: Call) -> bytes:
         target = call.target
         assert target is not None  # CallChecks refused the call otherwise
-        content_type = call.content_type
-        arg = self._decode(target, call.body, content_type)
+        content_type, body = call.content_type, call.body
+        arg = (
+            target.decode(body, content_type)
+            if body.__class__ is bytes
+            else self._decode(target, body, content_type)
+        )
         result = await target.run(arg, call.ctx, self.threads)
         return self._checked(target.encode(result, content_type))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -48,9 +49,10 @@ def _timeout_us(timeout: float | None) -> int:
 class _Call:
     """A stream as the client sees it."""
 
-    __slots__ = ("future", "inbox", "metadata", "send_credit")
+    __slots__ = ("deadline", "future", "inbox", "metadata", "send_credit")
 
     def __init__(self) -> None:
+        self.deadline = math.inf  # time.monotonic() by which a unary reply must have come
         self.future: asyncio.Future[bytes | None] | None = None
         self.inbox: Inbox | None = None
         self.metadata: dict[str, str] = {}
@@ -97,6 +99,17 @@ class _ClientConnection(Connection):
 
     def idle_expired(self, now: float) -> bool:
         return not self.calls and now - self.last_used > IDLE_CLOSE
+
+    def expire(self, now: float) -> float:
+        """Unary calls whose reply is overdue fail with 408 and are reset; the next deadline."""
+        upcoming = math.inf
+        for sid, call in list(self.calls.items()):
+            if call.deadline <= now:
+                if call.future is not None:
+                    _expire(self, sid, call.future)
+            elif call.deadline < upcoming:
+                upcoming = call.deadline
+        return upcoming
 
     def new_stream(self) -> tuple[int, _Call]:
         sid = self.next_id
@@ -290,15 +303,15 @@ class TcpClient(ClientTransport):
         sid, call = conn.new_stream()
         future = call.future = conn.loop.create_future()
         conn.write(frame)
-        timer = conn.loop.call_later(timeout, _expire, conn, sid, future) if timeout is not None else None
+        if timeout is not None:  # the connection's sweep ends it then (no timer per call)
+            call.deadline = deadline = time.monotonic() + timeout
+            if deadline < conn._sweep_at:
+                conn.sweep_at(deadline)
         try:
             reply = await future
         except asyncio.CancelledError:
             conn.cancel(sid)
             raise
-        finally:
-            if timer is not None:
-                timer.cancel()
         if response_metadata is not None:
             response_metadata.update(call.metadata)
         return reply if reply is not None else b""

@@ -88,8 +88,6 @@ class ServerConnection(Connection):
         self.owner = owner
         self.pipeline = owner.pipeline
         self.streams: dict[int, _Stream] = {}
-        self._sweep: asyncio.TimerHandle | None = None
-        self._sweep_at = math.inf
         self.last_opened = 0
 
     def connection_made(self, transport: Any) -> None:
@@ -109,8 +107,6 @@ class ServerConnection(Connection):
             self.close(f.ErrorCode.NO_ERROR, "server is draining")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._sweep is not None:
-            self._sweep.cancel()
         super().connection_lost(exc)
         self.owner.connections.discard(self)
         self.owner.drained.set()
@@ -241,17 +237,10 @@ class ServerConnection(Connection):
 
     # -- deadlines: one timer per connection, at the earliest deadline, instead of one per call --
 
-    def sweep_at(self, deadline: float) -> None:
-        if self._sweep is not None:
-            self._sweep.cancel()
-        self._sweep_at = deadline
-        self._sweep = self.loop.call_at(_loop_time(self.loop, deadline), self.sweep)
-
-    def sweep(self) -> None:
+    def expire(self, now: float) -> float:
         """Cancel the calls whose deadline has passed, give up on requests whose body never
-        came; wake again at the next deadline."""
-        self._sweep, self._sweep_at = None, math.inf
-        now, upcoming = time.monotonic(), math.inf
+        came; return the next deadline."""
+        upcoming = math.inf
         for stream in list(self.streams.values()):
             if stream.body_by < math.inf:  # not started: still waiting for its request body
                 if stream.body_by > now:
@@ -269,8 +258,7 @@ class ServerConnection(Connection):
                 stream.task.cancel()  # its done-callback answers DEADLINE_EXCEEDED
             else:
                 upcoming = min(upcoming, deadline)
-        if upcoming < math.inf:
-            self.sweep_at(upcoming)
+        return upcoming
 
     # -- running calls ----------------------------------------------------------------------
 
@@ -387,10 +375,6 @@ class _MetadataTooLarge(Exception):
         return InternalServerError(
             f"{self.endpoint} set more response metadata than the caller takes", id=service
         )
-
-
-def _loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
-    return loop.time() + (deadline - time.monotonic())
 
 
 def _bodies(inbox: Inbox | None) -> AsyncIterator[bytes]:

@@ -615,11 +615,13 @@ async def test_a_hop_further_shrinks_the_deadline_and_carries_metadata(
         await outer.client.aclose()
 
 
-def _dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+def _dead_port() -> socket.socket:
+    """A port bound but not listening: connecting is refused, and, held for the test, no
+    service started meanwhile can be given it (a released port was, once: the "dead" leaf's
+    calls then reached another node)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 @pytest.mark.parametrize("leaf_state", ["raises-unavailable", "unreachable"])
@@ -636,8 +638,9 @@ async def test_unavailable_dependency_runs_each_handler_once_in_a_chain(
         relay("mid", registry, transport, book, "mid-1", to_pipe(flavour, pb[0], "leaf")),
         relay("mid", registry, transport, book, "mid-2", to_pipe(flavour, pb[0], "leaf")),
     ]
+    dead = _dead_port()
     if leaf_state == "unreachable":  # registered, but nothing answers at its addresses
-        address = f"127.0.0.1:{_dead_port()}"
+        address = f"127.0.0.1:{dead.getsockname()[1]}"
         node = Node(id=f"leaf-{uuid.uuid4()}", address=address, metadata={"tcp_address": address})
         await _registry(registry).register(ServiceRecord(name="leaf", version="1", nodes=[node]), ttl=60)
     else:
@@ -661,6 +664,7 @@ async def test_unavailable_dependency_runs_each_handler_once_in_a_chain(
         for service in reversed(services):
             await service.stop()
             await service.client.aclose()
+        dead.close()
 
 
 def _registry(url: str) -> Registry:

@@ -610,7 +610,7 @@ async def test_a_hop_further_shrinks_the_deadline_and_carries_metadata(
         # the inner call asked for 60 s but had only what the outer handler had left (gRPC
         # rounds its grpc-timeout up to its unit: a sliver of slack)
         assert 0 < reply.n <= reply.left + 100, reply
-        assert reply.left <= 5000
+        assert reply.left <= 5000 + 100  # the outer call's 5 s, gRPC's rounding up aside
     finally:
         await outer.client.aclose()
 

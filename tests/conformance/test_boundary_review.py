@@ -174,3 +174,25 @@ async def test_tcp_response_metadata_over_the_callers_limit_fails_that_call_only
             async for _ in client.stream("chatty", "Chatty.Count", Msg("x")):
                 pass
         assert [r.text for r in await asyncio.gather(*others)] == ["ok"] * 3  # the connection lived
+
+
+class PeerSeen(ServerMiddleware):
+    def __init__(self) -> None:
+        self.peers: list[str] = []
+
+    async def unary(self, call: Call, call_next: UnaryNext[Call]) -> bytes:
+        self.peers.append(call.peer)
+        return await call_next(call)
+
+
+@pytest.mark.parametrize(
+    ("transport", "expected"), [("grpc", "127.0.0.1:"), ("tcp", "127.0.0.1:"), ("local", "in-process")]
+)
+async def test_middleware_sees_who_called(transport: str, expected: str) -> None:
+    registry, seen = f"memory://{uuid.uuid4().hex}", PeerSeen()
+    async with (
+        _service(registry, middleware=[seen]),
+        Client(registry=registry, transports=(transport,)) as client,
+    ):
+        await client.call("review", "Own.Echo", Msg(text="x"), timeout=10)
+    assert len(seen.peers) == 1 and expected in seen.peers[0], seen.peers

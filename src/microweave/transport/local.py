@@ -96,7 +96,7 @@ class LocalClient(ClientTransport):
         pipeline = _pipeline(address)
         call = pipeline.call(
             path, body, transport=self.name, kind=Kind.UNARY, content_type=content_type,
-            deadline=_deadline(timeout), metadata=dict(metadata),
+            deadline=_deadline(timeout), metadata=dict(metadata), peer="in-process",
         )  # fmt: skip
         task = asyncio.get_running_loop().create_task(_remote(self._run(pipeline.unary(call), timeout)))
         try:
@@ -131,7 +131,7 @@ class LocalClient(ClientTransport):
         pipeline = _pipeline(address)
         call = pipeline.call(
             path, body, transport=self.name, kind=kind, content_type=content_type,
-            deadline=_deadline(timeout), metadata=dict(metadata),
+            deadline=_deadline(timeout), metadata=dict(metadata), peer="in-process",
         )  # fmt: skip
         queue: asyncio.Queue[Any] = asyncio.Queue(_STREAM_BUFFER)
 

@@ -9,7 +9,6 @@ through the pipeline too.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -47,6 +46,7 @@ def _call(pipeline: Pipeline, path: str, body: Any, grpc_context: Any) -> Call:
         content_type=metadata.get(CONTENT_TYPE_KEY),
         deadline=None if remaining is None else time.monotonic() + remaining,
         metadata=metadata,
+        peer=grpc_context.peer(),  # ipv4:127.0.0.1:5000
     )
 
 
@@ -144,12 +144,8 @@ class GrpcServer(ServerTransport):
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         deadline = time.monotonic() + grace
-        pipeline = self._pipeline
-        # the node's calls on every transport: all end within the grace, or are cancelled then.
-        # Polled, once per shutdown: a wake-up would cost every call (Pipeline.drain's event
-        # serves the one waiter the service has)
-        while pipeline is not None and pipeline.inflight and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        if self._pipeline is not None:  # the node's calls on every transport: done, or cancelled
+            await self._pipeline.drain(grace)
         await self._server.stop(max(0.0, deadline - time.monotonic()))
         self._server = None
 

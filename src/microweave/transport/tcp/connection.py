@@ -118,6 +118,7 @@ class Connection(asyncio.Protocol):
         self._backlog_pos = 0
         self._ping_sent: float | None = None
         self._keepalive: asyncio.TimerHandle | None = None
+        self._peer_name: str | None = None
         # one deadline timer per connection, at the earliest deadline, not one per call: a timer
         # made and cancelled costs about 2 us a call, a comparison next to nothing
         self._sweep: asyncio.TimerHandle | None = None
@@ -272,8 +273,11 @@ class Connection(asyncio.Protocol):
 
     @property
     def peer_name(self) -> str:
-        peer = self.transport.get_extra_info("peername") if self.transport else None
-        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+        """host:port of the peer, read once (every call on the connection names it)."""
+        if self._peer_name is None:
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            self._peer_name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+        return self._peer_name
 
     def write(self, data: bytes) -> None:
         """Queue a frame; frames queued in one loop iteration leave in one send (one syscall

@@ -196,7 +196,7 @@ class ServerConnection(Connection):
         deadline = time.monotonic() + h.timeout_us / 1e6 if h.timeout_us else None
         call = self.pipeline.call(
             h.path, b"", transport="tcp", kind=_KINDS.get(h.kind, Kind.UNARY),
-            content_type=h.content_type, deadline=deadline, metadata=h.metadata,
+            content_type=h.content_type, deadline=deadline, metadata=h.metadata, peer=self.peer_name,
         )  # fmt: skip
         stream = _Stream(h, call)
         self.streams[h.stream_id] = stream
@@ -301,10 +301,9 @@ class ServerConnection(Connection):
 
     def reply(self, stream: _Stream, body: bytes) -> None:
         sid = stream.headers.stream_id
-        try:
-            md = self.response_metadata(stream)
-        except _MetadataTooLarge as exc:
-            self.fail(stream, exc)
+        md = stream.ctx.response_metadata or None
+        if md is not None and not self.fits(md):
+            self.fail(stream, self.metadata_too_large(stream, md))
             return
         frame = f.encode_trailers(sid, metadata=md, body=body)
         if len(frame) - f.HEADER_SIZE > self.peer.max_frame_size:
@@ -319,34 +318,36 @@ class ServerConnection(Connection):
             f"reply of {size} bytes is over the caller's limit of {limit}", id=self.pipeline.service
         )
 
-    def response_metadata(self, stream: _Stream) -> dict[str, str] | None:
-        """What the handler set for the caller, unless it is over the caller's header limits:
-        sent anyway, the caller would have to close the connection and every call on it. Then
-        the call fails instead (500, said in the log)."""
-        md = stream.ctx.response_metadata
-        if not md:
-            return None
+    def fits(self, md: dict[str, str]) -> bool:
+        """Whether response metadata is within the caller's header limits: sent anyway, the
+        caller would have to close the connection, and every call on it."""
         peer = self.peer
+        if len(md) > peer.max_metadata:
+            return False
         size = sum(len(k) + len(v) for k, v in md.items()) + 16 * len(md)  # generous framing
-        if len(md) <= peer.max_metadata and size <= peer.max_header_block // 2:
-            return md
+        if size <= peer.max_header_block // 2:
+            return True  # the common case, without encoding
         block = len(f.encode_trailers(0, metadata=md)) - f.HEADER_SIZE - 4
-        if len(md) <= peer.max_metadata and block + 256 <= peer.max_header_block:
-            return md  # 256: room for the status and an error beside it
+        return block + 256 <= peer.max_header_block  # 256: room for the status and an error
+
+    def metadata_too_large(self, stream: _Stream, md: dict[str, str]) -> InternalServerError:
+        """The call fails instead (500, said in the log); its metadata is not sent."""
+        peer, endpoint = self.peer, stream.ctx.endpoint
         warn(
             "response metadata",
-            "%s set %d response metadata entries (%d bytes), over the caller's limits (%d entries, "
-            "%d bytes): the call fails instead",
-            stream.ctx.endpoint, len(md), block, peer.max_metadata, peer.max_header_block,
+            "%s set %d response metadata entries, over the caller's limits (%d entries, %d bytes): "
+            "the call fails instead",
+            endpoint, len(md), peer.max_metadata, peer.max_header_block,
         )  # fmt: skip
-        raise _MetadataTooLarge(stream.ctx.endpoint)
+        return InternalServerError(
+            f"{endpoint} set more response metadata than the caller takes", id=self.pipeline.service
+        )
 
     def end(self, stream: _Stream) -> None:
         sid = stream.headers.stream_id
-        try:
-            md = self.response_metadata(stream)
-        except _MetadataTooLarge as exc:
-            self.fail(stream, exc.error(self.pipeline.service))
+        md = stream.ctx.response_metadata or None
+        if md is not None and not self.fits(md):
+            self.fail(stream, self.metadata_too_large(stream, md))
             return
         if self.finish(sid):
             self.write(f.encode_trailers(sid, metadata=md))
@@ -355,26 +356,13 @@ class ServerConnection(Connection):
         sid = stream.headers.stream_id
         if not self.finish(sid):
             return
-        if isinstance(exc, _MetadataTooLarge):
-            exc = exc.error(self.pipeline.service)
         err = exc if isinstance(exc, MicroError) else self.pipeline.error(exc, stream.call)
         wire = f.WireError(id=err.id, code=err.code, detail=err.detail, status=err.status)
         status = err.grpc_code.value[0]
-        try:
-            md = self.response_metadata(stream)
-        except _MetadataTooLarge:
-            md = None
+        md = stream.ctx.response_metadata or None
+        if md is not None and not self.fits(md):
+            md = None  # the error goes out without it
         self.write(f.encode_trailers(sid, status=status, error=wire, metadata=md))
-
-
-class _MetadataTooLarge(Exception):
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-
-    def error(self, service: str) -> MicroError:
-        return InternalServerError(
-            f"{self.endpoint} set more response metadata than the caller takes", id=service
-        )
 
 
 def _bodies(inbox: Inbox | None) -> AsyncIterator[bytes]:

@@ -7,11 +7,20 @@ processes, never see those of another test or of a developer's running services.
 
 from __future__ import annotations
 
+import pkgutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import engines
 import pytest
 from helpers import ServiceProcesses
+
+# every engine module (tests/engines/<engine>.py) is a plugin: its fixtures serve every test
+pytest_plugins = [
+    f"engines.{module.name}"
+    for module in pkgutil.iter_modules(engines.__path__)
+    if not module.name.startswith("_")
+]
 
 
 @pytest.fixture

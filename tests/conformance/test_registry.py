@@ -1,6 +1,7 @@
 """One suite, every registry backend: each must behave the same to the code above it.
 
-A backend joins by adding a factory to `BACKENDS`: an async context manager that takes the
+A backend joins by adding a factory to `BACKENDS` (an engine's, with `@registry_backend` in
+tests/engines/<engine>.py): an async context manager that takes the
 pytest request (to reach server fixtures, temporary directories) and options for the backend
 (`watch_buffer`: the most unread events a watcher holds before it sends RESYNC), and yields a
 fresh Registry. The registry cache is run against every backend too, since it relies on each
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from engines import REGISTRY_BACKENDS
 from helpers import async_wait_until
 
 from microweave.errors import RegistryError
@@ -44,6 +46,7 @@ async def local_backend(request: pytest.FixtureRequest, **options: Any) -> Async
 BACKENDS: dict[str, BackendFactory] = {
     "memory": memory_backend,
     "local": local_backend,
+    **REGISTRY_BACKENDS,  # the engines' (tests/engines/*.py): etcd, Consul, NATS, mDNS
 }
 
 WAIT = 10.0  # generous bound for anything a backend does asynchronously (watch, expiry)

@@ -1,0 +1,183 @@
+"""etcd registry in go-micro's layout, so go-micro services and microweave services share it.
+
+`etcd://host:port[,host:port...][/prefix]?ttl=&username=&password=&tls=&ca=&cert=&key=`
+
+Each node is one key, `<prefix>/<service>/<node-id>` ('/' in names becomes '-', as go-micro
+does; the prefix defaults to `/micro/registry`), holding a Service JSON with that one node, on
+a lease of the registration's TTL. Leases are shared per TTL and refreshed by the heartbeat
+over one keep-alive stream (see _lease.py); an unchanged record is never written again.
+Lookups are serializable prefix reads; watches are prefix watches with the previous value, so
+a DELETE names the node it removed (see _watch.py). Options, guarantees and outage behaviour:
+docs/registry/etcd.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+from ..._backends import BackendURL
+from ...errors import RegistryError
+from .. import Registry, Service, Watcher, merge_nodes
+from ._conn import Connection, Options, rpc
+from ._lease import KeepAlive, lease_seconds
+from ._watch import EtcdWatcher, decode, prefix_end
+
+__all__ = ["EtcdRegistry"]
+
+
+class _Record:
+    __slots__ = ("lease", "ttl", "value")
+
+    def __init__(self, value: bytes, ttl: int | None, lease: int) -> None:
+        self.value = value
+        self.ttl = ttl
+        self.lease = lease
+
+
+class EtcdRegistry(Registry):
+    scheme = "etcd"
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self._conn = Connection(options)
+        self._keepalive = KeepAlive(self._conn)
+        self._lock = asyncio.Lock()  # one change of leases and keys at a time
+        self._leases: dict[int, int] = {}  # TTL seconds -> lease id
+        self._records: dict[bytes, _Record] = {}  # keys this instance registered
+        self._watchers: set[EtcdWatcher] = set()
+        #: leases granted so far (one per TTL while etcd keeps them)
+        self.leases_granted = 0
+
+    @classmethod
+    def from_url(cls, url: BackendURL, **kwargs: Any) -> EtcdRegistry:
+        """`kwargs` (username, password, tls, ca, cert, key, ttl, timeout, watch_buffer) win
+        over the URL's query; pass secrets this way to keep them out of URLs and process lists."""
+        return cls(Options.parse(url, kwargs))
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def _service_prefix(self, name: str | None) -> bytes:
+        if name is None:
+            return f"{self.options.prefix}/".encode()
+        return f"{self.options.prefix}/{name.replace('/', '-')}/".encode()
+
+    def _key(self, service: str, node: str) -> bytes:
+        return self._service_prefix(service) + node.replace("/", "-").encode()
+
+    # -- register ---------------------------------------------------------------------------
+
+    async def register(self, service: Service, *, ttl: float | None = None) -> None:
+        ttl = ttl or self.options.ttl
+        seconds = lease_seconds(ttl) if ttl else None
+        async with self._lock:
+            lease, fresh = (await self._lease(seconds)) if seconds else (0, True)
+            for node in service.nodes:
+                key, value = self._key(service.name, node.id), service.with_nodes([node]).to_json()
+                known = self._records.get(key)
+                if known is not None and (known.value, known.lease) == (value, lease):
+                    continue  # the heartbeat: nothing to write
+                if not await self._put(key, value, lease) and seconds:
+                    lease, fresh = await self._regrant(seconds), True
+                    await self._put(key, value, lease)
+                self._records[key] = _Record(value, seconds, lease)
+            if seconds and not fresh and await self._keepalive.refresh(lease) <= 0:
+                await self._regrant(seconds)  # etcd lost the lease (expired while away)
+
+    async def _lease(self, seconds: int) -> tuple[int, bool]:
+        """The lease for this TTL, and whether it was granted just now."""
+        lease = self._leases.get(seconds)
+        if lease is not None:
+            return lease, False
+        return await self._grant(seconds), True
+
+    async def _grant(self, seconds: int) -> int:
+        reply = await self._conn.call(
+            "granting a lease", self._stub().LeaseGrant, rpc.LeaseGrantRequest(TTL=seconds)
+        )
+        if reply.error:
+            raise RegistryError(f"{self.options.public}: granting a lease failed: {reply.error[:200]}")
+        self._leases[seconds] = int(reply.ID)
+        self.leases_granted += 1
+        return int(reply.ID)
+
+    async def _regrant(self, seconds: int) -> int:
+        """A new lease for a TTL whose lease etcd lost, and every key of ours on it put again."""
+        self._leases.pop(seconds, None)
+        lease = await self._grant(seconds)
+        for key, record in self._records.items():
+            if record.ttl == seconds:
+                await self._put(key, record.value, lease)
+                record.lease = lease
+        return lease
+
+    async def _put(self, key: bytes, value: bytes, lease: int) -> bool:
+        """Write the key; False when etcd does not know the lease (it expired meanwhile)."""
+        try:
+            await self._conn.call(
+                "registering", self._conn_kv().Put, rpc.PutRequest(key=key, value=value, lease=lease)
+            )
+        except RegistryError as exc:
+            if lease and "lease not found" in str(exc):
+                return False
+            raise
+        return True
+
+    async def deregister(self, service: Service) -> None:
+        async with self._lock:
+            for node in service.nodes:
+                key = self._key(service.name, node.id)
+                await self._conn.call(
+                    "deregistering", self._conn_kv().DeleteRange, rpc.DeleteRangeRequest(key=key)
+                )
+                self._records.pop(key, None)
+
+    # -- look up ----------------------------------------------------------------------------
+
+    async def _range(self, prefix: bytes) -> Iterable[Service]:
+        request = rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), serializable=True)
+        reply = await self._conn.call("looking up services", self._conn_kv().Range, request)
+        return (s for s in (decode(kv.value) for kv in reply.kvs) if s is not None)
+
+    async def get_service(self, name: str) -> list[Service]:
+        return merge_nodes([s for s in await self._range(self._service_prefix(name)) if s.name == name])
+
+    async def list_services(self) -> list[Service]:
+        by_name: dict[str, list[Service]] = {}
+        for record in await self._range(self._service_prefix(None)):
+            by_name.setdefault(record.name, []).append(record)
+        return [service for records in by_name.values() for service in merge_nodes(records)]
+
+    async def watch(self, service: str | None = None) -> Watcher:
+        self._conn.open()
+        self._watchers = {w for w in self._watchers if not w.closed}
+        watcher = EtcdWatcher(self._conn, self._service_prefix(service), service, self.options.watch_buffer)
+        await watcher.start()
+        self._watchers.add(watcher)
+        return watcher
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _conn_kv(self) -> Any:
+        self._conn.open()
+        return self._conn.kv
+
+    def _stub(self) -> Any:
+        self._conn.open()
+        return self._conn.lease
+
+    @property
+    def keepalive_streams(self) -> int:
+        """Keep-alive streams opened so far (stays 1 over any number of heartbeats)."""
+        return self._keepalive.streams
+
+    async def aclose(self) -> None:
+        for watcher in list(self._watchers):
+            await watcher.aclose()
+        self._watchers.clear()
+        self._keepalive.close()
+        await self._conn.aclose()
+
+    def __repr__(self) -> str:
+        return f"<EtcdRegistry {self.options.public}>"

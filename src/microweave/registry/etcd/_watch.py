@@ -1,0 +1,210 @@
+"""A prefix watch on etcd that survives reconnects without losing or repeating events.
+
+etcd numbers every change with a revision. The watcher remembers the last revision it has
+delivered (or that etcd reported as caught up, through progress notifications) and, when its
+stream breaks, opens a new one from the next revision, so the consumer sees each change once.
+If etcd has compacted that revision away meanwhile, the changes are gone: the watcher
+subscribes again at the current revision and then yields RESYNC, so a consumer that re-reads
+on RESYNC has no gap. A consumer that falls `buffer` events behind also gets RESYNC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import grpc
+import msgspec
+
+from ...errors import RegistryError
+from .. import Action, Event, Node, Service, Watcher, resync
+from ..outage import Outage
+from ._conn import Connection, rpc
+
+__all__ = ["EtcdWatcher", "decode", "prefix_end"]
+
+log = logging.getLogger("microweave.registry")
+
+_PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
+MAX_RECORD = 1 << 20  # a record larger than this is not a node announcement: skipped
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range end that makes [prefix, end) every key starting with `prefix`."""
+    trimmed = prefix.rstrip(b"\xff")
+    return trimmed[:-1] + bytes([trimmed[-1] + 1]) if trimmed else b"\0"
+
+
+def decode(value: bytes) -> Service | None:
+    """A stored record, or None for one that is not a go-micro Service JSON (logged)."""
+    if len(value) > MAX_RECORD:
+        log.debug("skipping an etcd registry record of %d bytes", len(value))
+        return None
+    try:
+        return Service.from_json(value)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        log.debug("skipping an etcd registry record that is not a service: %s", exc)
+        return None
+
+
+class EtcdWatcher(Watcher):
+    def __init__(self, conn: Connection, key: bytes, service: str | None, buffer: int) -> None:
+        self._conn = conn
+        self._key = key
+        self.service = service
+        self._buffer = buffer
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._call: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+        #: the newest revision whose changes have all been delivered
+        self.revision = 0
+        #: streams opened (the first one and one per reconnect)
+        self.streams = 0
+        self._outage = Outage(f"{conn.public} watch")
+
+    async def start(self) -> None:
+        """Subscribe; when this returns, every later change will be delivered."""
+        try:
+            await self._open(None)
+        except grpc.aio.AioRpcError as exc:
+            if self._conn.stale_token(exc):
+                self._conn.forget_token()
+                await self._open(None)
+            else:
+                raise self._conn.error("watching", exc) from None
+        except TimeoutError:
+            raise RegistryError(f"{self._conn.public}: watching timed out; is etcd running there?") from None
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _open(self, start: int | None) -> bool:
+        """A new stream from `start` (None: now); False when `start` was compacted away."""
+        self._drop_stream()
+        metadata = await self._conn.metadata()
+        assert self._conn.watch is not None
+        call = self._call = self._conn.watch.Watch(metadata=metadata)
+        self.streams += 1
+        create = rpc.WatchCreateRequest(
+            key=self._key, range_end=prefix_end(self._key), prev_kv=True, progress_notify=True
+        )
+        if start is not None:
+            create.start_revision = start
+        async with asyncio.timeout(self._conn.options.timeout):
+            await call.write(rpc.WatchRequest(create_request=create))
+            reply = await call.read()
+        if reply is grpc.aio.EOF:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "watch stream ended")
+        if reply.compact_revision:
+            return False
+        if reply.canceled or not reply.created:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.FAILED_PRECONDITION, None, None, reply.cancel_reason or "watch refused"
+            )
+        if start is None:
+            self.revision = reply.header.revision
+        return True
+
+    async def _run(self) -> None:
+        while not self.closed:
+            try:
+                await self._pump()
+            except (grpc.aio.AioRpcError, TimeoutError, RegistryError) as exc:
+                await self._backoff(exc)
+            while not self.closed:  # reconnect from the next revision
+                try:
+                    if not await self._open(self.revision + 1):
+                        await self._compacted()
+                except (grpc.aio.AioRpcError, TimeoutError, RegistryError) as exc:
+                    await self._backoff(exc)
+                    continue
+                self._outage.recovered()
+                break
+
+    async def _backoff(self, exc: BaseException) -> None:
+        self._drop_stream()
+        if isinstance(exc, grpc.aio.AioRpcError) and self._conn.stale_token(exc):
+            self._conn.forget_token()  # etcd restarted and forgot it: authenticate again
+        await asyncio.sleep(self._outage.failed(exc))
+
+    async def _compacted(self) -> None:
+        """The events since `revision` are gone: subscribe at the present, then say RESYNC."""
+        log.warning(
+            "%s: events after revision %d were compacted away: resyncing", self._conn.public, self.revision
+        )
+        await self._open(None)
+        self._offer(resync(self.service))
+
+    async def _pump(self) -> None:
+        """Deliver what the current stream brings until it breaks."""
+        call = self._call
+        if call is None:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "no watch stream")
+        while True:
+            reply = await call.read()
+            if reply is grpc.aio.EOF:
+                raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "watch stream ended")
+            if reply.compact_revision:
+                await self._compacted()
+                call = self._call
+                continue
+            if reply.canceled:
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.UNAVAILABLE, None, None, reply.cancel_reason or "watch cancelled by etcd"
+                )
+            for event in reply.events:
+                self._deliver(event)
+                self.revision = max(self.revision, event.kv.mod_revision)
+            if not reply.events and reply.header.revision:  # a progress notification
+                self.revision = max(self.revision, reply.header.revision)
+
+    def _deliver(self, event: Any) -> None:
+        if event.type == _PUT:
+            service = decode(event.kv.value)
+            if service is not None:
+                action = Action.CREATE if event.kv.version == 1 else Action.UPDATE
+                self._offer(Event(action, service))
+            return
+        service = decode(event.prev_kv.value) if event.HasField("prev_kv") else None
+        if service is None:  # the previous value was compacted away: the key still names it
+            parts = bytes(event.kv.key).decode("utf-8", "replace").rsplit("/", 2)
+            name, node = (parts[-2], parts[-1]) if len(parts) == 3 else ("", parts[-1])
+            service = Service(name=name, nodes=[Node(id=node, address="")])
+        self._offer(Event(Action.DELETE, service))
+
+    def _offer(self, event: Event) -> None:
+        if self.closed:
+            return
+        if self._queue.qsize() >= self._buffer:
+            # The consumer fell behind: drop its backlog and tell it to re-read instead.
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(resync(self.service))
+            return
+        self._queue.put_nowait(event)
+
+    def _drop_stream(self) -> None:
+        call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+
+    async def __anext__(self) -> Event:
+        if self.closed:
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._drop_stream()
+        self._queue.put_nowait(None)

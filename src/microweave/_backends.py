@@ -26,6 +26,10 @@ __all__ = ["BackendURL", "Settings", "load_registry", "parse_url", "settings"]
 REGISTRIES: dict[str, tuple[str, str, str | None]] = {
     "memory": ("microweave.registry.memory", "MemoryRegistry", None),
     "local": ("microweave.registry.local", "LocalRegistry", None),
+    "etcd": ("microweave.registry.etcd", "EtcdRegistry", "etcd"),
+    "consul": ("microweave.registry.consul", "ConsulRegistry", "consul"),
+    "nats": ("microweave.registry.nats", "NatsRegistry", "nats"),
+    "mdns": ("microweave.registry.mdns", "MdnsRegistry", "mdns"),
 }
 DEFAULT_REGISTRY = "local://"
 

@@ -1,0 +1,363 @@
+"""`nats://host:port[,host:port]?ttl=&user=&password=&token=&query_timeout=`: go-micro's NATS
+registry, with TTL expiry for watchers and the NATS micro services protocol on top.
+
+NATS stores nothing. A node is registered as long as the process that registered it answers
+`micro.nats.query` for it; a lookup asks everyone and gathers replies for `query_timeout`
+seconds (go-micro waits 100 ms). Registering announces on `micro.nats.watch`; each heartbeat
+re-announces, and watchers count a node dead when it stays silent past its TTL (see watch.py).
+The registering side stops answering for a record whose TTL ran out without a heartbeat, so
+lookups and watchers agree on what "expired" means. A process that dies takes its connection,
+and so its answers, with it: lookups no longer see its nodes at once.
+
+`ttl` in the URL (default 90 s, go-micro's DefaultRegisterTTL) is how long a watcher keeps a
+node whose announce carries no TTL of its own: a go-micro peer's. Ours always carry theirs.
+Each registered node also answers `$SRV.PING|INFO|STATS` (srv.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from ..._backends import BackendURL
+from ...errors import ConfigurationError, RegistryError
+from .. import Registry, Service, Watcher, merge_nodes
+from . import srv
+from .link import Link
+from .watch import NatsWatcher
+from .wire import (
+    MAX_MESSAGE,
+    QUERY,
+    WATCH,
+    decode_announce,
+    decode_query,
+    decode_service,
+    encode_announce,
+    encode_query,
+    encode_service,
+)
+
+__all__ = ["NatsRegistry"]
+
+DEFAULT_SERVER = "127.0.0.1:4222"
+DEFAULT_TTL = 90.0  # go-micro's DefaultRegisterTTL: for announces that carry no TTL
+QUERY_TIMEOUT = 0.25  # seconds a lookup gathers replies at most
+QUIET = 0.05  # seconds without a new reply that end a lookup early, once replies came
+WATCH_BUFFER = 10_000  # unread events one watcher holds before it is told to resync
+MAX_REPLIES = 50_000  # replies one lookup keeps; the rest are dropped
+SWEEP = 0.1  # seconds between watchers' expiry checks
+_PENDING = {"pending_msgs_limit": 65_536, "pending_bytes_limit": 64 * MAX_MESSAGE}
+
+
+class _Registration:
+    __slots__ = ("expires", "record", "reply", "started", "ttl")
+
+    def __init__(self, record: Service, ttl: float | None, now: float, started: datetime) -> None:
+        self.record = record
+        self.ttl = ttl
+        self.expires = now + ttl if ttl else None
+        self.reply = encode_service(record, ttl)  # what a query is answered with, encoded once
+        self.started = started
+
+    def live(self, now: float) -> bool:
+        return self.expires is None or now < self.expires
+
+
+class NatsRegistry(Registry):
+    scheme = "nats"
+
+    def __init__(
+        self,
+        servers: list[str] | None = None,
+        *,
+        ttl: float = DEFAULT_TTL,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        query_timeout: float = QUERY_TIMEOUT,
+        watch_buffer: int = WATCH_BUFFER,
+        counts: Callable[[str], srv.EndpointCounts | None] | None = None,
+    ) -> None:
+        """`counts` gives a node's per-endpoint call counts for `$SRV.STATS` (default: what
+        the node's server recorded in `microweave.server.stats`)."""
+        if ttl <= 0 or query_timeout <= 0 or watch_buffer < 1:
+            raise ConfigurationError(
+                f"NATS registry: ttl ({ttl}) and query_timeout ({query_timeout}) must be positive "
+                f"and watch_buffer ({watch_buffer}) at least 1"
+            )
+        hosts = servers or [DEFAULT_SERVER]
+        self.url = "nats://" + ",".join(h.removeprefix("nats://") for h in hosts)
+        self.default_ttl = ttl
+        self.query_timeout = query_timeout
+        self.watch_buffer = watch_buffer
+        if counts is None:
+            from ...server.stats import counts as server_counts
+
+            counts = server_counts
+        self._counts = counts
+        self.link = Link(
+            self.url,
+            [h if h.startswith("nats://") else f"nats://{h}" for h in hosts],
+            on_connect=self._connected,
+            user=user,
+            password=password,
+            token=token,
+        )
+        self._registrations: dict[tuple[str, str], _Registration] = {}
+        self._watchers: set[NatsWatcher] = set()
+        self._subs: dict[str, Subscription] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: BackendURL, **kwargs: Any) -> NatsRegistry:
+        query = dict(url.query)
+        hosts = []
+        for host in url.hosts:
+            userinfo, at, address = host.rpartition("@")
+            if at:  # nats://user:password@host:port, as the NATS tools write it
+                user, _, password = userinfo.partition(":")
+                query.setdefault("user", user) if password else query.setdefault("token", user)
+                if password:
+                    query.setdefault("password", password)
+            hosts.append(address)
+        for key in ("user", "password", "token"):
+            if key in query:
+                kwargs.setdefault(key, query.pop(key))
+        for key, kind in (("ttl", float), ("query_timeout", float), ("watch_buffer", int)):
+            if key in query and key not in kwargs:
+                try:
+                    kwargs[key] = kind(query.pop(key))
+                except ValueError:
+                    raise ConfigurationError(f"{key}= in the NATS registry URL is not a number") from None
+        return cls(hosts or None, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<NatsRegistry {self.url}>"
+
+    # -- register --------------------------------------------------------------------------------
+
+    async def register(self, service: Service, *, ttl: float | None = None) -> None:
+        nc = await self._client_unless_reconnecting()
+        now, started = time.monotonic(), datetime.now(UTC)
+        announces = []
+        for node in service.nodes:
+            one = service.with_nodes([node])
+            key = (service.name, node.id)
+            previous = self._registrations.get(key)
+            fresh = previous is None or not previous.live(now)
+            registration = _Registration(one, ttl, now, started if fresh else previous.started)  # type: ignore[union-attr]
+            self._registrations[key] = registration
+            action = "create" if fresh or previous.record == one else "update"  # type: ignore[union-attr]
+            announces.append(encode_announce(action, one, ttl))
+        if nc is None:  # NATS is away: answered and announced again once it is back
+            return
+        try:
+            if await self._answering(nc):
+                await nc.flush()  # a lookup made right after this returns must reach us
+            for announce in announces:
+                await nc.publish(WATCH, announce)
+        except Exception as exc:
+            raise self._error("register", service.name, exc) from None
+
+    async def deregister(self, service: Service) -> None:
+        gone = []
+        for node in service.nodes:
+            registration = self._registrations.pop((service.name, node.id), None)
+            gone.append(registration.record if registration else service.with_nodes([node]))
+        nc = self.link.nc if self.link.up else None
+        if nc is None:
+            return  # nobody can ask us meanwhile; watchers drop the node after its TTL
+        try:
+            for record in gone:
+                await nc.publish(WATCH, encode_announce("delete", record, None))
+            if not self._registrations:
+                await self._unsubscribe(QUERY)
+                await self._unsubscribe(srv.SUBJECT)
+            await nc.flush()  # a lookup made right after this returns must not see the node
+        except Exception as exc:
+            raise self._error("deregister", service.name, exc) from None
+
+    async def _client_unless_reconnecting(self) -> Client | None:
+        """The connection; None while a lost one is being re-made (registrations made then are
+        announced on reconnect); RegistryError when NATS was never reached."""
+        if self.link.up:
+            return self.link.nc
+        if self.link.connects:
+            return None
+        return await self.link.client()
+
+    async def _answering(self, nc: Client) -> bool:
+        """Subscribe to queries and control requests if not yet; True if it subscribed."""
+        new = False
+        if QUERY not in self._subs:
+            self._subs[QUERY] = await nc.subscribe(QUERY, cb=self._on_query, **_PENDING)  # type: ignore[arg-type]
+            new = True
+        if srv.SUBJECT not in self._subs:
+            self._subs[srv.SUBJECT] = await nc.subscribe(srv.SUBJECT, cb=self._on_control, **_PENDING)  # type: ignore[arg-type]
+            new = True
+        return new
+
+    async def _on_query(self, msg: Msg) -> None:
+        query = decode_query(msg.data)
+        if query is None or not msg.reply:
+            return
+        action, name = query
+        now = time.monotonic()
+        nc = msg._client
+        for (service, _), registration in list(self._registrations.items()):
+            if (action == "list" or service == name) and registration.live(now):
+                await nc.publish(msg.reply, registration.reply)
+
+    async def _on_control(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        now = time.monotonic()
+        listings = [
+            srv.Listing(r.record, r.started) for r in list(self._registrations.values()) if r.live(now)
+        ]
+        for reply in srv.answer(msg.subject, listings, self._counts):
+            await msg._client.publish(msg.reply, reply)
+
+    # -- look up ---------------------------------------------------------------------------------
+
+    async def get_service(self, name: str) -> list[Service]:
+        return merge_nodes(await self._query(name))
+
+    async def list_services(self) -> list[Service]:
+        by_name: dict[str, list[Service]] = {}
+        for record in await self._query(None):
+            by_name.setdefault(record.name, []).append(record)
+        return [service for records in by_name.values() for service in merge_nodes(records)]
+
+    async def _query(self, name: str | None) -> list[Service]:
+        nc = await self.link.client()
+        replies: list[bytes] = []
+        arrived = asyncio.Event()
+
+        async def collect(msg: Msg) -> None:
+            if len(replies) < MAX_REPLIES:
+                replies.append(msg.data)
+                arrived.set()
+
+        try:
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox, cb=collect, **_PENDING)  # type: ignore[arg-type]
+            await nc.publish(QUERY, encode_query(name), reply=inbox)
+            await self._gather(replies, arrived)
+            await sub.drain()  # type: ignore[no-untyped-call]  # replies on their way are read too
+        except Exception as exc:
+            raise self._error("look up", name or "all services", exc) from None
+        now = time.monotonic()
+        records = []
+        for data in replies:
+            decoded = decode_service(data)
+            if decoded is None or (name is not None and decoded[0].name != name):
+                continue
+            records.append(decoded[0])
+            for watcher in self._watchers:
+                watcher.seed(decoded[0], decoded[1], now)
+        return records
+
+    async def _gather(self, replies: list[bytes], arrived: asyncio.Event) -> None:
+        """Wait for replies: until `query_timeout`, or until QUIET seconds pass without one
+        once some came (every process answers at once, so a pause means they are all in)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.query_timeout
+        while (left := end - loop.time()) > 0:
+            arrived.clear()
+            try:
+                async with asyncio.timeout(min(left, QUIET) if replies else left):
+                    await arrived.wait()
+            except TimeoutError:
+                return
+
+    # -- watch -----------------------------------------------------------------------------------
+
+    async def watch(self, service: str | None = None) -> Watcher:
+        nc = await self.link.client()
+        watcher = NatsWatcher(
+            service, buffer=self.watch_buffer, default_ttl=self.default_ttl, on_close=self._unwatch
+        )
+        self._watchers.add(watcher)
+        try:
+            if WATCH not in self._subs:
+                self._subs[WATCH] = await nc.subscribe(WATCH, cb=self._on_announce, **_PENDING)  # type: ignore[arg-type]
+            await nc.flush()  # subscribed on the server before this returns
+        except Exception as exc:
+            self._watchers.discard(watcher)
+            raise self._error("watch", service or "all services", exc) from None
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        return watcher
+
+    async def _on_announce(self, msg: Msg) -> None:
+        announce = decode_announce(msg.data)
+        if announce is None:
+            return
+        now = time.monotonic()
+        for watcher in list(self._watchers):
+            watcher.announce(announce, now)
+
+    async def _sweep(self) -> None:
+        while self._watchers:
+            await asyncio.sleep(SWEEP)
+            if self.link.up:  # while NATS is away nothing is heard, so nothing expires
+                now = time.monotonic()
+                for watcher in list(self._watchers):
+                    watcher.expire(now)
+
+    async def _unwatch(self, watcher: NatsWatcher) -> None:
+        self._watchers.discard(watcher)
+        if not self._watchers and not self._closed:
+            await self._unsubscribe(WATCH)
+
+    # -- connection ------------------------------------------------------------------------------
+
+    async def _connected(self, nc: Client, again: bool) -> None:
+        """A new connection: re-create what the last one had, and say what we hold."""
+        self._subs = {}
+        if self._registrations:
+            await self._answering(nc)
+        if self._watchers:
+            self._subs[WATCH] = await nc.subscribe(WATCH, cb=self._on_announce, **_PENDING)  # type: ignore[arg-type]
+        await nc.flush()
+        if again:
+            for registration in list(self._registrations.values()):
+                await nc.publish(WATCH, encode_announce("create", registration.record, registration.ttl))
+            now = time.monotonic()
+            for watcher in list(self._watchers):
+                watcher.reconnected(now)
+
+    async def _unsubscribe(self, subject: str) -> None:
+        sub = self._subs.pop(subject, None)
+        if sub is not None and self.link.up:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _error(self, doing: str, what: str, exc: BaseException) -> RegistryError:
+        if isinstance(exc, RegistryError):
+            return exc
+        return RegistryError(f"cannot {doing} {what} on NATS at {self.url}: {type(exc).__name__}: {exc}")
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for watcher in list(self._watchers):
+            await watcher.aclose()
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+        self._subs = {}
+        await self.link.aclose()

@@ -1,0 +1,165 @@
+"""One NATS connection, kept up by us: connect, notice the loss, reconnect with backoff.
+
+nats-py can reconnect by itself, but at a fixed interval, logging through its own error
+callback, and (with reconnection off) trying only the first server of the pool. We turn its
+reconnection off and run one supervisor per link instead: every server of the URL in turn,
+jittered capped backoff, one log line when NATS goes away and one when it is back (`Outage`).
+Subscriptions belong to a connection, so after each (re)connect the owner's `on_connect`
+re-creates them and re-announces what it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client
+
+from ...errors import RegistryError
+from ..outage import Outage
+
+__all__ = ["Link"]
+
+log = logging.getLogger("microweave.registry")
+
+CONNECT_TIMEOUT = 2.0  # seconds per server per attempt
+#: seconds between client PINGs: a connection that silently died is noticed within ~3 of these
+PING_INTERVAL = 10
+
+
+class Link:
+    """The connection of one NatsRegistry. `url` names it in errors and logs (no credentials)."""
+
+    def __init__(
+        self,
+        url: str,
+        servers: list[str],
+        *,
+        on_connect: Callable[[Client, bool], Awaitable[None]],
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        self.url = url
+        self.servers = servers
+        self._on_connect = on_connect
+        self._auth = {"user": user, "password": password, "token": token}
+        self.connect_timeout = connect_timeout
+        self.outage = Outage(f"{url} (NATS registry)", logger=log)
+        self.nc: Client | None = None
+        self._lock = asyncio.Lock()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closed = False
+        self.connects = 0  # how many connections were made (tests read it)
+
+    @property
+    def up(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def client(self) -> Client:
+        """The live connection; RegistryError naming the URL when there is none."""
+        nc = self.nc
+        if nc is not None and nc.is_connected:
+            return nc
+        if self._closed:
+            raise RegistryError(f"{self.url} registry is closed")
+        if self._supervisor is not None and not self._supervisor.done():
+            raise RegistryError(
+                f"NATS at {self.url} is unreachable; reconnecting in the background "
+                f"(down {self.outage.attempts} attempts so far)"
+            )
+        async with self._lock:
+            if self.nc is not None and self.nc.is_connected:
+                return self.nc
+            try:
+                return await self._connect()
+            except RegistryError:
+                self._supervise()  # keep trying in the background; callers fail fast meanwhile
+                raise
+
+    async def _connect(self) -> Client:
+        errors: list[str] = []
+        for server in self.servers:
+            nc = Client()
+            try:
+                await nc.connect(
+                    servers=[server],
+                    allow_reconnect=False,
+                    connect_timeout=max(1, round(self.connect_timeout)),
+                    max_reconnect_attempts=0,
+                    error_cb=self._error,
+                    closed_cb=self._lost,
+                    name="microweave registry",
+                    ping_interval=PING_INTERVAL,
+                    max_outstanding_pings=2,
+                    **{k: v for k, v in self._auth.items() if v},  # type: ignore[arg-type]
+                )
+            except (OSError, TimeoutError, nats.errors.Error) as exc:
+                errors.append(f"{server.removeprefix('nats://')}: {_describe(exc)}")
+                with contextlib.suppress(Exception):
+                    await nc.close()
+                continue
+            self.nc = nc
+            self.connects += 1
+            try:
+                await self._on_connect(nc, self.connects > 1)
+            except (OSError, TimeoutError, nats.errors.Error) as exc:
+                self.nc = None
+                with contextlib.suppress(Exception):
+                    await nc.close()
+                errors.append(f"{server.removeprefix('nats://')}: {_describe(exc)}")
+                continue
+            return nc
+        raise RegistryError(
+            f"cannot reach NATS at {self.url} ({'; '.join(errors)}); "
+            "is nats-server running there, and are the URL's credentials right?"
+        )
+
+    async def _error(self, exc: Exception) -> None:
+        # nats-py reports every socket error here; the Outage says it once, so debug only
+        log.debug("%s: %s", self.url, _describe(exc))
+
+    async def _lost(self) -> None:
+        if not self._closed:
+            self._supervise()
+
+    def _supervise(self) -> None:
+        if self._closed or (self._supervisor is not None and not self._supervisor.done()):
+            return
+        self._supervisor = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = self.outage.failed(RegistryError(f"no connection to {self.url}"))
+        while not self._closed:
+            await asyncio.sleep(delay)
+            async with self._lock:
+                if self._closed:
+                    return
+                try:
+                    await self._connect()
+                except RegistryError as exc:
+                    delay = self.outage.failed(exc)
+                    continue
+            self.outage.recovered()
+            return
+
+    async def aclose(self) -> None:
+        self._closed = True
+        task, self._supervisor = self._supervisor, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        nc, self.nc = self.nc, None
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

@@ -1,0 +1,143 @@
+"""The NATS micro services protocol (ADR-32): `$SRV.PING|INFO|STATS[.<name>[.<id>]]`.
+
+Beyond go-micro: every node registered through a NatsRegistry answers these control subjects,
+so `nats micro ls` / `info` / `stats` (and any other ADR-32 tool) list microweave nodes next to
+NATS-native services. The answers use the protocol's v1 schemas; `name` and `id` are the
+service name and node id with characters NATS does not allow in a subject token replaced by `_`.
+
+The endpoints are served over gRPC and microweave's tcp at the node's address, not over NATS:
+an endpoint's `subject` holds its gRPC method path and `queue_group` is empty. STATS counts
+calls per endpoint when the node's server records them (`microweave.server.stats`), else zeros.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from .. import Node, Service
+
+__all__ = [
+    "INFO_TYPE",
+    "PING_TYPE",
+    "STATS_TYPE",
+    "SUBJECT",
+    "Listing",
+    "answer",
+    "token",
+]
+
+SUBJECT = "$SRV.>"
+PING_TYPE = "io.nats.micro.v1.ping_response"
+INFO_TYPE = "io.nats.micro.v1.info_response"
+STATS_TYPE = "io.nats.micro.v1.stats_response"
+_VERBS = {"PING", "INFO", "STATS"}
+_NOT_A_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+_encoder = msgspec.json.Encoder()
+
+#: (requests, errors, last error, processing nanoseconds) of each endpoint of a node
+EndpointCounts = dict[str, tuple[int, int, str, int]]
+
+
+class Listing(msgspec.Struct, frozen=True):
+    """One registered node as the control subjects describe it."""
+
+    service: Service  # holding this node only
+    started: datetime
+
+    @property
+    def node(self) -> Node:
+        return self.service.nodes[0]
+
+
+def token(text: str) -> str:
+    """A name or id as one subject token (ADR-32 names: letters, digits, `-` and `_`)."""
+    return _NOT_A_TOKEN.sub("_", text) or "_"
+
+
+def answer(
+    subject: str, listings: Iterable[Listing], counts: Callable[[str], EndpointCounts | None]
+) -> list[bytes]:
+    """The replies to one control request: one per matching node (none if the subject is not one)."""
+    parts = subject.split(".")
+    if len(parts) < 2 or len(parts) > 4 or parts[0] != "$SRV" or parts[1] not in _VERBS:
+        return []
+    verb = parts[1]
+    name = parts[2] if len(parts) > 2 else None
+    node_id = parts[3] if len(parts) > 3 else None
+    out = []
+    for listing in listings:
+        if name is not None and token(listing.service.name) != name:
+            continue
+        if node_id is not None and token(listing.node.id) != node_id:
+            continue
+        out.append(_encoder.encode(_response(verb, listing, counts)))
+    return out
+
+
+def _identity(listing: Listing) -> dict[str, Any]:
+    service, node = listing.service, listing.node
+    return {
+        "name": token(service.name),
+        "id": token(node.id),
+        "version": service.version,
+        "metadata": {
+            **service.metadata,
+            **node.metadata,
+            "microweave.service": service.name,
+            "microweave.node": node.id,
+            "microweave.address": node.address,
+        },
+    }
+
+
+def _path(service: Service, endpoint: str, metadata: dict[str, str]) -> str:
+    handler, _, method = endpoint.partition(".")
+    return metadata.get("path") or f"/{service.name}.{handler}/{method}"
+
+
+def _response(verb: str, listing: Listing, counts: Callable[[str], EndpointCounts | None]) -> dict[str, Any]:
+    service = listing.service
+    if verb == "PING":
+        return {"type": PING_TYPE, **_identity(listing)}
+    if verb == "INFO":
+        return {
+            "type": INFO_TYPE,
+            **_identity(listing),
+            "description": f"microweave service {service.name} (gRPC and tcp at {listing.node.address})",
+            "endpoints": [
+                {
+                    "name": e.name,
+                    "subject": _path(service, e.name, e.metadata),
+                    "queue_group": "",
+                    "metadata": dict(e.metadata) or None,
+                }
+                for e in service.endpoints
+            ],
+        }
+    known = counts(listing.node.id) or {}
+    endpoints = []
+    for e in service.endpoints:
+        requests, errors, last_error, nanos = known.get(e.name, (0, 0, "", 0))
+        endpoints.append(
+            {
+                "name": e.name,
+                "subject": _path(service, e.name, e.metadata),
+                "queue_group": "",
+                "num_requests": requests,
+                "num_errors": errors,
+                "last_error": last_error,
+                "processing_time": nanos,
+                "average_processing_time": nanos // requests if requests else 0,
+            }
+        )
+    return {
+        "type": STATS_TYPE,
+        **_identity(listing),
+        "started": listing.started.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "endpoints": endpoints,
+    }

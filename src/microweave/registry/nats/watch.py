@@ -1,0 +1,130 @@
+"""A watcher over `micro.nats.watch`, with the TTL expiry that NATS itself cannot give.
+
+Nothing stores nodes on NATS, so nothing deletes a node that died without deregistering. Each
+watcher therefore keeps, per node it knows, the last record heard and when it is due: the
+announce's TTL after it was heard (each heartbeat re-announces and re-arms it). A node that
+stays silent past its TTL is reported as DELETE, like an etcd lease running out.
+
+A watcher knows a node from its announces, and also from lookups made through the same registry
+(`seed`): a cache that read a node by query and then lost it to a crash still hears DELETE.
+Announces decide nothing by their action except delete: CREATE is a node this watcher did not
+know, UPDATE a known node whose record changed; a heartbeat that changes nothing is no event.
+While the connection is down nothing can be heard, so nothing expires; after it comes back
+every node's clock restarts and the consumer gets RESYNC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from .. import Action, Event, Service, Watcher, resync
+from .wire import Announce
+
+__all__ = ["MAX_TRACKED", "NatsWatcher"]
+
+#: nodes one watcher keeps clocks for; past it, new nodes are reported but not timed
+MAX_TRACKED = 100_000
+
+
+class _Tracked:
+    __slots__ = ("deadline", "record", "ttl")
+
+    def __init__(self, record: Service, ttl: float, now: float) -> None:
+        self.record = record
+        self.ttl = ttl
+        self.deadline = now + ttl if ttl > 0 else None
+
+
+class NatsWatcher(Watcher):
+    def __init__(
+        self,
+        service: str | None,
+        *,
+        buffer: int,
+        default_ttl: float,
+        on_close: Callable[[NatsWatcher], Awaitable[None]],
+    ) -> None:
+        self.service = service
+        self._buffer = buffer
+        self._default_ttl = default_ttl
+        self._on_close = on_close
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self.nodes: dict[tuple[str, str], _Tracked] = {}
+        self.closed = False
+
+    # -- fed by the registry ---------------------------------------------------------------------
+
+    def announce(self, announce: Announce, now: float) -> None:
+        service = announce.service
+        if self.closed or (self.service is not None and service.name != self.service):
+            return
+        ttl = self._default_ttl if announce.ttl is None else announce.ttl
+        for node in service.nodes:
+            one = service.with_nodes([node])
+            key = (service.name, node.id)
+            if announce.action == "delete":
+                known = self.nodes.pop(key, None)
+                self._offer(Event(Action.DELETE, known.record if known is not None else one))
+                continue
+            known = self.nodes.get(key)
+            if known is not None or len(self.nodes) < MAX_TRACKED:
+                self.nodes[key] = _Tracked(one, ttl, now)
+            if known is None:
+                self._offer(Event(Action.CREATE, one))
+            elif known.record != one:
+                self._offer(Event(Action.UPDATE, one))
+
+    def seed(self, service: Service, ttl: float | None, now: float) -> None:
+        """A node read by a lookup: start its clock (no event: lookups are not changes)."""
+        if self.closed or (self.service is not None and service.name != self.service):
+            return
+        for node in service.nodes:
+            key = (service.name, node.id)
+            one = service.with_nodes([node])
+            known = self.nodes.get(key)
+            if known is None and len(self.nodes) < MAX_TRACKED:
+                self.nodes[key] = _Tracked(one, self._default_ttl if ttl is None else ttl, now)
+            elif known is not None and known.record == one:
+                known.deadline = now + known.ttl if known.ttl > 0 else None
+
+    def expire(self, now: float) -> None:
+        expired = [key for key, t in self.nodes.items() if t.deadline is not None and t.deadline <= now]
+        for key in expired:
+            self._offer(Event(Action.DELETE, self.nodes.pop(key).record))
+
+    def reconnected(self, now: float) -> None:
+        """Announces were missed while the connection was down: restart clocks, tell the consumer."""
+        for tracked in self.nodes.values():
+            tracked.deadline = now + tracked.ttl if tracked.ttl > 0 else None
+        self._offer(resync(self.service))
+
+    def _offer(self, event: Event) -> None:
+        if self.closed:
+            return
+        if self.queue.qsize() >= self._buffer:
+            # the consumer fell behind: drop its backlog and tell it to re-read instead
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(resync(self.service))
+            return
+        self.queue.put_nowait(event)
+
+    # -- read by the consumer ----------------------------------------------------------------------
+
+    async def __anext__(self) -> Event:
+        if self.closed and self.queue.empty():
+            raise StopAsyncIteration
+        event = await self.queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.nodes.clear()
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
+            await self._on_close(self)

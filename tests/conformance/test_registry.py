@@ -4,8 +4,15 @@ A backend joins by adding a factory to `BACKENDS` (an engine's, with `@registry_
 tests/engines/<engine>.py): an async context manager that takes the
 pytest request (to reach server fixtures, temporary directories) and options for the backend
 (`watch_buffer`: the most unread events a watcher holds before it sends RESYNC), and yields a
-fresh Registry. The registry cache is run against every backend too, since it relies on each
-one's watch.
+fresh Registry. With `share=<a registry it yielded>` it yields instead a second, independent
+instance (its own connections, its own keep-alives) over that one's data: the crash test
+abandons it and watches the first see its nodes expire. A factory that does not take `share`
+gets a second instance built from the URL in the registry's repr (`<EtcdRegistry etcd://...>`).
+The registry cache is run against every backend too, since it relies on each one's watch.
+
+Times are kept short (TTLs of 1-2 s, bulk work in `asyncio.gather`): the suite runs on six
+backends, some slow. The only durations asserted are the bounds the backends promise (gone
+within TTL + CRASH_MARGIN), measured from the event.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,18 +34,26 @@ from microweave.errors import RegistryError
 from microweave.registry import Action, Endpoint, Event, Node, Registry, Service, Value, Watcher
 from microweave.registry import from_url as registry_from_url
 from microweave.registry.cache import RegistryCache
+from microweave.testing import capture_logs
 
 BackendFactory = Callable[..., contextlib.AbstractAsyncContextManager[Registry]]
 
 
 @contextlib.asynccontextmanager
-async def memory_backend(request: pytest.FixtureRequest, **options: Any) -> AsyncIterator[Registry]:
+async def memory_backend(
+    request: pytest.FixtureRequest, *, share: Registry | None = None, **options: Any
+) -> AsyncIterator[Registry]:
+    if share is not None:  # one registry per name in the process: the same instance
+        yield share
+        return
     async with registry_from_url(f"memory://conformance-{uuid.uuid4().hex}", **options) as registry:
         yield registry
 
 
 @contextlib.asynccontextmanager
-async def local_backend(request: pytest.FixtureRequest, **options: Any) -> AsyncIterator[Registry]:
+async def local_backend(
+    request: pytest.FixtureRequest, *, share: Registry | None = None, **options: Any
+) -> AsyncIterator[Registry]:
     tmp = request.getfixturevalue("tmp_path")
     async with registry_from_url(f"local://{tmp / 'registry'}", **options) as registry:
         yield registry
@@ -361,38 +377,331 @@ async def test_a_go_micro_record_round_trips(registry: Registry) -> None:
     assert json.loads(back.to_json()) == GO_MICRO_RECORD
 
 
+# -- a crashed owner, versions, metadata, endpoints ---------------------------------------------
+
+CRASH_TTL = 2.0
+#: how long after its TTL a crashed owner's node may still be listed (the issue's bound)
+CRASH_MARGIN = 1.0
+
+
+@contextlib.asynccontextmanager
+async def peer(request: pytest.FixtureRequest, registry: Registry) -> AsyncIterator[Registry]:
+    """A second instance over the same data as `registry` (see the module docstring)."""
+    factory = BACKENDS[registry.scheme]
+    try:
+        context = factory(request, share=registry)
+        other = await context.__aenter__()
+    except TypeError as exc:
+        if "share" not in str(exc):
+            raise
+        url = repr(registry).removeprefix("<").removesuffix(">").split(" ", 1)[1]
+        async with registry_from_url(url) as other:
+            yield other
+        return
+    try:
+        yield other
+    finally:
+        await context.__aexit__(None, None, None)
+
+
+async def test_a_crashed_owner_s_node_expires(request: pytest.FixtureRequest, registry: Registry) -> None:
+    await registry.register(record(node="survivor"))
+    async with peer(request, registry) as owner:
+        await owner.register(record(node="crashed"), ttl=CRASH_TTL)
+
+        async def both() -> bool:
+            return node_ids(await registry.get_service("greeter")) == {"survivor", "crashed"}
+
+        await async_wait_until(both, timeout=WAIT, what="the second instance's node to be listed")
+        # the owner goes away without deregistering (a crash, as far as the registry knows)
+    abandoned = time.monotonic()
+
+    async def expired() -> bool:
+        return node_ids(await registry.get_service("greeter")) == {"survivor"}
+
+    await async_wait_until(expired, timeout=CRASH_TTL + WAIT, what="the crashed owner's node to expire")
+    gone_after = time.monotonic() - abandoned
+    assert gone_after <= CRASH_TTL + CRASH_MARGIN, f"gone only {gone_after:.2f} s after its owner stopped"
+
+
+def versioned(version: str, node: str, color: str) -> Service:
+    return Service(
+        name="greeter",
+        version=version,
+        metadata={"color": color},
+        endpoints=[Endpoint(name=f"Greeter.Say{color.title()}", metadata={"stream": "unary"})],
+        nodes=[Node(id=node, address=f"127.0.0.1:{len(node)}", metadata={"v": version})],
+    )
+
+
+async def test_each_version_keeps_its_own_record(registry: Registry) -> None:
+    await asyncio.gather(
+        registry.register(versioned("1.0.0", "old", "blue")),
+        registry.register(versioned("2.0.0-rc.1+build.7", "new", "green")),
+        registry.register(versioned("latest", "any", "red")),
+    )
+    services = {s.version: s for s in await registry.get_service("greeter")}
+    assert sorted(services) == ["1.0.0", "2.0.0-rc.1+build.7", "latest"]
+    assert services["1.0.0"] == versioned("1.0.0", "old", "blue")
+    assert services["2.0.0-rc.1+build.7"] == versioned("2.0.0-rc.1+build.7", "new", "green")
+    assert services["latest"] == versioned("latest", "any", "red")
+
+    await registry.deregister(versioned("1.0.0", "old", "blue"))
+    assert sorted(s.version for s in await registry.get_service("greeter")) == [
+        "2.0.0-rc.1+build.7",
+        "latest",
+    ]
+
+
+ODD_METADATA = {
+    "plain": "value",
+    "empty": "",
+    "spaces and = , ; signs": "a=b, c=d; e",
+    "unicode": "grüße, 你好, 🙂",
+    "quotes": "\"double\" and 'single'",
+    "json": '{"nested": [1, 2, {"x": null}]}',
+    "newline": "one\ntwo",
+    "long": "x" * 2000,
+    **{f"key-{i:02d}": str(i) for i in range(40)},
+}
+
+
+async def test_metadata_round_trips(registry: Registry) -> None:
+    service = Service(
+        name="greeter",
+        version="1.0.0",
+        metadata=dict(ODD_METADATA),
+        nodes=[Node(id="n1", address="127.0.0.1:1", metadata={**ODD_METADATA, "protocol": "grpc"})],
+    )
+    await registry.register(service)
+    [back] = await registry.get_service("greeter")
+    assert back.metadata == service.metadata
+    assert back.nodes[0].metadata == service.nodes[0].metadata
+
+
+def tree(depth: int, prefix: str = "field") -> list[Value] | None:
+    """A request or response type as go-micro describes it: fields holding fields."""
+    if depth == 0:
+        return None
+    return [
+        Value(
+            f"{prefix}_{i}",
+            "string" if depth == 1 else f"Message{depth}{i}",
+            tree(depth - 1, f"{prefix}_{i}"),
+        )
+        for i in range(2)
+    ]
+
+
+ENDPOINTS = [
+    Endpoint(
+        name="Greeter.Deep",
+        request=Value("DeepRequest", "DeepRequest", tree(4)),
+        response=Value("DeepResponse", "DeepResponse", [Value("items", "[]Item", tree(2, "item"))]),
+        metadata={"stream": "unary", "idempotent": "true", "path": "/helloworld.Greeter/Deep"},
+    ),
+    Endpoint(name="Greeter.NoTypes", metadata={}),
+    Endpoint(name="Greeter.Stream", request=Value("Empty", "Empty", []), metadata={"stream": "bidi"}),
+]
+
+
+async def test_endpoints_round_trip(registry: Registry) -> None:
+    service = Service(
+        name="greeter",
+        version="1.0.0",
+        endpoints=list(ENDPOINTS),
+        nodes=[Node(id="n1", address="127.0.0.1:1")],
+    )
+    await registry.register(service)
+    [back] = await registry.get_service("greeter")
+    assert back.endpoints == ENDPOINTS
+    # the go-micro JSON of the whole record, not only the decoded structs
+    assert json.loads(back.to_json())["endpoints"] == json.loads(service.to_json())["endpoints"]
+
+
+# -- watch: order and resync ---------------------------------------------------------------------
+
+
+async def test_watch_events_keep_the_order_of_changes(registry: Registry) -> None:
+    """Changes made back to back: each node's events come in the order of its changes, and
+    applying them leaves the state the registry holds. (Polling backends may coalesce changes
+    between two polls: a node's states are then a subsequence of the states it went through.)"""
+    a1, a2 = record(node="a", metadata={"v": "1"}), record(node="a", metadata={"v": "2"})
+    b, c1, c2 = record(node="b"), record(node="c", metadata={"v": "1"}), record(node="c", metadata={"v": "2"})
+    async with await registry.watch("greeter") as watcher:
+        for change, service in [
+            (registry.register, a1),
+            (registry.register, b),
+            (registry.register, a2),
+            (registry.register, c1),
+            (registry.deregister, b),
+            (registry.deregister, c1),
+            (registry.register, c2),
+        ]:
+            await change(service)
+
+        # each node's states in the order it went through them (None: not registered)
+        made: dict[str, list[Node | None]] = {
+            "a": [a1.nodes[0], a2.nodes[0]],
+            "b": [b.nodes[0], None],
+            "c": [c1.nodes[0], None, c2.nodes[0]],
+        }
+        final = {"a": a2.nodes[0], "c": c2.nodes[0]}
+        mirror: dict[str, Node] = {}
+        seen: dict[str, list[Node | None]] = {"a": [], "b": [], "c": []}
+        while mirror != final:
+            event = await next_event(watcher)
+            assert event.action is not Action.RESYNC, "seven changes overflowed no buffer"
+            for node in event.service.nodes:
+                if event.action is Action.DELETE:
+                    mirror.pop(node.id, None)
+                    seen[node.id].append(None)
+                else:
+                    mirror[node.id] = node
+                    seen[node.id].append(node)
+    for node_id, states in seen.items():
+        steps = iter(made[node_id])
+        in_order = all(any(state == step for step in steps) for state in states)
+        assert in_order, f"node {node_id}: events {states} are not in the order of {made[node_id]}"
+
+
+async def test_a_watcher_of_every_service_that_falls_behind_resyncs(small_buffer: Registry) -> None:
+    registry = small_buffer
+    async with await registry.watch() as watcher:
+        await asyncio.gather(
+            *(registry.register(record(f"svc-{i}", f"n{i}")) for i in range(5 * SMALL_BUFFER))
+        )
+        events = [await next_event(watcher)]
+        while events[-1].action is not Action.RESYNC:
+            assert len(events) <= 5 * SMALL_BUFFER, "no RESYNC"
+            events.append(await next_event(watcher))
+        assert (events[-1].service.name, events[-1].service.nodes) == ("", [])  # every service
+        names = {s.name for s in await registry.list_services()}
+        assert names >= {f"svc-{i}" for i in range(5 * SMALL_BUFFER)}
+
+
+# -- many services -------------------------------------------------------------------------------
+
+MANY = 500
+
+
+async def test_500_services(registry: Registry) -> None:
+    names = [f"bulk-{i:03d}" for i in range(MANY)]
+    await asyncio.gather(
+        *(
+            registry.register(record(name, f"{name}-node", address=f"10.0.{i // 250}.{i % 250}:1"))
+            for i, name in enumerate(names)
+        )
+    )
+
+    listed = {s.name for s in await registry.list_services()}
+    assert listed >= set(names), f"{len(set(names) - listed)} of {MANY} services not listed"
+    found = await asyncio.gather(*(registry.get_service(name) for name in names))
+    for name, services in zip(names, found, strict=True):
+        assert node_ids(services) == {f"{name}-node"}, name
+        assert services[0].endpoints == record().endpoints
+
+    await asyncio.gather(*(registry.deregister(record(name, f"{name}-node")) for name in names[::2]))
+    left = {s.name for s in await registry.list_services() if s.nodes or s.name}
+    found = await asyncio.gather(*(registry.get_service(name) for name in names))
+    assert [name for name, services in zip(names, found, strict=True) if services] == names[1::2]
+    assert left >= set(names[1::2])
+
+
 # -- the registry cache, over each backend -----------------------------------------------------
 
 
 class Breakable(Registry):
-    """The real backend, with lookups that fail on demand (the registry being unreachable)."""
+    """The real backend, with parts that fail on demand (lookups, registration, the watch: the
+    registry or its watch unreachable), counting the calls that reach it."""
 
     def __init__(self, inner: Registry) -> None:
         self.inner = inner
         self.scheme = inner.scheme
-        self.broken: Exception | None = None
+        self.broken: Exception | None = None  # get_service fails
+        self.register_broken: Exception | None = None
+        self.watch_broken: Exception | None = None  # watch() fails (see break_watch)
+        self.answer_delay = 0.0  # seconds between reading the backend and answering
+        self.reads = self.registers = self.watches = 0
+        self._watchers: set[BreakableWatcher] = set()
+
+    def __repr__(self) -> str:
+        return f"<Breakable {self.inner!r}>"
 
     async def register(self, service: Service, *, ttl: float | None = None) -> None:
+        self.registers += 1
+        if self.register_broken is not None:
+            raise self.register_broken
         await self.inner.register(service, ttl=ttl)
 
     async def deregister(self, service: Service) -> None:
         await self.inner.deregister(service)
 
     async def get_service(self, name: str) -> list[Service]:
+        self.reads += 1
         if self.broken is not None:
             raise self.broken
-        return await self.inner.get_service(name)
+        services = await self.inner.get_service(name)
+        if self.answer_delay:
+            await asyncio.sleep(self.answer_delay)  # the answer is on its way; changes go on
+        return services
 
     async def list_services(self) -> list[Service]:
         return await self.inner.list_services()
 
     async def watch(self, service: str | None = None) -> Watcher:
-        return await self.inner.watch(service)
+        self.watches += 1
+        if self.watch_broken is not None:
+            raise self.watch_broken
+        watcher = BreakableWatcher(self, await self.inner.watch(service))
+        self._watchers.add(watcher)
+        return watcher
+
+    async def break_watch(self, exc: Exception) -> None:
+        """Live watchers fail with `exc`, and new ones cannot be made, until `watch_broken` is
+        cleared; lookups keep working (the registry reachable, its watch not)."""
+        self.watch_broken = exc
+        for watcher in list(self._watchers):
+            watcher.failure = exc
+            await watcher.inner.aclose()
+
+
+class BreakableWatcher(Watcher):
+    def __init__(self, owner: Breakable, inner: Watcher) -> None:
+        self.owner = owner
+        self.inner = inner
+        self.failure: Exception | None = None
+
+    async def __anext__(self) -> Event:
+        try:
+            return await anext(self.inner)
+        except StopAsyncIteration:
+            if self.failure is not None:
+                raise self.failure from None
+            raise
+
+    async def aclose(self) -> None:
+        self.owner._watchers.discard(self)
+        await self.inner.aclose()
 
 
 @pytest.fixture
 async def cache(registry: Registry) -> AsyncIterator[RegistryCache]:
     cache = RegistryCache(registry, ttl=60)  # long: changes must arrive through the watch
+    try:
+        yield cache
+    finally:
+        await cache.aclose()
+
+
+@pytest.fixture
+async def breakable(registry: Registry) -> Breakable:
+    return Breakable(registry)
+
+
+@contextlib.asynccontextmanager
+async def cache_over(registry: Registry, **options: Any) -> AsyncIterator[RegistryCache]:
+    cache = RegistryCache(registry, **options)
     try:
         yield cache
     finally:
@@ -444,61 +753,151 @@ async def test_cache_sees_updates(registry: Registry, cache: RegistryCache) -> N
     await async_wait_until(green, timeout=WAIT, what="the update to reach the cache")
 
 
-async def test_cache_serves_stale_nodes_when_the_registry_fails(registry: Registry) -> None:
-    breakable = Breakable(registry)
-    cache = RegistryCache(breakable, ttl=0.05)  # short, so every lookup goes to the registry
-    try:
+async def test_cache_serves_stale_nodes_when_the_registry_fails(
+    registry: Registry, breakable: Breakable
+) -> None:
+    async with cache_over(breakable, ttl=0.05, retry_cap=0.2) as cache:  # short: lookups read
         await registry.register(record(node="n1"))
         assert node_ids(await cache.get_service("greeter")) == {"n1"}
         breakable.broken = RegistryError("registry down")
         await asyncio.sleep(0.1)
         assert node_ids(await cache.get_service("greeter")) == {"n1"}  # stale beats failing
+        assert breakable.reads >= 2  # it did ask, and was refused
 
         # with nothing cached there is nothing to serve: the error reaches the caller
         await registry.register(record("billing", "b1"))
-        with pytest.raises(RegistryError):
-            await cache.get_service("billing")
-        breakable.broken = OSError("connection refused")  # a driver's own error becomes ours
-        with pytest.raises(RegistryError, match="connection refused"):
+        with pytest.raises(RegistryError, match="registry down"):
             await cache.get_service("billing")
 
-        breakable.broken = None
-        assert node_ids(await cache.get_service("billing")) == {"b1"}
-    finally:
-        await cache.aclose()
+        breakable.broken = None  # back: served again once the backoff is over
+
+        async def billing() -> bool:
+            with contextlib.suppress(RegistryError):
+                return node_ids(await cache.get_service("billing")) == {"b1"}
+            return False
+
+        await async_wait_until(billing, timeout=WAIT, what="billing once the registry is back")
 
 
-async def test_cache_shares_one_lookup(registry: Registry) -> None:
-    calls = 0
+async def test_a_driver_error_becomes_a_registry_error_naming_the_registry(breakable: Breakable) -> None:
+    breakable.broken = OSError("connection refused")
+    async with cache_over(breakable) as cache:
+        with pytest.raises(RegistryError, match="connection refused") as raised:
+            await cache.get_service("billing")
+        assert repr(breakable) in raised.value.detail
+        assert repr(breakable) in repr(cache)
 
-    class Counting(Breakable):
-        async def get_service(self, name: str) -> list[Service]:
-            nonlocal calls
-            calls += 1
-            await asyncio.sleep(0.05)
-            return await super().get_service(name)
 
+async def test_cache_shares_one_lookup_among_200_callers(registry: Registry, breakable: Breakable) -> None:
     await registry.register(record())
-    cache = RegistryCache(Counting(registry), ttl=60)
-    try:
-        results = await asyncio.gather(*(cache.get_service("greeter") for _ in range(10)))
+    breakable.answer_delay = 0.2
+    async with cache_over(breakable, ttl=60) as cache:
+        callers = [asyncio.ensure_future(cache.get_service("greeter")) for _ in range(200)]
+        await asyncio.sleep(0.05)
+        callers[0].cancel()  # the caller that started the read gives up: the others do not
+        results = await asyncio.gather(*callers[1:])
         assert all(node_ids(r) == {"n1"} for r in results)
-        assert calls == 1
-    finally:
-        await cache.aclose()
+        assert breakable.reads == 1
+        with pytest.raises(asyncio.CancelledError):
+            await callers[0]
+
+
+async def test_cache_backs_off_while_the_registry_is_away(registry: Registry, breakable: Breakable) -> None:
+    """Calls keep being served from the cache, the registry is asked a few times a second at
+    most (not once per call), and the outage is logged once each way, without a traceback."""
+    await registry.register(record())
+    async with cache_over(breakable, ttl=0.2, resync_interval=0.2, retry_cap=0.4) as cache:
+        assert node_ids(await cache.get_service("greeter")) == {"n1"}
+        with capture_logs(logging.DEBUG, logger="microweave.registry") as logs:
+            breakable.broken = RegistryError("registry down")
+            reads_before, calls = breakable.reads, 0
+            until = time.monotonic() + 2.0
+            while time.monotonic() < until:
+                services = cache.fresh("greeter") or await cache.get_service("greeter")
+                assert node_ids(services) == {"n1"}
+                calls += 1
+                await asyncio.sleep(0.002)
+            attempts = breakable.reads - reads_before
+            # backoff 0.1 s doubling to 0.4 s, jittered down to half: at most ~12 in 2 s
+            assert 2 <= attempts <= 15, f"{attempts} reads for {calls} calls"
+            assert calls >= 10 * attempts
+
+            breakable.broken = None
+            reads = breakable.reads
+
+            async def read_again() -> bool:
+                return breakable.reads > reads
+
+            await async_wait_until(read_again, timeout=WAIT, what="a read once the registry is back")
+            await asyncio.sleep(0.1)
+    warnings = [e for e in logs if e["level"] == "WARNING"]
+    assert [("unreachable" in e["message"], "again" in e["message"]) for e in warnings] == [
+        (True, False),
+        (False, True),
+    ], warnings
+    assert all("exception" not in e for e in logs)
+
+
+async def test_cache_drops_a_node_deleted_while_the_watch_is_down(
+    registry: Registry, breakable: Breakable
+) -> None:
+    """The registry stays reachable but its watch keeps failing: a node deleted meanwhile leaves
+    the cache within `resync_interval` (keep it under the nodes' TTL), by a refetch on a timer,
+    while every lookup is answered from memory (the fast path never comes back empty)."""
+    resync = 1.0
+    await registry.register(record(node="n1"))
+    await registry.register(record(node="n2"))
+    async with cache_over(breakable, ttl=60, resync_interval=resync) as cache:
+        assert node_ids(await cache.get_service("greeter")) == {"n1", "n2"}
+        with capture_logs(logging.DEBUG, logger="microweave.registry") as logs:
+            await breakable.break_watch(RegistryError("watch stream lost"))
+            await asyncio.sleep(0.2)  # the cache notices, and keeps failing to watch again
+            await registry.deregister(record(node="n2"))
+            deleted = time.monotonic()
+            while True:
+                services = cache.fresh("greeter")
+                assert services is not None, "a lookup would have waited on a registry read"
+                if node_ids(services) == {"n1"}:
+                    break
+                assert time.monotonic() - deleted <= resync + 1.0, "the deleted node is still served"
+                await asyncio.sleep(0.02)
+            watches = breakable.watches
+        assert watches <= 8, f"{watches} watch attempts in about a second: no backoff"
+    warnings = [e["message"] for e in logs if e["level"] == "WARNING"]
+    assert len(warnings) == 1 and "watch" in warnings[0] and "unreachable" in warnings[0], warnings
+    assert all("exception" not in e for e in logs)
+
+
+async def test_cache_keeps_changes_made_while_a_read_was_answering(
+    registry: Registry, breakable: Breakable
+) -> None:
+    """A read answers with what the registry held when it read; a change landing while that
+    answer travels must not be overwritten by it (or a deleted node is served until the TTL)."""
+    await registry.register(record(node="n1"))
+    await registry.register(record(node="n2"))
+    async with cache_over(breakable, ttl=60) as cache:
+        await cache.get_service("other")  # the watch is up
+        breakable.answer_delay = 1.0
+        reading = asyncio.ensure_future(cache.get_service("greeter"))
+        await asyncio.sleep(0.1)
+        await registry.deregister(record(node="n2"))  # its event arrives during the answer
+        assert node_ids(await reading) <= {"n1", "n2"}
+        breakable.answer_delay = 0.0
+
+        async def dropped() -> bool:
+            return node_ids(cache.fresh("greeter") or []) == {"n1"}
+
+        await async_wait_until(dropped, timeout=WAIT, what="the node deleted during the read to go")
 
 
 async def test_cache_refetches_after_resync(small_buffer: Registry) -> None:
-    cache = RegistryCache(small_buffer, ttl=60)  # long: only the watch can bring the burst in
-    try:
+    async with cache_over(small_buffer, ttl=60) as cache:  # long: only the watch brings the burst
         await small_buffer.register(record(node="n0"))
         assert node_ids(await cache.get_service("greeter")) == {"n0"}
         burst = 5 * SMALL_BUFFER
         for i in range(1, burst + 1):  # more than the watcher holds: it sends RESYNC
             await small_buffer.register(record(node=f"n{i}"))
         await wait_for_nodes(cache, {f"n{i}" for i in range(burst + 1)})
-    finally:
-        await cache.aclose()
 
 
 def test_every_backend_is_in_the_suite() -> None:

@@ -1,0 +1,288 @@
+"""Watching Consul: blocking queries turned into CREATE/UPDATE/DELETE events.
+
+Consul has no change feed over HTTP, only blocking queries: a read with `index=N&wait=T` that
+answers when the data's index moves past N (or after T). A watcher keeps the last snapshot of
+each service it covers (node id -> one-node record, live nodes only) and reports the
+difference with each new snapshot, so it may coalesce changes between two reads, as the
+`Watcher` contract allows for polling backends. A node whose TTL check goes critical leaves
+the snapshot, so it is reported deleted although Consul keeps it for a minute or more.
+
+- One service: one blocking query on `/v1/health/service/<name>`.
+- Every service: two blocking queries whatever the number of services, on
+  `/v1/catalog/services` (names and tags: registrations) and `/v1/health/state/any` (checks:
+  TTLs expiring, nodes passing again). Each change names the services to re-read; a catalog
+  change that names none (a node added or removed with the same tags as its siblings) re-reads
+  them all. Re-reads run at most `max_queries` at a time, and changes that arrive meanwhile are
+  folded into the next round, so a busy registry costs rounds, not a pile of requests.
+
+The subscription is complete when `watch()` returns: the first snapshot and the indexes are
+read before it does. If the agent becomes unreachable the loops retry with backoff (logged once
+per change by the agent's `Outage`) and keep their snapshot, so nothing is reported while it is
+away; when it answers again the next snapshot is diffed against the last one. An index that
+went backwards (an agent restarted) restarts the query from 0: the snapshot diff still holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import msgspec
+
+from .. import Action, Event, Service, Watcher, resync
+from ..outage import Backoff
+from .agent import Agent, path
+from .encoding import HealthCheck, decode_entries, decode_version
+
+__all__ = ["CONSUL", "ConsulWatcher", "query", "read_service", "versions"]
+
+#: the service a Consul server registers for itself: not an RPC service, left out of listings
+CONSUL = "consul"
+
+Snapshot = dict[str, Service]  # node id -> one-node record
+_checks = msgspec.json.Decoder(list[HealthCheck])
+_catalog = msgspec.json.Decoder(dict[str, list[str] | None])
+
+
+async def query(agent: Agent, api: str, what: str, index: int = 0, wait: float = 0) -> tuple[int, bytes]:
+    """A read; with an index and a wait, a blocking query (no retries: the caller loops)."""
+    params = {"stale": ""}  # any server may answer, as go-micro reads
+    blocking = bool(index and wait)
+    if blocking:
+        params |= {"index": str(index), "wait": f"{round(wait * 1000)}ms"}
+    reply = await agent.call(
+        "GET", api, what=what, params=params, wait=wait if blocking else None, retries=0 if blocking else None
+    )
+    return reply.index, reply.body
+
+
+async def read_service(agent: Agent, name: str, index: int = 0, wait: float = 0) -> tuple[int, Snapshot]:
+    new_index, body = await query(agent, path("/v1/health/service", name), f"look up {name}", index, wait)
+    return new_index, decode_entries(name, body)
+
+
+def _next_index(old: int, new: int) -> int:
+    # Consul's advice: an index that goes backwards means the data was reset (a restarted
+    # agent): start over from 0; never block on index 0 twice (it would not block)
+    if new < old:
+        return 0
+    return max(new, 1)
+
+
+def diff(name: str, old: Snapshot, new: Snapshot) -> list[Event]:
+    """The events that turn `old` into `new` (both the live nodes of `name`)."""
+    events = [Event(Action.DELETE, record) for node, record in old.items() if node not in new]
+    for node, record in new.items():
+        before = old.get(node)
+        if before is None:
+            events.append(Event(Action.CREATE, record))
+        elif before != record:
+            events.append(Event(Action.UPDATE, record))
+    return events
+
+
+class ConsulWatcher(Watcher):
+    def __init__(
+        self,
+        agent: Agent,
+        service: str | None,
+        *,
+        buffer: int,
+        wait: float,
+        max_queries: int,
+        on_close: Callable[[ConsulWatcher], None],
+    ) -> None:
+        self.agent = agent
+        self.service = service
+        self._buffer = buffer
+        self._wait = wait
+        self._queries = asyncio.Semaphore(max_queries)
+        self._on_close = on_close
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._snapshots: dict[str, Snapshot] = {}
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+
+    # -- the consumer's side ---------------------------------------------------------------
+
+    def _offer(self, event: Event) -> None:
+        if self._closed:
+            return
+        if self._queue.qsize() >= self._buffer:
+            # the consumer fell behind: drop its backlog, tell it to re-read (Consul holds the
+            # change, so the re-read sees it)
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(resync(self.service))
+            return
+        self._queue.put_nowait(event)
+
+    async def __anext__(self) -> Event:
+        if self._closed and self._queue.empty():
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._on_close(self)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
+    # -- subscribing -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the first snapshot and indexes, then follow: subscribed when this returns."""
+        try:
+            if self.service is not None:
+                index, self._snapshots[self.service] = await read_service(self.agent, self.service)
+                self._spawn(self._follow_service(self.service, _next_index(0, index)))
+                return
+            catalog_index, names = await self._read_catalog(0)
+            checks_index, checks = await self._read_checks(0)
+            await self._refresh(set(names))
+            self._spawn(self._follow_catalog(_next_index(0, catalog_index), names))
+            self._spawn(self._follow_checks(_next_index(0, checks_index), checks))
+            self._spawn(self._refresher())
+        except BaseException:
+            await self.aclose()
+            raise
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(coro))
+
+    # -- one service -----------------------------------------------------------------------
+
+    async def _follow_service(self, name: str, index: int) -> None:
+        backoff = Backoff(0.1, 5.0)
+        while True:
+            try:
+                new_index, snapshot = await read_service(self.agent, name, index, self._wait)
+            except Exception:  # logged by the agent's Outage, once per change
+                await asyncio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            index = _next_index(index, new_index)
+            self._apply(name, snapshot)
+
+    def _apply(self, name: str, snapshot: Snapshot) -> None:
+        for event in diff(name, self._snapshots.get(name, {}), snapshot):
+            self._offer(event)
+        if snapshot:
+            self._snapshots[name] = snapshot
+        else:
+            self._snapshots.pop(name, None)
+
+    # -- every service ---------------------------------------------------------------------
+
+    async def _read_catalog(self, index: int) -> tuple[int, dict[str, frozenset[str]]]:
+        new_index, body = await query(self.agent, "/v1/catalog/services", "list services", index, self._wait)
+        catalog = _catalog.decode(body)
+        return new_index, {name: frozenset(tags or ()) for name, tags in catalog.items() if name != CONSUL}
+
+    async def _read_checks(self, index: int) -> tuple[int, dict[tuple[str, str], HealthCheck]]:
+        new_index, body = await query(self.agent, "/v1/health/state/any", "read checks", index, self._wait)
+        return new_index, {(c.node, c.check_id): c for c in _checks.decode(body)}
+
+    async def _follow_catalog(self, index: int, names: dict[str, frozenset[str]]) -> None:
+        backoff = Backoff(0.1, 5.0)
+        while True:
+            try:
+                new_index, new = await self._read_catalog(index)
+            except Exception:
+                await asyncio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            if new_index != index:
+                changed = {n for n in new.keys() | names.keys() if new.get(n) != names.get(n)}
+                # a node added or removed with the same tags as its siblings changes no tag set
+                self._mark(changed or set(new) | set(self._snapshots))
+            index, names = _next_index(index, new_index), new
+
+    async def _follow_checks(self, index: int, checks: dict[tuple[str, str], HealthCheck]) -> None:
+        backoff = Backoff(0.1, 5.0)
+        while True:
+            try:
+                new_index, new = await self._read_checks(index)
+            except Exception:
+                await asyncio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            changed: set[str] = set()
+            for key in new.keys() | checks.keys():
+                before, after = checks.get(key), new.get(key)
+                if before is None or after is None or before.modify_index != after.modify_index:
+                    check = after or before
+                    assert check is not None
+                    if not check.service_name:  # a Consul node's own check: every service on it
+                        changed |= set(self._snapshots)
+                    else:
+                        changed.add(check.service_name)
+            self._mark(changed)
+            index, checks = _next_index(index, new_index), new
+
+    def _mark(self, names: set[str]) -> None:
+        if names:
+            self._dirty |= names
+            self._wake.set()
+
+    async def _refresher(self) -> None:
+        backoff = Backoff(0.1, 5.0)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            names, self._dirty = self._dirty, set()
+            failed = await self._refresh(names)
+            if failed:  # try those again after a pause; the others are current
+                self._dirty |= failed
+                await asyncio.sleep(backoff.next())
+                self._wake.set()
+            else:
+                backoff.reset()
+
+    async def _refresh(self, names: set[str]) -> set[str]:
+        """Re-read `names`, at most `max_queries` at a time, and report what changed; the
+        names that could not be read. At start (nothing followed yet) a failure raises."""
+        starting = not self._tasks
+
+        async def one(name: str) -> str | None:
+            async with self._queries:
+                try:
+                    _, snapshot = await read_service(self.agent, name)
+                except Exception:
+                    if starting:
+                        raise
+                    return name
+            self._apply(name, snapshot)
+            return None
+
+        # every read finishes before this returns, even when one fails: no task outlives it
+        results = await asyncio.gather(*(one(name) for name in sorted(names)), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return {name for name in results if isinstance(name, str)}
+
+
+def versions(name: str, tags: list[str] | None) -> list[Service]:
+    """A `list_services` entry per version found in the service's tags (Consul merges the
+    tags of all its instances)."""
+    found = {decode_version([tag]) for tag in tags or () if tag.startswith(("v-", "v="))}
+    found.discard(None)
+    records = [Service(name=name, version=v) for v in sorted(v for v in found if v is not None)]
+    return records or [Service(name=name)]

@@ -1,0 +1,132 @@
+"""What go-micro's gRPC client puts on the wire, sent by hand to a microweave node: paths with
+any package prefix, the body's codec in `x-content-type`, the `timeout` header in nanoseconds.
+(tests/interop/test_gomicro.py has the real go-micro client; these pin each rule on its own.)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import Any
+
+import grpc
+import pytest
+from gomicro_peers import unique
+from gomicro_service import build
+
+from microweave.testing import serve
+
+
+@pytest.fixture
+async def channel(greeter_pb2: ModuleType) -> AsyncIterator[tuple[str, grpc.aio.Channel]]:
+    service = build(unique("mw"), greeter_pb2)
+    async with serve(service, transport="grpc"), grpc.aio.insecure_channel(service.addresses["grpc"]) as ch:
+        yield service.name, ch
+
+
+async def _call(
+    ch: grpc.aio.Channel, path: str, body: bytes, *, deadline: float = 10, **metadata: str
+) -> bytes:
+    reply: bytes = await ch.unary_unary(path)(body, timeout=deadline, metadata=tuple(metadata.items()))
+    return reply
+
+
+async def _error(
+    ch: grpc.aio.Channel, path: str, body: bytes, **kw: Any
+) -> tuple[grpc.StatusCode, dict[str, Any]]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _call(ch, path, body, **kw)
+    return info.value.code(), json.loads(info.value.details() or "{}")
+
+
+JSON_CT = {"x-content-type": "application/json"}
+
+
+async def test_any_package_prefix_routes_to_the_handler(channel: tuple[str, grpc.aio.Channel]) -> None:
+    name, ch = channel
+    # go-micro's server keeps only the last `.` segment of the service part: so do we
+    for path in (f"/{name}.Greeter/Add", "/Greeter/Add", "/go.micro.srv.other.Greeter/Add"):
+        assert json.loads(await _call(ch, path, b'{"a": 1, "b": 2}', **JSON_CT)) == {"sum": 3}
+    code, error = await _error(ch, "/any.Greeter/Nope", b"{}")
+    assert code is grpc.StatusCode.UNIMPLEMENTED
+    assert error["code"] == 501 and "Greeter.Add" in error["detail"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/grpc+proto", "application/grpc", "application/protobuf"]
+)
+async def test_protobuf_content_types(
+    channel: tuple[str, grpc.aio.Channel], greeter_pb2: ModuleType, content_type: str
+) -> None:
+    name, ch = channel
+    body = greeter_pb2.HelloRequest(name="go").SerializeToString()
+    reply = await _call(ch, f"/{name}.Greeter/Hello", body, **{"x-content-type": content_type})
+    assert greeter_pb2.HelloReply.FromString(reply) == greeter_pb2.HelloReply(
+        message="Hello go", by="microweave"
+    )
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/grpc+json"])
+async def test_json_content_types_on_a_protobuf_handler(
+    channel: tuple[str, grpc.aio.Channel], content_type: str
+) -> None:
+    name, ch = channel
+    reply = await _call(ch, f"/{name}.Greeter/Hello", b'{"name": "js"}', **{"x-content-type": content_type})
+    assert json.loads(reply) == {"message": "Hello js", "by": "microweave"}
+
+
+async def test_protobuf_to_a_json_handler_is_a_clear_400(channel: tuple[str, grpc.aio.Channel]) -> None:
+    name, ch = channel
+    code, error = await _error(
+        ch, f"/{name}.Greeter/Add", b"\x08\x01", **{"x-content-type": "application/grpc+proto"}
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert error["code"] == 400 and "application/protobuf" in error["detail"]
+
+
+def _ns(seconds: float) -> str:
+    return str(int(seconds * 1e9))
+
+
+async def _sleep(ch: grpc.aio.Channel, name: str, *, deadline: float, **metadata: str) -> Any:
+    """Greeter.Sleep for 0 s: what the handler saw (its time left, its metadata)."""
+    reply = await _call(
+        ch, f"/{name}.Greeter/Sleep", b'{"seconds": 0}', deadline=deadline, **JSON_CT, **metadata
+    )
+    return json.loads(reply)
+
+
+async def test_timeout_header_is_the_deadline_when_sooner(channel: tuple[str, grpc.aio.Channel]) -> None:
+    name, ch = channel
+    # the header leaves 2 s, gRPC's deadline 60 s: the handler sees at most 2 s
+    seen = await _sleep(ch, name, deadline=60, **{"timeout": _ns(2), "trace": "t1"})
+    assert 0 < seen["remaining"] <= 2
+    # neither go-micro header is left for the handler's own outbound calls to carry on
+    assert seen["metadata"]["trace"] == "t1"
+    assert "timeout" not in seen["metadata"] and "x-content-type" not in seen["metadata"]
+
+
+async def test_grpc_deadline_wins_when_sooner(channel: tuple[str, grpc.aio.Channel]) -> None:
+    name, ch = channel
+    seen = await _sleep(ch, name, deadline=2, **{"timeout": _ns(60)})
+    assert 0 < seen["remaining"] <= 2
+
+
+@pytest.mark.parametrize("header", ["soon", "-5", "1.5", "9" * 30])
+async def test_a_timeout_header_that_is_no_count_of_nanoseconds_is_ignored(
+    channel: tuple[str, grpc.aio.Channel], header: str
+) -> None:
+    name, ch = channel
+    seen = await _sleep(ch, name, deadline=60, **{"timeout": header})
+    assert seen["remaining"] > 2  # gRPC's 60 s, untouched
+
+
+async def test_an_expired_timeout_header_is_408(channel: tuple[str, grpc.aio.Channel]) -> None:
+    name, ch = channel
+    body = b'{"seconds": 30}'
+    code, error = await _error(
+        ch, f"/{name}.Greeter/Sleep", body, deadline=60, **JSON_CT, **{"timeout": _ns(0.2)}
+    )
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error["code"] == 408 and error["id"] == name

@@ -1,0 +1,353 @@
+"""What one mDNS registry knows: its own nodes and the nodes heard on the network, as events.
+
+The tracker is a zeroconf record listener: every record zeroconf receives in our domain (our
+own announcements loop back too) lands in `async_update_records`. It assembles a node from
+its SRV (port, host), TXT (go-micro's record) and the host's A/AAAA record, and keeps one
+table of visible nodes, local and heard, from which lookups read and watch events come.
+
+Expiry is ours, not zeroconf's: zeroconf sweeps its cache every 10 s, far coarser than a
+registry TTL. A heard node lives until its SRV or TXT record's TTL runs out since it was last
+announced (goodbye packets, TTL 0, remove it at once); at 80 % of that TTL the registry asks
+for it again (RFC 6762 §5.2), which is how nodes that only answer queries (go-micro's) stay.
+
+Bounded: at most `max_nodes` heard instances, as many hosts, 8 addresses per host, TXT JSON of
+at most MAX_TXT_JSON each, and service names from `_services` up to `max_nodes`; past that,
+new ones are ignored (one warning per registry) until some expire. A watcher holds at most
+`watch_buffer` unread events, then gets RESYNC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from zeroconf import RecordUpdate, RecordUpdateListener
+from zeroconf._dns import DNSAddress, DNSPointer, DNSQuestion, DNSService, DNSText
+
+from .. import Action, Event, Service, Watcher, merge_nodes, resync
+from .records import Txt, decode_txt, instance_node_id, service_from_txt, split_txt
+
+__all__ = ["Tracker"]
+
+log = logging.getLogger("microweave.registry")
+
+_ADDRESSES_PER_HOST = 8
+_REFRESH_AT = 0.8  # ask again for a heard node at this fraction of its TTL
+_TYPE_PTR, _TYPE_SRV, _TYPE_TXT, _CLASS_IN = 12, 33, 16, 1
+
+
+class _Heard:
+    """A node as the network describes it; visible once SRV, TXT and an address are known."""
+
+    __slots__ = ("asked", "expires", "host", "instance", "port", "refresh", "text", "txt")
+
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self.port = 0
+        self.host = ""
+        self.text: bytes | None = None
+        self.txt: Txt | None = None
+        self.expires = [0.0, 0.0]  # SRV, TXT
+        self.refresh = 0.0  # when to ask again
+        self.asked = False
+
+
+class _Local:
+    __slots__ = ("expires", "record")
+
+    def __init__(self, record: Service, expires: float) -> None:
+        self.record = record
+        self.expires = expires
+
+
+class TrackerWatcher(Watcher):
+    def __init__(self, tracker: Tracker, service: str | None, buffer: int) -> None:
+        self._tracker = tracker
+        self.service = service
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._buffer = buffer
+        self._closed = False
+
+    def offer(self, event: Event) -> None:
+        if self._closed or self.service not in (None, event.service.name):
+            return
+        if self._queue.qsize() >= self._buffer:
+            while not self._queue.empty():  # the consumer fell behind: it re-reads instead
+                self._queue.get_nowait()
+            self._queue.put_nowait(resync(self.service))
+            return
+        self._queue.put_nowait(event)
+
+    async def __anext__(self) -> Event:
+        if self._closed:
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    def end(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._tracker.watchers.discard(self)
+            self._queue.put_nowait(None)
+
+    async def aclose(self) -> None:
+        self.end()
+
+
+class Tracker(RecordUpdateListener):
+    def __init__(self, domain: str, *, where: str, max_nodes: int, watch_buffer: int) -> None:
+        super().__init__()
+        self.domain = domain
+        self.where = where
+        self.max_nodes = max_nodes
+        self.watch_buffer = watch_buffer
+        self._suffix = f".{domain}.".lower()
+        self._list_name = f"_services.{domain}.".lower()
+        self.local: dict[str, _Local] = {}  # instance key -> our own node
+        self.heard: dict[str, _Heard] = {}  # instance key -> a node from the network
+        self._hosts: dict[str, dict[str, float]] = {}  # host key -> address -> expires
+        self._host_refs: dict[str, int] = {}  # host key -> heard nodes pointing at it
+        self._gone: dict[str, float] = {}  # instance key -> until: ours, deregistered
+        self.names: dict[str, float] = {}  # service names from `_services` -> expires
+        self._visible: dict[str, Service] = {}  # instance key -> one-node record
+        self._touched: set[str] = set()
+        self.watchers: set[TrackerWatcher] = set()
+        self._warned = False
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def services(self, name: str | None) -> list[Service]:
+        records = [r for r in self._visible.values() if name is None or r.name == name]
+        if name is not None:
+            return merge_nodes(records)
+        by_name: dict[str, list[Service]] = {}
+        for record in records:
+            by_name.setdefault(record.name, []).append(record)
+        return [s for group in by_name.values() for s in merge_nodes(group)]
+
+    def watch(self, service: str | None) -> TrackerWatcher:
+        watcher = TrackerWatcher(self, service, self.watch_buffer)
+        self.watchers.add(watcher)
+        return watcher
+
+    # -- our own nodes ---------------------------------------------------------------------
+
+    def set_local(self, instance: str, record: Service, expires: float) -> None:
+        key = instance.lower()
+        self._gone.pop(key, None)
+        self._drop_heard(key)  # ours is authoritative
+        self.local[key] = _Local(record, expires)
+        self._show(key, record)
+
+    def remove_local(self, instance: str, quiet_for: float) -> None:
+        """Forget our node; echoes of its announcements heard within `quiet_for` are ignored."""
+        key = instance.lower()
+        if self.local.pop(key, None) is not None:
+            self._gone[key] = time.monotonic() + quiet_for
+            self._show(key, None)
+
+    # -- the network -----------------------------------------------------------------------
+
+    def async_update_records(self, zc: Any, now: float, records: list[RecordUpdate]) -> None:
+        addresses: list[DNSAddress] = []
+        for update in records:
+            record = update.new
+            if isinstance(record, DNSAddress):
+                addresses.append(record)  # after the SRVs, which say which hosts matter
+            elif record.key.endswith(self._suffix):
+                if isinstance(record, DNSService):
+                    self._on_srv(record)
+                elif isinstance(record, DNSText):
+                    self._on_txt(record)
+                elif isinstance(record, DNSPointer):
+                    self._on_ptr(record)
+        for record in addresses:
+            self._on_address(record)
+
+    def async_update_records_complete(self) -> None:
+        touched, self._touched = self._touched, set()
+        for key in touched:
+            if key not in self.local:
+                heard = self.heard.get(key)
+                self._show(key, None if heard is None else self._view(heard))
+
+    def _heard_node(self, key: str) -> _Heard | None:
+        if key in self.local or key in self._gone:
+            return None  # our own node (or its echo after we let it go)
+        heard = self.heard.get(key)
+        if heard is None:
+            if len(self.heard) >= self.max_nodes:
+                self._over_cap("nodes")
+                return None
+            heard = self.heard[key] = _Heard(key)
+        return heard
+
+    def _on_srv(self, record: DNSService) -> None:
+        key = record.key
+        if record.ttl == 0:
+            self._drop_heard(key)
+            return
+        heard = self._heard_node(key)
+        if heard is None:
+            return
+        host = record.server_key
+        if host != heard.host:
+            self._unref_host(heard.host)
+            self._host_refs[host] = self._host_refs.get(host, 0) + 1
+            heard.host = host
+        heard.port = record.port
+        self._refreshed(heard, 0, record.ttl)
+        self._touched.add(key)
+
+    def _on_txt(self, record: DNSText) -> None:
+        key = record.key
+        if record.ttl == 0:
+            self._drop_heard(key)
+            return
+        heard = self._heard_node(key)
+        if heard is None:
+            return
+        if record.text != heard.text:
+            heard.text = record.text
+            try:
+                heard.txt = decode_txt(split_txt(record.text))
+            except ValueError as exc:
+                log.debug("%s: ignoring the TXT of %s: %s", self.where, record.name, exc)
+                heard.txt = None
+        self._refreshed(heard, 1, record.ttl)
+        self._touched.add(key)
+
+    def _on_ptr(self, record: DNSPointer) -> None:
+        if record.key == self._list_name:
+            name = record.alias[: -len(f"._services.{self.domain}.")]
+            if not record.alias_key.endswith(f"._services{self._suffix}") or not name:
+                return
+            if record.ttl == 0:
+                self.names.pop(name, None)
+            elif name in self.names or len(self.names) < self.max_nodes:
+                self.names[name] = time.monotonic() + record.ttl
+        elif record.ttl == 0:
+            self._drop_heard(record.alias_key)
+
+    def _on_address(self, record: DNSAddress) -> None:
+        host = record.key
+        if host not in self._host_refs:
+            return  # nobody we track lives there
+        family = socket.AF_INET if len(record.address) == 4 else socket.AF_INET6
+        address = socket.inet_ntop(family, record.address)
+        known = self._hosts.setdefault(host, {})
+        if record.ttl == 0:
+            known.pop(address, None)
+        elif address in known or len(known) < _ADDRESSES_PER_HOST:
+            known[address] = time.monotonic() + record.ttl
+        if host in self.heard:
+            self._touched.add(host)  # our layout: the host is the instance
+        else:
+            self._touched.update(k for k, h in self.heard.items() if h.host == host)
+
+    def _refreshed(self, heard: _Heard, which: int, ttl: int) -> None:
+        now = time.monotonic()
+        heard.expires[which] = now + ttl
+        heard.refresh = now + _REFRESH_AT * ttl
+        heard.asked = False
+
+    def _view(self, heard: _Heard) -> Service | None:
+        txt = heard.txt
+        if txt is None or not heard.port or not txt.Service:
+            return None
+        node_id = instance_node_id(heard.instance, txt.Service, self.domain)
+        addresses = self._hosts.get(heard.host)
+        if node_id is None or not addresses:
+            return None
+        # go-micro prefers IPv4
+        address = min(addresses, key=lambda a: (":" in a, a))
+        host = f"[{address}]" if ":" in address else address
+        return service_from_txt(txt, node_id, f"{host}:{heard.port}")
+
+    def _drop_heard(self, key: str) -> None:
+        heard = self.heard.pop(key, None)
+        if heard is not None:
+            self._unref_host(heard.host)
+            self._touched.discard(key)
+            if key not in self.local:
+                self._show(key, None)
+
+    def _unref_host(self, host: str) -> None:
+        refs = self._host_refs.get(host, 0) - 1
+        if refs > 0:
+            self._host_refs[host] = refs
+        elif host:
+            self._host_refs.pop(host, None)
+            self._hosts.pop(host, None)
+
+    def _over_cap(self, what: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "%s: over %d %s announced on the network; ignoring new ones until some expire",
+                self.where,
+                self.max_nodes,
+                what,
+            )
+
+    # -- time ------------------------------------------------------------------------------
+
+    def sweep(self, expire_local: Callable[[str], None]) -> list[DNSQuestion]:
+        """Expire what ran out; the questions to ask for heard nodes near their end."""
+        now = time.monotonic()
+        for key, local in list(self.local.items()):
+            if local.expires <= now:
+                del self.local[key]
+                self._show(key, None)
+                expire_local(key)
+        questions: list[DNSQuestion] = []
+        for key, heard in list(self.heard.items()):
+            if min(heard.expires) <= now:
+                self._drop_heard(key)
+            elif heard.refresh <= now and not heard.asked and len(questions) < 64:
+                heard.asked = True
+                questions.append(DNSQuestion(heard.instance, _TYPE_SRV, _CLASS_IN))
+                questions.append(DNSQuestion(heard.instance, _TYPE_TXT, _CLASS_IN))
+        for table in (self._gone, self.names):
+            for key in [k for k, until in table.items() if until <= now]:
+                del table[key]
+        for host, addresses in self._hosts.items():
+            for address in [a for a, until in addresses.items() if until <= now]:
+                del addresses[address]
+                self._touched.update(k for k, h in self.heard.items() if h.host == host)
+        self.async_update_records_complete()
+        return questions
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _show(self, key: str, record: Service | None) -> None:
+        old = self._visible.get(key)
+        if record == old:
+            return
+        if record is None:
+            del self._visible[key]
+        else:
+            self._visible[key] = record
+        if old is not None and (record is None or record.name != old.name):
+            self._notify(Event(Action.DELETE, old))
+            old = None
+        if record is not None:
+            self._notify(Event(Action.CREATE if old is None else Action.UPDATE, record))
+
+    def _notify(self, event: Event) -> None:
+        for watcher in list(self.watchers):
+            watcher.offer(event)
+
+    def close(self) -> None:
+        for watcher in list(self.watchers):
+            watcher.end()
+
+
+def ptr_question(name: str) -> DNSQuestion:
+    return DNSQuestion(name, _TYPE_PTR, _CLASS_IN)

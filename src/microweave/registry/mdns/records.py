@@ -25,6 +25,7 @@ zeroconf's own.
 from __future__ import annotations
 
 import ipaddress
+
 import msgspec
 from zeroconf import ServiceInfo
 
@@ -217,4 +218,3 @@ def instance_node_id(instance: str, service: str, domain: str) -> str | None:
     if not instance.lower().endswith(suffix) or len(instance) <= len(suffix):
         return None
     return instance[: -len(suffix)]
-

@@ -59,10 +59,31 @@ class Service(msgspec.Struct):
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Service:
-        return msgspec.json.decode(data, type=cls)
+        """A go-micro Service JSON. Go writes a nil map or slice as `null`, and go-micro never
+        sets a service's own metadata: `null` there (and in endpoint or node metadata, or the
+        endpoint list) reads as empty."""
+        try:
+            return msgspec.json.decode(data, type=cls)
+        except msgspec.ValidationError:
+            raw = msgspec.json.decode(data)
+            if not isinstance(raw, dict):
+                raise
+            return msgspec.convert(_empty_for_null(raw), cls)
 
     def with_nodes(self, nodes: list[Node]) -> Service:
         return msgspec.structs.replace(self, nodes=nodes)
+
+
+def _empty_for_null(raw: dict[str, Any]) -> dict[str, Any]:
+    """Go's `null` for a nil map or slice, as empty, where go-micro's Service may hold one."""
+    for key, empty in (("metadata", dict), ("endpoints", list), ("nodes", list)):
+        if key in raw and raw[key] is None:
+            raw[key] = empty()
+    for key in ("endpoints", "nodes"):
+        for item in raw.get(key) or ():
+            if isinstance(item, dict) and "metadata" in item and item["metadata"] is None:
+                item["metadata"] = {}
+    return raw
 
 
 class Action(StrEnum):

@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import ipaddress
 import json
+import shutil
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -37,7 +38,7 @@ class EtcdServer:
         scheme = "https" if tls else "http"
         self.client_url = f"{scheme}://127.0.0.1:{self.port}"
         self.address = f"127.0.0.1:{self.port}"
-        data = base / "data"
+        self.data = data = base / "data"
         argv = [
             find_binary("etcd", debian="etcd-server"),
             "--name", "t",
@@ -102,6 +103,11 @@ class EtcdServer:
 
     def stop(self) -> None:
         self.engine.stop()
+
+    def wipe(self) -> None:
+        """Forget every key, lease and revision (a stopped etcd comes back empty)."""
+        assert self.engine.process is None, "stop etcd first"
+        shutil.rmtree(self.data, ignore_errors=True)
 
 
 def make_certificates(directory: Path) -> Path:

@@ -6,7 +6,8 @@ channels to one host, fetches its auth token once (etcd forgets simple tokens wh
 restarts), and opens a new keep-alive stream per lease refresh. See docs/registry/etcd.md.
 
 Every failure a caller sees is a `RegistryError` naming the registry by its URL without
-credentials, and saying what to check.
+credentials, and saying what to check. Calls log nothing: their caller (the heartbeat, the
+cache) logs its own state changes, once each; only background loops (watches) keep an `Outage`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from aetcd import rpc  # type: ignore[import-untyped]
 
 from ..._backends import BackendURL
 from ...errors import ConfigurationError, RegistryError
-from ..outage import Outage
 
 __all__ = ["Connection", "Options", "rpc"]
 
@@ -148,7 +148,6 @@ class Connection:
         self.kv: Any = None
         self.lease: Any = None
         self.watch: Any = None
-        self.outage = Outage(self.public)
 
     def open(self) -> grpc.aio.Channel:
         """The channel, created on first use (gRPC connects, and reconnects, by itself)."""
@@ -185,7 +184,7 @@ class Connection:
         try:
             return Path(path).read_bytes()
         except OSError as exc:
-            raise RegistryError(
+            raise ConfigurationError(
                 f"{self.public}: cannot read the TLS {what} file {path}: {exc.strerror}"
             ) from None
 
@@ -222,10 +221,8 @@ class Connection:
                 if attempt == 1 and self.stale_token(exc):
                     self.forget_token()
                     continue
-                if unreachable(exc):
-                    self.outage.failed(exc)
+                # no log line here: the caller gets the error and logs its state changes
                 raise self.error(what, exc) from None
-            self.outage.recovered()
             return reply
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -234,18 +231,22 @@ class Connection:
         return self.options.username is not None and exc.code() == grpc.StatusCode.UNAUTHENTICATED
 
     def error(self, what: str, exc: grpc.aio.AioRpcError) -> RegistryError:
+        """The error to raise, coded so callers can tell waiting (503) from fixing (401, 403)."""
         code, detail = exc.code(), (exc.details() or "").strip()
+        status = 503
         if code == grpc.StatusCode.UNAVAILABLE or code == grpc.StatusCode.DEADLINE_EXCEEDED:
             hint = "is etcd running there and reachable? (with TLS: tls=true and the right CA)"
         elif code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED) and (
             "auth" in detail or "password" in detail or "token" in detail
         ):
-            hint = "check the username and password given in the URL"
+            hint, status = "check the username and password given in the URL", 401
         elif code == grpc.StatusCode.PERMISSION_DENIED:
-            hint = "the etcd user needs read/write permission on the registry prefix"
+            hint, status = "the etcd user needs read/write permission on the registry prefix", 403
         else:
             hint = "see etcd's log"
-        return RegistryError(f"{self.public}: {what} failed ({code.name}: {detail[:200]}); {hint}")
+        return RegistryError(
+            f"{self.public}: {what} failed ({code.name}: {detail[:200]}); {hint}", code=status
+        )
 
     async def aclose(self) -> None:
         channel, self._channel = self._channel, None
@@ -254,7 +255,3 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<etcd connection {self.public}>"
-
-
-def unreachable(exc: grpc.aio.AioRpcError) -> bool:
-    return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

@@ -34,7 +34,7 @@ class KeepAlive:
         self._conn = conn
         self._call: Any = None
         self._lock = asyncio.Lock()
-        #: streams opened so far (1 while etcd stays up, whatever the number of heartbeats)
+        #: streams etcd answered on so far (1 while etcd stays up, whatever the number of heartbeats)
         self.streams = 0
 
     async def refresh(self, lease_id: int) -> int:
@@ -45,7 +45,6 @@ class KeepAlive:
                 if fresh:
                     metadata = await self._conn.metadata()
                     self._call = self._conn.lease.LeaseKeepAlive(metadata=metadata)
-                    self.streams += 1
                 call = self._call
                 try:
                     async with asyncio.timeout(self._conn.options.timeout):
@@ -55,15 +54,12 @@ class KeepAlive:
                         raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "stream ended")
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
                     self.close()
-                    code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
                     if attempt == 1 and isinstance(exc, grpc.aio.AioRpcError) and self._conn.stale_token(exc):
                         self._conn.forget_token()
                         continue
                     if attempt == 1 and not fresh:  # an old stream broke: one new one, now
                         continue
                     if isinstance(exc, grpc.aio.AioRpcError):
-                        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                            self._conn.outage.failed(exc)
                         raise self._conn.error("refreshing the lease", exc) from None
                     raise RegistryError(f"{self._conn.public}: the keep-alive stream failed") from None
                 except TimeoutError:
@@ -71,7 +67,8 @@ class KeepAlive:
                     raise RegistryError(
                         f"{self._conn.public}: refreshing the lease timed out; is etcd running there?"
                     ) from None
-                self._conn.outage.recovered()
+                if fresh:  # counted once etcd has answered on it
+                    self.streams += 1
                 return int(reply.TTL)
         raise AssertionError("unreachable")  # pragma: no cover
 

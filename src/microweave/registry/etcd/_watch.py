@@ -5,7 +5,8 @@ delivered (or that etcd reported as caught up, through progress notifications) a
 stream breaks, opens a new one from the next revision, so the consumer sees each change once.
 If etcd has compacted that revision away meanwhile, the changes are gone: the watcher
 subscribes again at the current revision and then yields RESYNC, so a consumer that re-reads
-on RESYNC has no gap. A consumer that falls `buffer` events behind also gets RESYNC.
+on RESYNC has no gap. The same happens when etcd comes back without its data (its revision is
+below ours). A consumer that falls `buffer` events behind also gets RESYNC.
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ class EtcdWatcher(Watcher):
             raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "watch stream ended")
         if reply.compact_revision:
             return False
+        if start is not None and reply.header.revision < start - 1:
+            # etcd is behind what we saw: it came back without its data (a new store whose
+            # revisions start again at 1), so our position means nothing there: resync
+            return False
         if reply.canceled or not reply.created:
             raise grpc.aio.AioRpcError(
                 grpc.StatusCode.FAILED_PRECONDITION, None, None, reply.cancel_reason or "watch refused"
@@ -124,12 +129,15 @@ class EtcdWatcher(Watcher):
 
     async def _backoff(self, exc: BaseException) -> None:
         self._drop_stream()
-        if isinstance(exc, grpc.aio.AioRpcError) and self._conn.stale_token(exc):
-            self._conn.forget_token()  # etcd restarted and forgot it: authenticate again
+        if isinstance(exc, grpc.aio.AioRpcError):
+            if self._conn.stale_token(exc):
+                self._conn.forget_token()  # etcd restarted and forgot it: authenticate again
+            exc = self._conn.error("watching", exc)  # one line, no gRPC debug dump
         await asyncio.sleep(self._outage.failed(exc))
 
     async def _compacted(self) -> None:
-        """The events since `revision` are gone: subscribe at the present, then say RESYNC."""
+        """The events since `revision` are gone (compacted, or etcd lost its data): subscribe
+        at the present, then say RESYNC."""
         log.warning(
             "%s: events after revision %d were compacted away: resyncing", self._conn.public, self.revision
         )

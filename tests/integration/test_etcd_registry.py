@@ -1,0 +1,547 @@
+"""The etcd registry against a real etcd and real service processes: outages, crashes, leases,
+watch resumption and compaction, authentication and TLS.
+
+Outages come two ways: stopping etcd (its leases and history survive a restart), or cutting
+the link between one registry and etcd with a TCP proxy while etcd keeps running (so changes,
+compactions and lease expiries can happen while the registry cannot see them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from engines import free_port
+from engines.etcd import ROOT_PASSWORD, EtcdServer
+from helpers import SERVICES, ServiceProcess, async_wait_until
+
+from microweave import Client
+from microweave.errors import RegistryError
+from microweave.registry import Action, Event, Node, Service, Watcher
+from microweave.registry import from_url as registry_from_url
+from microweave.registry.etcd import EtcdRegistry
+from microweave.testing import capture_logs
+
+WAIT = 15.0
+
+
+class HelloRequest(msgspec.Struct):
+    name: str
+
+
+class HelloReply(msgspec.Struct):
+    message: str
+    caller: str = ""
+    node: str = ""
+
+
+def record(node: str = "n1", *, name: str = "greeter", color: str = "blue") -> Service:
+    return Service(
+        name=name, version="1.0.0", nodes=[Node(id=node, address="127.0.0.1:1", metadata={"c": color})]
+    )
+
+
+def etcd(url: str, **options: object) -> EtcdRegistry:
+    registry = registry_from_url(url, **options)
+    assert isinstance(registry, EtcdRegistry)
+    return registry
+
+
+async def ids(registry: EtcdRegistry, name: str = "greeter") -> set[str]:
+    return {n.id for s in await registry.get_service(name) for n in s.nodes}
+
+
+async def next_event(watcher: Watcher, timeout: float = WAIT) -> Event:
+    return await asyncio.wait_for(anext(watcher), timeout)
+
+
+class Proxy:
+    """A TCP proxy on a fixed port in front of etcd; `cut()` drops every connection and
+    refuses new ones until `restore()`, while etcd itself keeps running."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._transports: set[asyncio.WriteTransport] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def restore(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for transport in list(self._transports):
+            transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        for w in (writer, up_writer):
+            self._transports.add(w.transport)
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            pipe = asyncio.get_running_loop().create_task(self._pipe(src, dst))
+            self._tasks.add(pipe)
+            pipe.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._transports.discard(dst.transport)
+            dst.transport.abort()
+
+
+@pytest.fixture
+async def proxy(etcd_server: EtcdServer) -> AsyncIterator[Proxy]:
+    proxy = Proxy(etcd_server.port)
+    await proxy.restore()
+    try:
+        yield proxy
+    finally:
+        await proxy.cut()
+
+
+def start_greeter(tmp_path: Path, url: str, ttl: float, n: int) -> ServiceProcess:
+    logs = tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    return ServiceProcess(
+        SERVICES / "greeter.py",
+        ["--ttl", str(ttl)],
+        name="greeter",
+        registry=tmp_path / "unused-local-registry",
+        log_path=logs / f"greeter-{n}.log",
+        env={"MICRO_REGISTRY": url},
+    )
+
+
+async def wait_nodes(registry: EtcdRegistry, count: int, procs: list[ServiceProcess]) -> set[str]:
+    async def registered() -> set[str]:
+        for proc in procs:
+            assert proc.alive(), f"greeter exited early:\n{proc.output()}"
+        found = await ids(registry)
+        return found if len(found) == count else set()
+
+    return await async_wait_until(registered, timeout=30, what=f"{count} greeters in etcd")
+
+
+# -- outages with real service processes --------------------------------------------------------
+
+
+async def test_etcd_down_10s_under_load(etcd_own: EtcdServer, tmp_path: Path) -> None:
+    ttl = 3.0
+    url = etcd_own.url("/outage")
+    procs = [start_greeter(tmp_path, url, ttl, n) for n in range(2)]
+    failures: list[str] = []
+    served: collections.Counter[str] = collections.Counter()
+    stop = asyncio.Event()
+    try:
+        async with etcd(url) as lookup:
+            nodes = await wait_nodes(lookup, 2, procs)
+        async with Client(registry=url, timeout=10) as client:
+
+            async def caller(i: int) -> None:
+                n = 0
+                while not stop.is_set():
+                    try:
+                        reply = await client.call(
+                            "greeter", "Greeter.SayHello", HelloRequest(name=f"{i}-{n}"), response=HelloReply
+                        )
+                        served[reply.node] += 1
+                    except Exception as exc:
+                        failures.append(repr(exc))
+                    n += 1
+                    await asyncio.sleep(0.005)
+
+            workers = [asyncio.create_task(caller(i)) for i in range(6)]
+            try:
+                await async_wait_until(
+                    lambda: asyncio.sleep(0, all(served[n] >= 20 for n in nodes)), timeout=30, what="load"
+                )
+                with capture_logs("WARNING", logger="microweave.registry") as logs:
+                    await asyncio.to_thread(etcd_own.stop)
+                    before = sum(served.values())
+                    await asyncio.sleep(10)
+                    during = sum(served.values()) - before
+                    await asyncio.to_thread(etcd_own.start)
+                    back = time.monotonic()
+
+                    async with etcd(url) as fresh:  # a new registry: what a newcomer would see
+                        visible = await async_wait_until(
+                            lambda: _all_there(fresh, nodes),
+                            timeout=ttl + 10,
+                            what="nodes after etcd's return",
+                        )
+                        assert visible
+                        seen_after = time.monotonic() - back
+                        # still there once every lease etcd extended on restart has run out: the
+                        # nodes' heartbeats reach etcd again
+                        await asyncio.sleep(max(0.0, back + ttl + 2 - time.monotonic()))
+                        assert await ids(fresh) == nodes
+                await asyncio.sleep(0.5)
+            finally:
+                stop.set()
+                await asyncio.gather(*workers)
+        assert failures == []
+        # the client's watch: one line when etcd went away, one when it came back, no traceback
+        watch_lines = [e["message"] for e in logs if " watch " in e["message"]]
+        assert len(watch_lines) == 2, watch_lines
+        assert "unreachable" in watch_lines[0] and "reachable again" in watch_lines[1]
+        assert not [e for e in logs if "exception" in e]
+        assert during > 100, f"only {during} calls served during the outage"
+        assert seen_after <= ttl + 2, f"re-registered {seen_after:.1f} s after etcd returned"
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+async def test_etcd_back_without_its_data(etcd_own: EtcdServer, tmp_path: Path) -> None:
+    """etcd returns empty (no volume kept): the nodes' next heartbeats find their lease gone,
+    grant a new one and put their keys again; a watcher resyncs instead of waiting for
+    revisions the new store has not reached."""
+    ttl = 3.0
+    url = etcd_own.url("/wiped")
+    procs = [start_greeter(tmp_path, url, ttl, n) for n in range(2)]
+    try:
+        async with etcd(url) as watching:
+            nodes = await wait_nodes(watching, 2, procs)
+            async with await watching.watch("greeter") as watcher:
+                for _ in range(20):  # move the old store's revision well ahead
+                    await watching.register(record("filler"))
+                    await watching.deregister(record("filler"))
+                while (await next_event(watcher)).action is not Action.DELETE:
+                    pass
+                await asyncio.to_thread(etcd_own.stop)
+                etcd_own.wipe()
+                await asyncio.to_thread(etcd_own.start)
+                back = time.monotonic()
+                async with etcd(url) as fresh:
+                    await async_wait_until(lambda: _all_there(fresh, nodes), timeout=ttl + 10, what="re-put")
+                    seen_after = time.monotonic() - back
+                actions = []
+                while Action.RESYNC not in actions:
+                    actions.append((await next_event(watcher)).action)
+        assert seen_after <= ttl + 2, f"re-registered {seen_after:.1f} s after etcd returned empty"
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+async def _all_there(registry: EtcdRegistry, nodes: set[str]) -> bool:
+    with contextlib.suppress(RegistryError):
+        return await ids(registry) == nodes
+    return False
+
+
+async def test_sigkilled_node_is_gone_within_ttl_plus_1(etcd_registry_url: str, tmp_path: Path) -> None:
+    ttl = 2.0
+    proc = start_greeter(tmp_path, etcd_registry_url, ttl, 0)
+    try:
+        async with etcd(etcd_registry_url) as registry:
+            [node] = await wait_nodes(registry, 1, [proc])
+            async with await registry.watch("greeter") as watcher:
+                await asyncio.sleep(ttl)  # a few heartbeats go by
+                proc.signal(signal.SIGKILL)
+                killed = time.monotonic()
+                event = await next_event(watcher)
+                gone_after = time.monotonic() - killed
+                assert event.action is Action.DELETE
+                assert [n.id for n in event.service.nodes] == [node]
+                assert event.service.nodes[0].address  # the removed node, as it was registered
+                assert await ids(registry) == set()
+        assert gone_after <= ttl + 1, f"gone {gone_after:.2f} s after SIGKILL"
+    finally:
+        proc.stop()
+
+
+# -- leases and the keep-alive stream ----------------------------------------------------------
+
+
+async def test_one_lease_and_one_stream_over_many_heartbeats(etcd_own: EtcdServer) -> None:
+    started = etcd_own.metric("grpc_server_started_total", grpc_method="LeaseKeepAlive")
+    async with etcd(etcd_own.url()) as registry:
+        await registry.register(record("a"), ttl=1)
+        await registry.register(record("b"), ttl=1)
+        key = "/micro/registry/greeter/a"
+        written = json.loads(etcd_own.ctl("get", key, "-w", "json"))["kvs"][0]["mod_revision"]
+        for _ in range(40):  # 40 heartbeats of each node over 4 TTLs
+            await asyncio.sleep(0.1)
+            await registry.register(record("a"), ttl=1)
+            await registry.register(record("b"), ttl=1)
+        assert await ids(registry) == {"a", "b"}
+        leases = [
+            line
+            for line in etcd_own.ctl("lease", "list").splitlines()
+            if line.strip() and "found" not in line
+        ]
+        assert len(leases) == 1, leases
+        assert (registry.leases_granted, registry.keepalive_streams) == (1, 1)
+        assert etcd_own.metric("grpc_server_started_total", grpc_method="LeaseKeepAlive") - started == 1
+        # a heartbeat never rewrites the value: the key's last write is still the first one
+        assert json.loads(etcd_own.ctl("get", key, "-w", "json"))["kvs"][0]["mod_revision"] == written
+        # a changed record is written again, on the same lease
+        await registry.register(record("a", color="green"), ttl=1)
+        [service] = await registry.get_service("greeter")
+        assert {n.id: n.metadata["c"] for n in service.nodes} == {"a": "green", "b": "blue"}
+        assert registry.leases_granted == 1
+
+
+async def test_keepalive_stream_reconnects_after_etcd_restarts(etcd_own: EtcdServer) -> None:
+    async with etcd(etcd_own.url()) as registry:
+        await registry.register(record(), ttl=2)
+        await registry.register(record(), ttl=2)
+        await asyncio.to_thread(etcd_own.stop)
+        with pytest.raises(RegistryError, match=r"etcd://127\.0\.0\.1:\d+/micro/registry: "):
+            await registry.register(record(), ttl=2)
+        await asyncio.to_thread(etcd_own.start)
+        back = time.monotonic()
+        while time.monotonic() - back < 5:  # heartbeats for 2.5 TTLs after the restart
+            with contextlib.suppress(RegistryError):  # gRPC may need a moment to reconnect
+                await registry.register(record(), ttl=2)
+            await asyncio.sleep(0.5)
+        assert await ids(registry) == {"n1"}
+        assert registry.keepalive_streams == 2  # the first, and one after the restart
+        assert etcd_own.metric("grpc_server_started_total", grpc_method="LeaseKeepAlive") == 1
+        assert registry.leases_granted == 1  # etcd kept the lease across its restart
+
+
+async def test_lease_lost_while_unreachable_is_granted_again(etcd_server: EtcdServer, proxy: Proxy) -> None:
+    path = f"/lease-{time.monotonic_ns()}"
+    async with (
+        etcd(f"etcd://127.0.0.1:{proxy.port}{path}") as registry,
+        etcd(etcd_server.url(path)) as direct,
+    ):
+        await registry.register(record(), ttl=1)
+        await proxy.cut()
+        # etcd expires the lease while the registry cannot reach it: the node is gone
+        await async_wait_until(lambda: _gone(direct), timeout=WAIT, what="the lease to expire")
+        with pytest.raises(RegistryError):
+            await registry.register(record(), ttl=1)
+        await proxy.restore()
+
+        async def heartbeat() -> bool:
+            with contextlib.suppress(RegistryError):
+                await registry.register(record(), ttl=1)
+                return True
+            return False
+
+        await async_wait_until(heartbeat, timeout=WAIT, interval=0.2, what="a heartbeat to get through")
+        assert await ids(direct) == {"n1"}  # the next heartbeat put the node back
+        assert registry.leases_granted == 2
+        await asyncio.sleep(2)  # and keeps it there on the new lease
+        await registry.register(record(), ttl=1)
+        assert await ids(direct) == {"n1"}
+
+
+async def _gone(registry: EtcdRegistry) -> bool:
+    return await ids(registry) == set()
+
+
+# -- watch resumption --------------------------------------------------------------------------
+
+
+async def test_watch_resumes_from_its_revision_after_a_cut(etcd_server: EtcdServer, proxy: Proxy) -> None:
+    path = f"/resume-{time.monotonic_ns()}"
+    async with (
+        etcd(f"etcd://127.0.0.1:{proxy.port}{path}") as watching,
+        etcd(etcd_server.url(path)) as writer,
+    ):
+        await writer.register(record("a"))
+        async with await watching.watch("greeter") as watcher:
+            await writer.register(record("b"))
+            assert (await next_event(watcher)).action is Action.CREATE
+            await proxy.cut()
+            # changes the watcher cannot see while they happen
+            await writer.register(record("c"))
+            await writer.register(record("b", color="green"))
+            await writer.deregister(record("a"))
+            await asyncio.sleep(0.5)
+            await proxy.restore()
+            events = [await next_event(watcher) for _ in range(3)]
+            assert [(e.action, e.service.nodes[0].id) for e in events] == [
+                (Action.CREATE, "c"),
+                (Action.UPDATE, "b"),
+                (Action.DELETE, "a"),
+            ]
+            await writer.register(record("d"))
+            event = await next_event(watcher)  # nothing repeated, nothing extra
+            assert (event.action, event.service.nodes[0].id) == (Action.CREATE, "d")
+
+
+async def test_watch_resyncs_when_its_revision_was_compacted(etcd_server: EtcdServer, proxy: Proxy) -> None:
+    path = f"/compact-{time.monotonic_ns()}"
+    async with (
+        etcd(f"etcd://127.0.0.1:{proxy.port}{path}") as watching,
+        etcd(etcd_server.url(path)) as writer,
+        await watching.watch() as watcher,
+    ):
+        await writer.register(record("a"))
+        assert (await next_event(watcher)).action is Action.CREATE
+        await proxy.cut()
+        await writer.register(record("b"))
+        await writer.deregister(record("a"))
+        revision = json.loads(etcd_server.ctl("get", "x", "-w", "json"))["header"]["revision"]
+        etcd_server.ctl("compact", str(revision))
+        with capture_logs("WARNING", logger="microweave.registry") as logs:
+            await proxy.restore()
+            event = await next_event(watcher)
+        assert (event.action, event.service.name, event.service.nodes) == (Action.RESYNC, "", [])
+        assert any("compacted" in entry["message"] for entry in logs)
+        # what a consumer does on RESYNC: re-read; then it goes on from the present
+        assert await ids(watching) == {"b"}
+        await writer.register(record("c"))
+        event = await next_event(watcher)
+        assert (event.action, event.service.nodes[0].id) == (Action.CREATE, "c")
+
+
+# -- errors: wrong address, server down at start, bad credentials -----------------------------
+
+
+async def test_server_down_at_start_then_up(tmp_path: Path) -> None:
+    server = EtcdServer(tmp_path)  # its ports, not yet listening
+    url = server.url()
+    with capture_logs("DEBUG", logger="microweave.registry") as logs:
+        async with etcd(url, timeout=2) as registry:
+            for _ in range(5):  # five failed attempts, as a heartbeat would make them
+                started = time.monotonic()
+                with pytest.raises(RegistryError) as caught:
+                    await registry.register(record(), ttl=2)
+                assert time.monotonic() - started < 3  # one attempt, bounded by its timeout
+                assert f"etcd://{server.address}/micro/registry" in str(caught.value)
+                assert "is etcd running there" in str(caught.value)
+            with pytest.raises(RegistryError, match="is etcd running there"):
+                await registry.watch()
+            await asyncio.to_thread(server.start)
+            try:
+                await async_wait_until(
+                    lambda: _registers(registry), timeout=WAIT, what="etcd to be reachable"
+                )
+                assert await ids(registry) == {"n1"}
+            finally:
+                await asyncio.to_thread(server.stop)
+    # each failed call raised to its caller, which logs its own state changes (see the service
+    # tests below): the registry adds no line of its own, and no traceback
+    assert [e for e in logs if e["level"] in ("WARNING", "ERROR")] == []
+
+
+async def _registers(registry: EtcdRegistry) -> bool:
+    with contextlib.suppress(RegistryError):
+        await registry.register(record(), ttl=2)
+        return True
+    return False
+
+
+async def test_a_service_started_before_etcd_waits_for_it(etcd_own: EtcdServer, tmp_path: Path) -> None:
+    await asyncio.to_thread(etcd_own.stop)
+    proc = start_greeter(tmp_path, etcd_own.url("/late"), 2, 0)
+    try:
+        await asyncio.sleep(3)  # the service retries meanwhile
+        assert proc.alive(), proc.output()
+        await asyncio.to_thread(etcd_own.start)
+        async with etcd(etcd_own.url("/late")) as registry:
+            await wait_nodes(registry, 1, [proc])
+        output = proc.output()
+        assert "Traceback" not in output
+        unreachable = [line for line in output.splitlines() if "unreachable" in line]
+        assert len(unreachable) == 1, output  # one line for the state change, not one per retry
+        assert f"etcd://{etcd_own.address}/late" in unreachable[0]
+    finally:
+        proc.stop()
+
+
+async def test_a_service_with_bad_credentials_exits_with_one_line(
+    etcd_auth: EtcdServer, tmp_path: Path
+) -> None:
+    secret = "hunter2-not-it"
+    proc = start_greeter(tmp_path, etcd_auth.url("/x", username="root", password=secret), 2, 0)
+    try:
+        code = await asyncio.to_thread(proc.wait, 30)  # at once: waiting does not fix a password
+        output = proc.output()
+    finally:
+        proc.stop()
+    assert code == 2, output
+    assert "Traceback" not in output and secret not in output
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, output
+    assert f"etcd://{etcd_auth.address}/x" in errors[0] and "check the username and password" in errors[0]
+
+
+async def test_bad_credentials(etcd_auth: EtcdServer) -> None:
+    wrong = "not-the-password-xyz"
+    url = etcd_auth.url(username="root", password=wrong)
+    async with etcd(url) as registry:
+        assert wrong not in repr(registry) and "root" not in repr(registry)
+        for call in (registry.register(record(), ttl=2), registry.get_service("greeter"), registry.watch()):
+            with pytest.raises(RegistryError) as caught:
+                await call
+            text = str(caught.value)
+            assert f"etcd://{etcd_auth.address}/micro/registry" in text
+            assert "check the username and password" in text
+            assert wrong not in text
+            assert caught.value.code == 401  # not 503: waiting does not fix it
+
+
+async def test_auth_works_and_survives_a_restart(etcd_auth: EtcdServer) -> None:
+    async with etcd(etcd_auth.url(), username="root", password=ROOT_PASSWORD) as registry:
+        assert ROOT_PASSWORD not in repr(registry)
+        async with await registry.watch("greeter") as watcher:
+            await registry.register(record(), ttl=2)
+            assert (await next_event(watcher)).action is Action.CREATE
+            # etcd forgets its simple tokens when it restarts: the registry authenticates again
+            await asyncio.to_thread(etcd_auth.stop)
+            await asyncio.to_thread(etcd_auth.start)
+            await async_wait_until(
+                lambda: _registers(registry), timeout=WAIT, what="a heartbeat after restart"
+            )
+            await registry.register(record(color="green"), ttl=2)
+            event = await next_event(watcher)  # the watch came back too, and resumed
+            assert (event.action, event.service.nodes[0].metadata) == (Action.UPDATE, {"c": "green"})
+        assert await ids(registry) == {"n1"}
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+
+async def test_tls_with_client_certificate(etcd_tls: EtcdServer) -> None:
+    assert etcd_tls.tls is not None
+    certs = etcd_tls.tls
+    query = {
+        "tls": "true",
+        "ca": str(certs / "ca.pem"),
+        "cert": str(certs / "client.pem"),
+        "key": str(certs / "client.key"),
+    }
+    async with etcd(etcd_tls.url(**query)) as registry:  # everything in the URL
+        async with await registry.watch("greeter") as watcher:
+            await registry.register(record(), ttl=2)
+            assert (await next_event(watcher)).action is Action.CREATE
+        assert await ids(registry) == {"n1"}
+    async with etcd(
+        etcd_tls.url(), ca=query["ca"], cert=query["cert"], key=query["key"]
+    ) as registry:  # kwargs
+        assert await ids(registry) == {"n1"}
+    # without a client certificate, or without TLS at all: refused, and said so
+    for options in ({"ca": query["ca"]}, {}):
+        async with etcd(etcd_tls.url(), timeout=2, **options) as registry:
+            with pytest.raises(RegistryError, match=f"etcd://{etcd_tls.address}/micro/registry: "):
+                await registry.get_service("greeter")

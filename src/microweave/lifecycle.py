@@ -15,8 +15,10 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from .errors import MicroError, RegistryError
 from .registry import Registry
 from .registry import Service as ServiceRecord
+from .registry.outage import Outage
 from .server.pipeline import Pipeline
 from .transport import ServerTransport, local
 
@@ -91,7 +93,26 @@ class Listeners:
 
 class Registration:
     """The node's registry entry: registered on start, re-registered well within the TTL,
-    removed on stop, then `drain_delay` seconds more of serving while callers' caches drop it."""
+    removed on stop, then `drain_delay` seconds more of serving while callers' caches drop it.
+
+    A network registry that is down **at start** is retried for up to `start_timeout` seconds
+    (with backoff, one log line naming the registry): services and their registry often start
+    together (compose files, pods), and a few seconds of waiting beats a crash loop. After
+    that, or at once for an error that waiting does not fix (a `ConfigurationError`, a
+    `RegistryError` whose code is not 503 such as bad credentials, any error of `memory://` or
+    `local://`), start fails with a `RegistryError` naming the registry, which `Service.run()`
+    turns into exit code 2.
+
+    A registry that goes away **while running**: the heartbeat (`register()` every ttl/3,
+    which also re-creates what an engine restart lost) fails, is logged once, and is retried
+    with backoff capped at `min(ttl/3, 2 s)`, so the node is back within about 2 s of the
+    registry's return (well within TTL + 2 s); its return is logged once too.
+    """
+
+    #: seconds start() keeps trying a registry that is unreachable, before giving up
+    START_TIMEOUT = 30.0
+    #: the longest wait between two attempts while the registry is away
+    RETRY_CAP = 2.0
 
     def __init__(
         self,
@@ -100,29 +121,70 @@ class Registration:
         *,
         ttl: float,
         drain_delay: float,
+        start_timeout: float | None = None,
     ) -> None:
         self.registry = registry
         self._make_record = record
         self.ttl = ttl
         self.drain_delay = drain_delay
+        self.start_timeout = self.START_TIMEOUT if start_timeout is None else start_timeout
+        self.interval = max(ttl / 3, 0.05)  # one missed beat does not drop the node
         self._record: ServiceRecord | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._outage = Outage(
+            f"{registry!r} registration", logger=log, cap=min(self.interval, self.RETRY_CAP)
+        )
+        #: register() calls made (start and heartbeat), successful or not
+        self.attempts = 0
+
+    def __repr__(self) -> str:
+        name = self._record.name if self._record is not None else "?"
+        return f"<Registration {name} in {self.registry!r}>"
 
     async def start(self) -> None:
         self._record = self._make_record()
-        await self.registry.register(self._record, ttl=self.ttl)
+        deadline = asyncio.get_running_loop().time() + self.start_timeout
+        while True:
+            try:
+                await self._register()
+                break
+            except Exception as exc:
+                if not _transient(exc) or self.registry.scheme in _AT_HAND:
+                    self._record = None
+                    raise
+                delay = self._outage.failed(exc)
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    self._record = None
+                    detail = exc.detail if isinstance(exc, MicroError) else f"{type(exc).__name__}: {exc}"
+                    raise RegistryError(
+                        f"cannot register in {self.registry!r} (tried for {self.start_timeout:g} s): "
+                        f"{detail}; is the registry running at that address?"
+                    ) from None
+                await asyncio.sleep(min(delay, left))
+        self._outage.recovered()
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
+    async def _register(self) -> None:
+        assert self._record is not None
+        self.attempts += 1
+        # a heartbeat that hangs is as good as failed: the next one must not wait behind it
+        async with asyncio.timeout(max(self.interval, 1.0)):
+            await self.registry.register(self._record, ttl=self.ttl)
+
     async def _beat(self) -> None:
-        interval = max(self.ttl / 3, 0.05)  # one missed beat does not drop the node
+        delay = self.interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(delay)
             if self._record is None:
                 return
             try:
-                await self.registry.register(self._record, ttl=self.ttl)
-            except Exception as exc:  # the registry may come back before the TTL runs out
-                log.warning("heartbeat to %r failed: %s", self.registry, exc)
+                await self._register()
+            except Exception as exc:  # the registry may come back: retry sooner than the beat
+                delay = min(self._outage.failed(exc), self.interval)
+            else:
+                self._outage.recovered()
+                delay = self.interval
 
     async def stop(self) -> None:
         if self._heartbeat is not None:
@@ -139,3 +201,15 @@ class Registration:
         self._record = None
         if self.drain_delay > 0:
             await asyncio.sleep(self.drain_delay)  # callers' caches drop this node meanwhile
+
+
+#: registries in this process or on this host's disk: nothing to wait for at start
+_AT_HAND = frozenset({"memory", "local"})
+
+
+def _transient(exc: Exception) -> bool:
+    """Whether waiting may fix it: the registry unreachable (503, or a driver's own error such
+    as a refused connection or a timeout), not a mistake in what we asked."""
+    if isinstance(exc, RegistryError):
+        return exc.code == 503
+    return not isinstance(exc, MicroError)

@@ -4,10 +4,11 @@ A backend joins by adding a factory to `BACKENDS` (an engine's, with `@registry_
 tests/engines/<engine>.py): an async context manager that takes the
 pytest request (to reach server fixtures, temporary directories) and options for the backend
 (`watch_buffer`: the most unread events a watcher holds before it sends RESYNC), and yields a
-fresh Registry. With `share=<a registry it yielded>` it yields instead a second, independent
-instance (its own connections, its own keep-alives) over that one's data: the crash test
-abandons it and watches the first see its nodes expire. A factory that does not take `share`
-gets a second instance built from the URL in the registry's repr (`<EtcdRegistry etcd://...>`).
+fresh Registry. A factory with a `share` parameter yields, for `share=<a registry it yielded>`,
+a second, independent instance (its own connections, its own keep-alives) over that one's
+data: the crash test abandons it and watches the first see its nodes expire. For a factory
+without `share`, the second instance is built from the URL in the registry's repr
+(`<EtcdRegistry etcd://...>`).
 The registry cache is run against every backend too, since it relies on each one's watch.
 
 Times are kept short (TTLs of 1-2 s, bulk work in `asyncio.gather`): the suite runs on six
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import time
@@ -29,6 +31,7 @@ from typing import Any
 import pytest
 from engines import REGISTRY_BACKENDS
 from helpers import async_wait_until
+from registry_kit import Breakable
 
 from microweave.errors import RegistryError
 from microweave.registry import Action, Endpoint, Event, Node, Registry, Service, Value, Watcher
@@ -388,20 +391,13 @@ CRASH_MARGIN = 1.0
 async def peer(request: pytest.FixtureRequest, registry: Registry) -> AsyncIterator[Registry]:
     """A second instance over the same data as `registry` (see the module docstring)."""
     factory = BACKENDS[registry.scheme]
-    try:
-        context = factory(request, share=registry)
-        other = await context.__aenter__()
-    except TypeError as exc:
-        if "share" not in str(exc):
-            raise
-        url = repr(registry).removeprefix("<").removesuffix(">").split(" ", 1)[1]
-        async with registry_from_url(url) as other:
+    if "share" in inspect.signature(factory).parameters:
+        async with factory(request, share=registry) as other:
             yield other
         return
-    try:
+    url = repr(registry).removeprefix("<").removesuffix(">").split(" ", 1)[1]
+    async with registry_from_url(url) as other:
         yield other
-    finally:
-        await context.__aexit__(None, None, None)
 
 
 async def test_a_crashed_owner_s_node_expires(request: pytest.FixtureRequest, registry: Registry) -> None:
@@ -609,80 +605,6 @@ async def test_500_services(registry: Registry) -> None:
 
 
 # -- the registry cache, over each backend -----------------------------------------------------
-
-
-class Breakable(Registry):
-    """The real backend, with parts that fail on demand (lookups, registration, the watch: the
-    registry or its watch unreachable), counting the calls that reach it."""
-
-    def __init__(self, inner: Registry) -> None:
-        self.inner = inner
-        self.scheme = inner.scheme
-        self.broken: Exception | None = None  # get_service fails
-        self.register_broken: Exception | None = None
-        self.watch_broken: Exception | None = None  # watch() fails (see break_watch)
-        self.answer_delay = 0.0  # seconds between reading the backend and answering
-        self.reads = self.registers = self.watches = 0
-        self._watchers: set[BreakableWatcher] = set()
-
-    def __repr__(self) -> str:
-        return f"<Breakable {self.inner!r}>"
-
-    async def register(self, service: Service, *, ttl: float | None = None) -> None:
-        self.registers += 1
-        if self.register_broken is not None:
-            raise self.register_broken
-        await self.inner.register(service, ttl=ttl)
-
-    async def deregister(self, service: Service) -> None:
-        await self.inner.deregister(service)
-
-    async def get_service(self, name: str) -> list[Service]:
-        self.reads += 1
-        if self.broken is not None:
-            raise self.broken
-        services = await self.inner.get_service(name)
-        if self.answer_delay:
-            await asyncio.sleep(self.answer_delay)  # the answer is on its way; changes go on
-        return services
-
-    async def list_services(self) -> list[Service]:
-        return await self.inner.list_services()
-
-    async def watch(self, service: str | None = None) -> Watcher:
-        self.watches += 1
-        if self.watch_broken is not None:
-            raise self.watch_broken
-        watcher = BreakableWatcher(self, await self.inner.watch(service))
-        self._watchers.add(watcher)
-        return watcher
-
-    async def break_watch(self, exc: Exception) -> None:
-        """Live watchers fail with `exc`, and new ones cannot be made, until `watch_broken` is
-        cleared; lookups keep working (the registry reachable, its watch not)."""
-        self.watch_broken = exc
-        for watcher in list(self._watchers):
-            watcher.failure = exc
-            await watcher.inner.aclose()
-
-
-class BreakableWatcher(Watcher):
-    def __init__(self, owner: Breakable, inner: Watcher) -> None:
-        self.owner = owner
-        self.inner = inner
-        self.failure: Exception | None = None
-
-    async def __anext__(self) -> Event:
-        try:
-            return await anext(self.inner)
-        except StopAsyncIteration:
-            if self.failure is not None:
-                raise self.failure from None
-            raise
-
-    async def aclose(self) -> None:
-        self.owner._watchers.discard(self)
-        await self.inner.aclose()
 
 
 @pytest.fixture

@@ -62,8 +62,13 @@ def unique(name: str) -> str:
 
 
 def unpack(tag_value: str) -> Any:
-    """go-micro's Consul tag encoding: hex(zlib(json))."""
-    return json.loads(zlib.decompress(bytes.fromhex(tag_value)))
+    """go-micro's Consul tag encoding: hex(zlib(json)) (`e-`, `t-` tags)."""
+    return json.loads(unpack_raw(tag_value))
+
+
+def unpack_raw(tag_value: str) -> str:
+    """hex(zlib(text)): the `v-` tag holds the version itself, not JSON."""
+    return zlib.decompress(bytes.fromhex(tag_value)).decode()
 
 
 # -- the engines, as both sides see them ---------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import msgspec
@@ -23,9 +24,25 @@ def to_json(records: list[Service]) -> str:
     return json.dumps(msgspec.to_builtins(records), indent=2)
 
 
+#: lookups at once for backends whose listing leaves nodes out (Consul's catalog)
+LOOKUPS_AT_ONCE = 16
+
+
 async def _list(url: str | None) -> tuple[str, list[Service]]:
     async with open_registry(url) as registry:
         records = await registry.list_services()
+        # some backends list names and versions only (Consul's catalog, as go-micro's does):
+        # their live nodes come from a lookup, which also leaves out nodes whose check failed
+        bare = sorted({r.name for r in records if not r.nodes})
+        if bare:
+            gate = asyncio.Semaphore(LOOKUPS_AT_ONCE)
+
+            async def lookup(name: str) -> list[Service]:
+                async with gate:
+                    return await registry.get_service(name)
+
+            found = await asyncio.gather(*(lookup(name) for name in bare))
+            records = [*records, *(r for got in found for r in got)]
         return repr(registry), [r for r in records if r.nodes]
 
 

@@ -70,15 +70,15 @@ class EtcdServer:
         self.engine.start()
         return self
 
-    def ctl(self, *args: str, user: str | None = None, check: bool = True) -> str:
-        """etcdctl (v3 API) against this server; its stdout."""
+    def ctl(self, *args: str, user: str | None = None, check: bool = True, stdin: str | None = None) -> str:
+        """etcdctl (v3 API) against this server; its stdout (`stdin`: e.g. a value to put)."""
         argv = [find_binary("etcdctl", debian="etcd-client"), f"--endpoints={self.client_url}"]
         if user:
             argv.append(f"--user={user}")
         if self.tls:
             argv += [f"--cacert={self.tls / 'ca.pem'}", f"--cert={self.tls / 'client.pem'}"]
             argv.append(f"--key={self.tls / 'client.key'}")
-        done = run([*argv, *args], env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+        done = run([*argv, *args], env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}, input=stdin)
         if check and done.returncode != 0:
             raise AssertionError(f"etcdctl {' '.join(args)} failed: {done.stderr.strip()}")
         return done.stdout

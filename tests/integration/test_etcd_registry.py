@@ -24,7 +24,7 @@ from engines.etcd import ROOT_PASSWORD, EtcdServer
 from helpers import SERVICES, ServiceProcess, async_wait_until
 
 from microweave import Client
-from microweave.errors import RegistryError
+from microweave.errors import ConfigurationError, RegistryError
 from microweave.registry import Action, Event, Node, Service, Watcher
 from microweave.registry import from_url as registry_from_url
 from microweave.registry.etcd import EtcdRegistry
@@ -540,8 +540,47 @@ async def test_tls_with_client_certificate(etcd_tls: EtcdServer) -> None:
         etcd_tls.url(), ca=query["ca"], cert=query["cert"], key=query["key"]
     ) as registry:  # kwargs
         assert await ids(registry) == {"n1"}
-    # without a client certificate, or without TLS at all: refused, and said so
-    for options in ({"ca": query["ca"]}, {}):
+    # without a client certificate, against the system's CAs only, or without TLS: refused
+    no_ca = {"tls": True, "cert": query["cert"], "key": query["key"]}
+    for options in ({"ca": query["ca"]}, no_ca, {}):
         async with etcd(etcd_tls.url(), timeout=2, **options) as registry:
             with pytest.raises(RegistryError, match=f"etcd://{etcd_tls.address}/micro/registry: "):
                 await registry.get_service("greeter")
+
+
+# -- URL options and foreign records ---------------------------------------------------------
+
+
+async def test_url_options(etcd_server: EtcdServer) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    path = f"/opts-{time.monotonic_ns()}"
+    # several endpoints: the dead first one is skipped; the URL's ttl applies to register()
+    async with etcd(f"etcd://{dead},{etcd_server.address}{path}?ttl=1") as registry:
+        assert repr(registry) == f"<EtcdRegistry etcd://{dead},{etcd_server.address}{path}>"
+        await registry.register(record())
+        assert await ids(registry) == {"n1"}
+        await async_wait_until(lambda: _gone(registry), timeout=WAIT, what="the URL's TTL to expire")
+    for url, complaint in (
+        (etcd_server.url(colour="red"), "unknown option"),
+        ("etcd://localhost:2379,127.0.0.1:2379", "must be IP addresses"),
+        (etcd_server.url(username="root"), "both username and password"),
+        (etcd_server.url(cert="/x.pem"), "both cert= and key="),
+        (etcd_server.url(ttl="-1"), "not a positive number"),
+    ):
+        with pytest.raises(ConfigurationError, match=complaint):
+            registry_from_url(url)
+
+
+async def test_records_that_are_not_services_are_skipped(etcd_server: EtcdServer) -> None:
+    path = f"/foreign-{time.monotonic_ns()}"
+    async with etcd(etcd_server.url(path)) as registry:
+        await registry.register(record("good"))
+        async with await registry.watch("greeter") as watcher:
+            etcd_server.ctl("put", f"{path}/greeter/bad", "not json")
+            big = '{"name":"greeter","nodes":[{"id":"big","address":"' + "y" * (1 << 20) + '"}]}'
+            etcd_server.ctl("put", f"{path}/greeter/big", stdin=big)
+            await registry.register(record("after"))
+            event = await next_event(watcher)  # the foreign values made no events
+            assert (event.action, event.service.nodes[0].id) == (Action.CREATE, "after")
+        assert await ids(registry) == {"good", "after"}
+        assert {s.name for s in await registry.list_services()} == {"greeter"}

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ from zeroconf.asyncio import AsyncZeroconf
 from ..._backends import BackendURL
 from ...errors import ConfigurationError, RegistryError
 from .. import Registry, Service, Watcher
+from .asker import Asker
 from .records import node_info, wildcard_info
 from .tracker import Tracker, ptr_question
 
@@ -159,6 +161,8 @@ class MdnsRegistry(Registry):
             watch_buffer=self.options.watch_buffer,
         )
         self._aiozc: AsyncZeroconf | None = None
+        self._asker: Asker | None = None
+        self._started: asyncio.Task[None] | None = None
         self._mine: dict[str, _Mine] = {}  # instance key -> our node
         self._wildcards: dict[str, ServiceInfo] = {}  # service name -> its `_services` entry
         self._asked: dict[str, asyncio.Event] = {}  # names queried once (set when answered)
@@ -188,25 +192,48 @@ class MdnsRegistry(Registry):
         loop = asyncio.get_running_loop()
         interfaces = _addresses(self.options.interfaces, self._where)
         try:
-            aiozc = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
+            asker = Asker(None if isinstance(interfaces, InterfaceChoice) else list(interfaces))
+            try:
+                aiozc = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
+            except BaseException:
+                asker.close()
+                raise
         except (OSError, RuntimeError) as exc:
             raise RegistryError(
                 f"{self._where}: cannot open the mDNS sockets (UDP 5353, multicast 224.0.0.251): "
                 f"{exc}; check interface= and that the interface has multicast"
             ) from None
         aiozc.zeroconf.async_add_listener(self._tracker, None)
-        self._aiozc = aiozc
+        self._aiozc, self._asker = aiozc, asker
+        self._started = loop.create_task(self._start(aiozc.zeroconf, asker))
         self._sweeper = loop.create_task(self._sweep())
+
+    @staticmethod
+    async def _start(zc: Zeroconf, asker: Asker) -> None:
+        await zc.async_wait_for_start()
+        await asker.start(zc)
 
     async def _zc(self) -> Zeroconf:
         self.open()
-        assert self._aiozc is not None
-        zc = self._aiozc.zeroconf
+        assert self._aiozc is not None and self._started is not None
         try:
-            await zc.async_wait_for_start()
-        except (NotRunningException, TimeoutError):
-            raise RegistryError(f"{self._where}: the mDNS sockets did not start") from None
-        return zc
+            await asyncio.shield(self._started)
+        except (NotRunningException, TimeoutError, OSError) as exc:
+            raise RegistryError(f"{self._where}: the mDNS sockets did not start: {exc!r}") from None
+        return self._aiozc.zeroconf
+
+    def _query(self, questions: list[Any]) -> None:
+        """Ask (from our own port: asker.py), in as many packets as it takes.
+
+        A random id, as legacy unicast resolvers (go-micro's) send: zeroconf ignores a packet
+        identical to one it saw in the last 800 ms, from whomever, so two registries asking
+        the same question at once must not send the same bytes.
+        """
+        if self._asker is not None and questions:
+            out = DNSOutgoing(_FLAGS_QUERY, False, random.randrange(1, 65536))  # False: keep the id
+            for question in questions:
+                out.add_question(question)
+            self._asker.ask(out)
 
     def _spawn(self, *steps: tuple[float, DNSOutgoing]) -> None:
         """Send the packets later, each after its pause, unless the registry closes first."""
@@ -291,11 +318,7 @@ class MdnsRegistry(Registry):
             answered = asyncio.Event()
             for name in fresh:
                 self._asked[name] = answered
-            for start in range(0, len(fresh), 32):
-                out = DNSOutgoing(_FLAGS_QUERY)
-                for name in fresh[start : start + 32]:
-                    out.add_question(ptr_question(name))
-                zc.async_send(out)
+            self._query([ptr_question(name) for name in fresh])
             try:
                 await asyncio.sleep(self.options.query_wait)
             finally:
@@ -327,12 +350,7 @@ class MdnsRegistry(Registry):
         while True:
             await asyncio.sleep(SWEEP)
             try:
-                questions = self._tracker.sweep(self._expired)
-                if questions and self._aiozc is not None:
-                    out = DNSOutgoing(_FLAGS_QUERY)
-                    for question in questions:
-                        out.add_question(question)
-                    self._aiozc.zeroconf.async_send(out)
+                self._query(self._tracker.sweep(self._expired))
             except Exception as exc:  # a bug here must not stop expiry for good
                 if not warned:
                     warned = True
@@ -352,9 +370,12 @@ class MdnsRegistry(Registry):
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        for task in list(self._tasks):
+        pending = [*self._tasks, *([self._started] if self._started else [])]
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self._asker is not None:
+            self._asker.close()
         self._tracker.close()
         if aiozc is not None:
             registered = [m.info for m in self._mine.values()] + list(self._wildcards.values())

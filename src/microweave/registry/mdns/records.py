@@ -64,13 +64,23 @@ class _GoEndpoint(msgspec.Struct):
     metadata: dict[str, str] | None = None  # Go writes a nil map as null
 
 
-class Txt(msgspec.Struct):
+class _GoTxt(msgspec.Struct):
     """go-micro's mdnsTxt, fields in Go's declaration order (so the JSON matches byte for byte)."""
 
     Metadata: dict[str, str] | None = None
     Service: str = ""
     Version: str = ""
     Endpoints: list[_GoEndpoint] | None = None
+
+
+class Txt(_GoTxt):
+    """go-micro's record plus the service's own metadata, which go-micro's has no field for.
+
+    Written only when the service has metadata; go-micro's decoder ignores a field it does not
+    know (and `ServiceMetadata` matches none of its four, even case-insensitively).
+    """
+
+    ServiceMetadata: dict[str, str] | None = None
 
 
 def _go_value(value: Value | None) -> _GoValue | None:
@@ -89,7 +99,7 @@ def _value(value: _GoValue | None) -> Value | None:
 
 def encode_txt(service: Service, node: Node) -> list[bytes]:
     """The TXT strings go-micro writes for `node` of `service`."""
-    txt = Txt(
+    txt = (Txt if service.metadata else _GoTxt)(
         Metadata=node.metadata,
         Service=service.name,
         Version=service.version,
@@ -98,6 +108,8 @@ def encode_txt(service: Service, node: Node) -> list[bytes]:
             for e in service.endpoints
         ],
     )
+    if isinstance(txt, Txt):
+        txt.ServiceMetadata = service.metadata
     text = pack_raw(msgspec.json.encode(txt)).encode("ascii")
     return [text[i : i + _CHUNK] for i in range(0, len(text), _CHUNK)] or [b""]
 
@@ -134,7 +146,8 @@ def service_from_txt(txt: Txt, node_id: str, address: str) -> Service:
         for e in txt.Endpoints or ()
     ]
     node = Node(id=node_id, address=address, metadata=dict(txt.Metadata or {}))
-    return Service(name=txt.Service, version=txt.Version, endpoints=endpoints, nodes=[node])
+    metadata = dict(txt.ServiceMetadata or {})
+    return Service(txt.Service, txt.Version, metadata, endpoints, [node])
 
 
 def _check_labels(name: str, what: str, where: str) -> None:

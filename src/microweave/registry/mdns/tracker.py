@@ -109,6 +109,7 @@ class Tracker(RecordUpdateListener):
         self.watch_buffer = watch_buffer
         self._suffix = f".{domain}.".lower()
         self._list_name = f"_services.{domain}.".lower()
+        self._wildcard = f"._services.{domain}.".lower()  # go-micro's per-service entries
         self.local: dict[str, _Local] = {}  # instance key -> our own node
         self.heard: dict[str, _Heard] = {}  # instance key -> a node from the network
         self._hosts: dict[str, dict[str, float]] = {}  # host key -> address -> expires
@@ -160,7 +161,7 @@ class Tracker(RecordUpdateListener):
             record = update.new
             if isinstance(record, DNSAddress):
                 addresses.append(record)  # after the SRVs, which say which hosts matter
-            elif record.key.endswith(self._suffix):
+            elif record.key.endswith(self._suffix) and not record.key.endswith(self._wildcard):
                 if isinstance(record, DNSService):
                     self._on_srv(record)
                 elif isinstance(record, DNSText):
@@ -225,8 +226,8 @@ class Tracker(RecordUpdateListener):
 
     def _on_ptr(self, record: DNSPointer) -> None:
         if record.key == self._list_name:
-            name = record.alias[: -len(f"._services.{self.domain}.")]
-            if not record.alias_key.endswith(f"._services{self._suffix}") or not name:
+            name = record.alias[: -len(self._wildcard)]
+            if not record.alias_key.endswith(self._wildcard) or not name:
                 return
             if record.ttl == 0:
                 self.names.pop(name, None)

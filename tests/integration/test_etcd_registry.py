@@ -488,17 +488,28 @@ async def test_a_service_with_bad_credentials_exits_with_one_line(
 
 async def test_bad_credentials(etcd_auth: EtcdServer) -> None:
     wrong = "not-the-password-xyz"
-    url = etcd_auth.url(username="root", password=wrong)
-    async with etcd(url) as registry:
-        assert wrong not in repr(registry) and "root" not in repr(registry)
-        for call in (registry.register(record(), ttl=2), registry.get_service("greeter"), registry.watch()):
-            with pytest.raises(RegistryError) as caught:
-                await call
-            text = str(caught.value)
-            assert f"etcd://{etcd_auth.address}/micro/registry" in text
-            assert "check the username and password" in text
-            assert wrong not in text
-            assert caught.value.code == 401  # not 503: waiting does not fix it
+    etcd_auth.ctl("user", "add", "bob:bob-secret-pw", user=f"root:{ROOT_PASSWORD}")  # no roles
+    cases = [  # credentials, code, what the error says to do
+        ({"username": "root", "password": wrong}, 401, "check the username and password"),
+        ({}, 401, "give username and password"),
+        ({"username": "bob", "password": "bob-secret-pw"}, 403, "needs read/write permission"),
+    ]
+    for credentials, code, hint in cases:
+        url = etcd_auth.url(**credentials)
+        async with etcd(url) as registry:
+            assert "root" not in repr(registry) and "bob" not in repr(registry)
+            for call in (
+                registry.register(record(), ttl=2),
+                registry.get_service("greeter"),
+                registry.watch(),
+            ):
+                with pytest.raises(RegistryError) as caught:
+                    await call
+                text = str(caught.value)
+                assert f"etcd://{etcd_auth.address}/micro/registry" in text
+                assert hint in text, text
+                assert wrong not in text and "secret" not in text
+                assert caught.value.code == code  # not 503: waiting does not fix it
 
 
 async def test_auth_works_and_survives_a_restart(etcd_auth: EtcdServer) -> None:

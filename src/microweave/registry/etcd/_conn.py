@@ -25,6 +25,7 @@ from aetcd import rpc  # type: ignore[import-untyped]
 
 from ..._backends import BackendURL
 from ...errors import ConfigurationError, RegistryError
+from ..memory import WATCH_BUFFER
 
 __all__ = ["Connection", "Options", "rpc"]
 
@@ -60,8 +61,6 @@ class Options:
 
     @classmethod
     def parse(cls, url: BackendURL, kwargs: dict[str, Any]) -> Options:
-        from ..memory import WATCH_BUFFER
-
         query = {**url.query, **{k: v for k, v in kwargs.items() if v is not None}}
         known = {"ttl", "username", "password", "tls", "ca", "cert", "key", "timeout", "watch_buffer"}
         unknown = sorted(set(query) - known)
@@ -91,7 +90,9 @@ class Options:
             cert=cert,
             key=key,
             timeout=_number(public, "timeout", query.get("timeout"), CALL_TIMEOUT) or CALL_TIMEOUT,
-            watch_buffer=int(_number(public, "watch_buffer", query.get("watch_buffer"), WATCH_BUFFER) or 1),
+            watch_buffer=max(
+                1, int(_number(public, "watch_buffer", query.get("watch_buffer"), WATCH_BUFFER) or 1)
+            ),
         )
 
 
@@ -231,17 +232,21 @@ class Connection:
         return self.options.username is not None and exc.code() == grpc.StatusCode.UNAUTHENTICATED
 
     def error(self, what: str, exc: grpc.aio.AioRpcError) -> RegistryError:
-        """The error to raise, coded so callers can tell waiting (503) from fixing (401, 403)."""
+        """The error to raise, coded so callers can tell waiting (503) from fixing (401, 403).
+
+        A refused watch reaches us as its cancel reason (etcd's own status inside the text),
+        so the text decides as much as the code."""
         code, detail = exc.code(), (exc.details() or "").strip()
+        text = detail.lower()
         status = 503
-        if code == grpc.StatusCode.UNAVAILABLE or code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            hint = "is etcd running there and reachable? (with TLS: tls=true and the right CA)"
-        elif code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED) and (
-            "auth" in detail or "password" in detail or "token" in detail
-        ):
-            hint, status = "check the username and password given in the URL", 401
-        elif code == grpc.StatusCode.PERMISSION_DENIED:
+        if "user name is empty" in text:
+            hint, status = "etcd requires authentication: give username and password", 401
+        elif "authentication failed" in text or "invalid user" in text or "auth token" in text:
+            hint, status = "check the username and password given for it", 401
+        elif code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in text:
             hint, status = "the etcd user needs read/write permission on the registry prefix", 403
+        elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            hint = "is etcd running there and reachable? (with TLS: tls=true and the right CA)"
         else:
             hint = "see etcd's log"
         return RegistryError(

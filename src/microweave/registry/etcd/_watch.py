@@ -68,16 +68,24 @@ class EtcdWatcher(Watcher):
 
     async def start(self) -> None:
         """Subscribe; when this returns, every later change will be delivered."""
-        try:
-            await self._open(None)
-        except grpc.aio.AioRpcError as exc:
-            if self._conn.stale_token(exc):
-                self._conn.forget_token()
+        for attempt in (1, 2):
+            try:
                 await self._open(None)
-            else:
+                break
+            except grpc.aio.AioRpcError as exc:
+                self._drop_stream()
+                if attempt == 1 and self._conn.stale_token(exc):
+                    self._conn.forget_token()  # etcd forgot it: authenticate again, once
+                    continue
                 raise self._conn.error("watching", exc) from None
-        except TimeoutError:
-            raise RegistryError(f"{self._conn.public}: watching timed out; is etcd running there?") from None
+            except TimeoutError:
+                self._drop_stream()
+                raise RegistryError(
+                    f"{self._conn.public}: watching timed out; is etcd running there?"
+                ) from None
+            except BaseException:
+                self._drop_stream()
+                raise
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _open(self, start: int | None) -> bool:

@@ -358,3 +358,13 @@ async def test_bad_urls_and_addresses_say_what_to_fix(mdns_netns: Netns) -> None
             await good.register(record(address="greeter.example:80"))
         with pytest.raises(RegistryError, match="DNS name"):
             await good.register(record(node="x" * 64))
+
+
+def test_a_txt_record_inflating_past_the_limit_is_refused() -> None:
+    from microweave.registry.mdns.records import MAX_TXT_JSON, decode_txt
+
+    big = json.dumps({"Service": "s", "Version": "1", "Metadata": {"x": "y" * MAX_TXT_JSON}})
+    packed = zlib.compress(big.encode(), 9).hex().encode()
+    assert len(packed) < 9000  # it fits in one mDNS packet
+    with pytest.raises(ValueError, match="inflates"):
+        decode_txt([packed[i : i + 255] for i in range(0, len(packed), 255)])

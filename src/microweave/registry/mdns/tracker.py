@@ -178,7 +178,13 @@ class Tracker(RecordUpdateListener):
                 heard = self.heard.get(key)
                 self._show(key, None if heard is None else self._view(heard))
 
-    def _heard_node(self, key: str) -> _Heard | None:
+    def _heard_node(self, record: DNSService | DNSText, which: int) -> _Heard | None:
+        """The node an SRV (which=0) or TXT (1) record refreshes; None when it is a goodbye,
+        ours, or one node too many."""
+        key = record.key
+        if record.ttl == 0:
+            self._drop_heard(key)
+            return None
         if key in self.local or key in self._gone:
             return None  # our own node (or its echo after we let it go)
         heard = self.heard.get(key)
@@ -187,14 +193,12 @@ class Tracker(RecordUpdateListener):
                 self._over_cap("nodes")
                 return None
             heard = self.heard[key] = _Heard(key)
+        self._refreshed(heard, which, record.ttl)
+        self._touched.add(key)
         return heard
 
     def _on_srv(self, record: DNSService) -> None:
-        key = record.key
-        if record.ttl == 0:
-            self._drop_heard(key)
-            return
-        heard = self._heard_node(key)
+        heard = self._heard_node(record, 0)
         if heard is None:
             return
         host = record.server_key
@@ -203,15 +207,9 @@ class Tracker(RecordUpdateListener):
             self._host_refs[host] = self._host_refs.get(host, 0) + 1
             heard.host = host
         heard.port = record.port
-        self._refreshed(heard, 0, record.ttl)
-        self._touched.add(key)
 
     def _on_txt(self, record: DNSText) -> None:
-        key = record.key
-        if record.ttl == 0:
-            self._drop_heard(key)
-            return
-        heard = self._heard_node(key)
+        heard = self._heard_node(record, 1)
         if heard is None:
             return
         if record.text != heard.text:
@@ -221,8 +219,6 @@ class Tracker(RecordUpdateListener):
             except ValueError as exc:
                 log.debug("%s: ignoring the TXT of %s: %s", self.where, record.name, exc)
                 heard.txt = None
-        self._refreshed(heard, 1, record.ttl)
-        self._touched.add(key)
 
     def _on_ptr(self, record: DNSPointer) -> None:
         if record.key == self._list_name:

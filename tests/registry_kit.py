@@ -19,6 +19,7 @@ class Breakable(Registry):
         self.inner = inner
         self.scheme = inner.scheme
         self.broken: Exception | None = None  # get_service fails
+        self.refused: dict[str, Exception] = {}  # get_service of these names fails
         self.register_broken: Exception | None = None
         self.watch_broken: Exception | None = None  # watch() fails (see break_watch)
         self.answer_delay = 0.0  # seconds between reading the backend and answering
@@ -41,6 +42,8 @@ class Breakable(Registry):
         self.reads += 1
         if self.broken is not None:
             raise self.broken
+        if name in self.refused:
+            raise self.refused[name]
         services = await self.inner.get_service(name)
         if self.answer_delay:
             await asyncio.sleep(self.answer_delay)  # the answer is on its way; changes go on

@@ -18,6 +18,7 @@ from typing import Protocol
 from .errors import MicroError, RegistryError
 from .registry import Registry
 from .registry import Service as ServiceRecord
+from .registry.cache import unavailable
 from .registry.outage import Outage
 from .server.pipeline import Pipeline
 from .transport import ServerTransport, local
@@ -149,7 +150,7 @@ class Registration:
                 await self._register()
                 break
             except Exception as exc:
-                if not _transient(exc) or self.registry.scheme in _AT_HAND:
+                if not unavailable(exc) or self.registry.scheme in _AT_HAND:
                     self._record = None
                     raise
                 delay = self._outage.failed(exc)
@@ -205,11 +206,3 @@ class Registration:
 
 #: registries in this process or on this host's disk: nothing to wait for at start
 _AT_HAND = frozenset({"memory", "local"})
-
-
-def _transient(exc: Exception) -> bool:
-    """Whether waiting may fix it: the registry unreachable (503, or a driver's own error such
-    as a refused connection or a timeout), not a mistake in what we asked."""
-    if isinstance(exc, RegistryError):
-        return exc.code == 503
-    return not isinstance(exc, MicroError)

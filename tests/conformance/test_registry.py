@@ -33,7 +33,7 @@ from engines import REGISTRY_BACKENDS
 from helpers import async_wait_until
 from registry_kit import Breakable
 
-from microweave.errors import RegistryError
+from microweave.errors import ConfigurationError, RegistryError
 from microweave.registry import Action, Endpoint, Event, Node, Registry, Service, Value, Watcher
 from microweave.registry import from_url as registry_from_url
 from microweave.registry.cache import RegistryCache
@@ -708,6 +708,16 @@ async def test_a_driver_error_becomes_a_registry_error_naming_the_registry(break
             await cache.get_service("billing")
         assert repr(breakable) in raised.value.detail
         assert repr(breakable) in repr(cache)
+
+
+async def test_a_lookup_refused_for_its_name_is_no_outage(registry: Registry, breakable: Breakable) -> None:
+    await registry.register(record())
+    breakable.refused["bad name"] = ConfigurationError("'bad name' cannot be a service name")
+    async with cache_over(breakable) as cache:
+        with pytest.raises(ConfigurationError):
+            await cache.get_service("bad name")
+        # the registry answered: other lookups go ahead, without waiting out a backoff
+        assert node_ids(await cache.get_service("greeter")) == {"n1"}
 
 
 async def test_cache_shares_one_lookup_among_200_callers(registry: Registry, breakable: Breakable) -> None:

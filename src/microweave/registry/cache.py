@@ -35,7 +35,7 @@ from ..errors import MicroError, RegistryError
 from . import Action, Event, Registry, Service, Watcher
 from .outage import Outage
 
-__all__ = ["RegistryCache"]
+__all__ = ["RegistryCache", "unavailable"]
 
 log = logging.getLogger("microweave.registry")
 
@@ -161,15 +161,17 @@ class RegistryCache:
         return entry.services
 
     def _failed(self, name: str, exc: Exception) -> list[Service]:
-        delay = self._lookups.failed(exc)
-        self._retry_at = time.monotonic() + delay
         if isinstance(exc, MicroError):
-            self._last_error = exc
+            error = exc
         else:  # a driver's own error (OSError, grpc...) becomes ours, naming the registry
-            self._last_error = RegistryError(f"cannot look up {name} in {self.registry!r}: {exc}")
+            error = RegistryError(f"cannot look up {name} in {self.registry!r}: {exc}")
         stale = self._entries.get(name)
+        if stale is None and not unavailable(exc):
+            raise error  # the registry answered (a bad name, say): not an outage of every lookup
+        self._last_error = error
+        self._retry_at = time.monotonic() + self._lookups.failed(exc)
         if stale is None:
-            raise self._last_error
+            raise error
         # served as it is until the next attempt, and while that attempt is in flight
         stale.expires = self._retry_at + self.resync_interval / 2
         self._ensure_refreshing()
@@ -320,3 +322,12 @@ def _apply_to(entry: _Entry, event: Event) -> None:
     if event.action is not Action.DELETE and not any(s.version == version for s in entry.services):
         services.append(event.service)
     entry.services = services
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the registry could not be reached (a 503 `RegistryError`, or a
+    driver's own error such as a refused connection or a timeout), which waiting may fix; not
+    a mistake in what was asked (a `ConfigurationError`, bad credentials)."""
+    if isinstance(exc, RegistryError):
+        return exc.code == 503
+    return not isinstance(exc, MicroError)

@@ -28,6 +28,8 @@ log = logging.getLogger("microweave.registry")
 CONNECT_TIMEOUT = 2.0  # seconds per server per attempt
 #: seconds between client PINGs: a connection that silently died is noticed within ~3 of these
 PING_INTERVAL = 10
+#: the longest wait between two reconnect attempts (jittered): a node is back soon after NATS
+RECONNECT_CAP = 2.0
 
 
 class Link:
@@ -49,11 +51,12 @@ class Link:
         self._on_connect = on_connect
         self._auth = {"user": user, "password": password, "token": token}
         self.connect_timeout = connect_timeout
-        self.outage = Outage(f"{url} (NATS registry)", logger=log)
+        self.outage = Outage(f"{url} (NATS registry)", logger=log, cap=RECONNECT_CAP)
         self.nc: Client | None = None
         self._lock = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
         self._closed = False
+        self._why = ""
         self.connects = 0  # how many connections were made (tests read it)
 
     @property
@@ -69,40 +72,50 @@ class Link:
             raise RegistryError(f"{self.url} registry is closed")
         if self._supervisor is not None and not self._supervisor.done():
             raise RegistryError(
-                f"NATS at {self.url} is unreachable; reconnecting in the background "
-                f"(down {self.outage.attempts} attempts so far)"
+                f"NATS at {self.url} is unreachable ({self._why}); reconnecting in the background"
             )
         async with self._lock:
             if self.nc is not None and self.nc.is_connected:
                 return self.nc
             try:
                 return await self._connect()
-            except RegistryError:
-                self._supervise()  # keep trying in the background; callers fail fast meanwhile
+            except RegistryError as exc:
+                self._supervise(exc)  # keep trying in the background; callers fail fast meanwhile
                 raise
 
     async def _connect(self) -> Client:
         errors: list[str] = []
         for server in self.servers:
             nc = Client()
+            seen: list[BaseException] = []
+
+            async def failed(exc: Exception, seen: list[BaseException] = seen) -> None:
+                seen.append(exc)
+                await self._error(exc)
+
             try:
-                await nc.connect(
-                    servers=[server],
-                    allow_reconnect=False,
-                    connect_timeout=max(1, round(self.connect_timeout)),
-                    max_reconnect_attempts=0,
-                    error_cb=self._error,
-                    closed_cb=self._lost,
-                    name="microweave registry",
-                    ping_interval=PING_INTERVAL,
-                    max_outstanding_pings=2,
-                    **{k: v for k, v in self._auth.items() if v},  # type: ignore[arg-type]
-                )
+                # nats-py retries a server of its pool until it has failed more than
+                # max_reconnect_attempts times (0 means forever): 1, no wait, is two quick tries
+                async with asyncio.timeout(2 * self.connect_timeout + 1):
+                    await nc.connect(
+                        servers=[server],
+                        allow_reconnect=False,
+                        connect_timeout=max(1, round(self.connect_timeout)),
+                        max_reconnect_attempts=1,
+                        reconnect_time_wait=0,
+                        error_cb=failed,
+                        name="microweave registry",
+                        ping_interval=PING_INTERVAL,
+                        max_outstanding_pings=2,
+                        **{k: v for k, v in self._auth.items() if v},  # type: ignore[arg-type]
+                    )
             except (OSError, TimeoutError, nats.errors.Error) as exc:
-                errors.append(f"{server.removeprefix('nats://')}: {_describe(exc)}")
+                errors.append(f"{server.removeprefix('nats://')}: {_describe(seen[-1] if seen else exc)}")
                 with contextlib.suppress(Exception):
                     await nc.close()
                 continue
+            nc._error_cb = self._error  # type: ignore[assignment]  # this attempt's list is done
+            nc._closed_cb = self._lost  # only a connection that was made can be lost
             self.nc = nc
             self.connects += 1
             try:
@@ -125,15 +138,16 @@ class Link:
 
     async def _lost(self) -> None:
         if not self._closed:
-            self._supervise()
+            self._supervise(RegistryError(f"connection to {self.url} lost"))
 
-    def _supervise(self) -> None:
+    def _supervise(self, why: RegistryError) -> None:
         if self._closed or (self._supervisor is not None and not self._supervisor.done()):
             return
-        self._supervisor = asyncio.get_running_loop().create_task(self._reconnect())
+        self._why = "connection lost" if self.connects else "never connected"
+        self._supervisor = asyncio.get_running_loop().create_task(self._reconnect(why))
 
-    async def _reconnect(self) -> None:
-        delay = self.outage.failed(RegistryError(f"no connection to {self.url}"))
+    async def _reconnect(self, why: RegistryError) -> None:
+        delay = self.outage.failed(why)
         while not self._closed:
             await asyncio.sleep(delay)
             async with self._lock:

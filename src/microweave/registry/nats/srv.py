@@ -2,8 +2,11 @@
 
 Beyond go-micro: every node registered through a NatsRegistry answers these control subjects,
 so `nats micro ls` / `info` / `stats` (and any other ADR-32 tool) list microweave nodes next to
-NATS-native services. The answers use the protocol's v1 schemas; `name` and `id` are the
-service name and node id with characters NATS does not allow in a subject token replaced by `_`.
+NATS-native services. The answers follow the protocol's v1 JSON schemas, which the `nats` CLI
+validates: `name`, `id` and endpoint names are the service name, node id and endpoint name with
+every character outside `[A-Za-z0-9_-]` replaced by `_` (`Greeter.SayHello` is
+`Greeter_SayHello`), and a version that is not semver becomes a `0.0.0-` pre-release; the
+originals are in the metadata (`microweave.service`, `.version`, `.node`, `.endpoint`).
 
 The endpoints are served over gRPC and microweave's tcp at the node's address, not over NATS:
 an endpoint's `subject` holds its gRPC method path and `queue_group` is empty. STATS counts
@@ -28,6 +31,7 @@ __all__ = [
     "SUBJECT",
     "Listing",
     "answer",
+    "semver",
     "token",
 ]
 
@@ -37,6 +41,12 @@ INFO_TYPE = "io.nats.micro.v1.info_response"
 STATS_TYPE = "io.nats.micro.v1.stats_response"
 _VERBS = {"PING", "INFO", "STATS"}
 _NOT_A_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+# ADR-32's version pattern (the `nats` CLI validates replies against it)
+_SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
 _encoder = msgspec.json.Encoder()
 
 #: (requests, errors, last error, processing nanoseconds) of each endpoint of a node
@@ -57,6 +67,17 @@ class Listing(msgspec.Struct, frozen=True):
 def token(text: str) -> str:
     """A name or id as one subject token (ADR-32 names: letters, digits, `-` and `_`)."""
     return _NOT_A_TOKEN.sub("_", text) or "_"
+
+
+def semver(version: str) -> str:
+    """The version as ADR-32 wants it (semver): as is when it is one, else a 0.0.0 pre-release
+    naming it (go-micro's default `latest` is `0.0.0-latest`); the original is in metadata."""
+    if _SEMVER.match(version):
+        return version
+    label = re.sub(r"[^0-9A-Za-z-]", "-", version)
+    if not label:
+        return "0.0.0"
+    return f"0.0.0-{'v' + label if label.isdigit() else label}"
 
 
 def answer(
@@ -84,11 +105,12 @@ def _identity(listing: Listing) -> dict[str, Any]:
     return {
         "name": token(service.name),
         "id": token(node.id),
-        "version": service.version,
+        "version": semver(service.version),
         "metadata": {
             **service.metadata,
             **node.metadata,
             "microweave.service": service.name,
+            "microweave.version": service.version,
             "microweave.node": node.id,
             "microweave.address": node.address,
         },
@@ -111,10 +133,10 @@ def _response(verb: str, listing: Listing, counts: Callable[[str], EndpointCount
             "description": f"microweave service {service.name} (gRPC and tcp at {listing.node.address})",
             "endpoints": [
                 {
-                    "name": e.name,
+                    "name": token(e.name),
                     "subject": _path(service, e.name, e.metadata),
                     "queue_group": "",
-                    "metadata": dict(e.metadata) or None,
+                    "metadata": {**e.metadata, "microweave.endpoint": e.name},
                 }
                 for e in service.endpoints
             ],
@@ -125,7 +147,7 @@ def _response(verb: str, listing: Listing, counts: Callable[[str], EndpointCount
         requests, errors, last_error, nanos = known.get(e.name, (0, 0, "", 0))
         endpoints.append(
             {
-                "name": e.name,
+                "name": token(e.name),
                 "subject": _path(service, e.name, e.metadata),
                 "queue_group": "",
                 "num_requests": requests,

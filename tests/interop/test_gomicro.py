@@ -22,6 +22,7 @@ from microweave import Client
 from microweave.codec import PROTO
 from microweave.errors import BadRequest, InternalServerError
 from microweave.registry import from_url
+from microweave.transport.grpc.named import NamedGrpcClient
 
 MW_ENDPOINTS = {"Greeter.Add", "Greeter.Hello", "Greeter.Sleep"}
 GO_ENDPOINTS = {"Greeter.Hello", "Plain.Add"}
@@ -110,6 +111,36 @@ async def test_json_to_go_micro_over_grpcio_is_a_clear_error(peers: Peers) -> No
             with pytest.raises(InternalServerError) as info:
                 await client.call(name, endpoint, body, timeout=10)
             assert info.value.remote and "failed to unmarshal" in info.value.detail
+
+
+async def test_named_grpc_client_reaches_plain_struct_handlers(peers: Peers, greeter_pb2: ModuleType) -> None:
+    """NamedGrpcClient sends application/grpc+json: go-micro's plain Go struct handler answers,
+    and its protobuf handler takes JSON and protobuf alike."""
+    name = unique("go")
+    peers.go_server(name)
+    pb2 = greeter_pb2
+    async with Client(registry=peers.engine.url, transports=[NamedGrpcClient()]) as client:
+        assert await client.call(name, "Plain.Add", {"a": 20, "b": 22}, timeout=10) == {"sum": 42}
+        assert await client.call(name, "Greeter.Hello", {"name": "js"}, timeout=10) == {
+            "message": "Hello js",
+            "by": "go-micro",
+        }
+        reply = await client.call(
+            name,
+            "Greeter.Hello",
+            pb2.HelloRequest(name="pb"),
+            response=pb2.HelloReply,
+            content_type=PROTO,
+            timeout=10,
+        )
+        assert reply == pb2.HelloReply(message="Hello pb", by="go-micro")
+        with pytest.raises(BadRequest) as info:
+            await client.call(name, "Greeter.Hello", {"name": ""}, timeout=10)
+        assert (info.value.id, info.value.detail, info.value.remote) == (
+            "gogreeter",
+            "name is required",
+            True,
+        )
 
 
 # -- records: each side reads what the other wrote -----------------------------------------------

@@ -236,7 +236,11 @@ GO_ANNOUNCE = {
         "endpoints": [
             {
                 "name": "Greeter.Hello",
-                "request": {"name": "Request", "type": "Request", "values": [{"name": "name", "type": "string", "values": None}]},
+                "request": {
+                    "name": "Request",
+                    "type": "Request",
+                    "values": [{"name": "name", "type": "string", "values": None}],
+                },
                 "response": {"name": "Response", "type": "Response", "values": None},
                 "metadata": None,
             }
@@ -245,7 +249,13 @@ GO_ANNOUNCE = {
             {
                 "id": "go.greeter-6f1c",
                 "address": "127.0.0.1:50071",
-                "metadata": {"protocol": "grpc", "server": "grpc", "transport": "grpc", "registry": "nats", "broker": "http"},
+                "metadata": {
+                    "protocol": "grpc",
+                    "server": "grpc",
+                    "transport": "grpc",
+                    "registry": "nats",
+                    "broker": "http",
+                },
             }
         ],
     },

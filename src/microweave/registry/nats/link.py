@@ -114,7 +114,7 @@ class Link:
                 with contextlib.suppress(Exception):
                     await nc.close()
                 continue
-            nc._error_cb = self._error  # type: ignore[assignment]  # this attempt's list is done
+            nc._error_cb = self._error  # this attempt's list is done
             nc._closed_cb = self._lost  # only a connection that was made can be lost
             self.nc = nc
             self.connects += 1

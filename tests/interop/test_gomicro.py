@@ -26,6 +26,8 @@ from microweave.transport.grpc.named import NamedGrpcClient
 
 MW_ENDPOINTS = {"Greeter.Add", "Greeter.Hello", "Greeter.Sleep"}
 GO_ENDPOINTS = {"Greeter.Hello", "Plain.Add"}
+#: node metadata go-micro's gRPC server writes, and microweave's nodes too
+GRPC_NODE = {"protocol": "grpc", "server": "grpc", "transport": "grpc"}
 
 
 # -- a go-micro client calls microweave ----------------------------------------------------------
@@ -226,7 +228,8 @@ async def test_microweave_record_as_go_micro_reads_it(peers: Peers) -> None:
     assert hello["request"]["type"] == "HelloRequest"
     assert [v["name"] for v in hello["request"]["values"]] == ["name", "times"]
     (node,) = theirs["nodes"]
-    assert node["metadata"]["protocol"] == "grpc" and node["metadata"]["peer"] == "microweave"
+    assert node["metadata"]["peer"] == "microweave"
+    assert {k: node["metadata"][k] for k in GRPC_NODE} == GRPC_NODE
     _check_raw(peers.engine, name, node["id"], "2.0.0", MW_ENDPOINTS)
 
 
@@ -249,7 +252,8 @@ async def test_go_micro_record_as_microweave_reads_it(peers: Peers) -> None:
     }
     (node,) = ours["nodes"]
     assert (node["id"], node["address"]) == (started["id"], started["address"])
-    assert node["metadata"]["protocol"] == "grpc" and node["metadata"]["server"] == "grpc"
+    assert node["metadata"]["peer"] == "go-micro"
+    assert {k: node["metadata"][k] for k in GRPC_NODE} == GRPC_NODE
     _check_raw(peers.engine, name, node["id"], "1.2.3", GO_ENDPOINTS)
 
 

@@ -122,11 +122,16 @@ async def test_a_timeout_header_that_is_no_count_of_nanoseconds_is_ignored(
     assert seen["remaining"] > 2  # gRPC's 60 s, untouched
 
 
-async def test_an_expired_timeout_header_is_408(channel: tuple[str, grpc.aio.Channel]) -> None:
+@pytest.mark.parametrize("seconds", [0.2, 0])
+async def test_an_expired_timeout_header_is_408(
+    channel: tuple[str, grpc.aio.Channel], seconds: float
+) -> None:
+    """At the header's deadline the call is cancelled and answered 408; "0" is already expired
+    (as in go-micro's server)."""
     name, ch = channel
     body = b'{"seconds": 30}'
     code, error = await _error(
-        ch, f"/{name}.Greeter/Sleep", body, deadline=60, **JSON_CT, **{"timeout": _ns(0.2)}
+        ch, f"/{name}.Greeter/Sleep", body, deadline=60, **JSON_CT, **{"timeout": _ns(seconds)}
     )
     assert code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert error["code"] == 408 and error["id"] == name

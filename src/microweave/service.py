@@ -254,9 +254,14 @@ class Service:
     async def start(self) -> None:
         if self.running:
             return
+        middleware = self.middleware
+        if getattr(self.registry, "counts_calls", False):  # it reports them (NATS: $SRV.STATS)
+            from .server import stats
+
+            middleware = [stats.track(self.node_id), *middleware]
         self.pipeline = Pipeline(
             self.router,
-            middleware=self.middleware,
+            middleware=middleware,
             max_message=self.max_message,
             threads=WorkerThreads(self.threads, name=f"{self.name}-worker"),
         )

@@ -19,8 +19,9 @@ from engines import free_port, run
 from engines.nats import NatsServer
 from helpers import ServiceProcess, ServiceProcesses, async_wait_until
 
+from microweave import Client
 from microweave._backends import parse_url
-from microweave.errors import RegistryError
+from microweave.errors import MicroError, RegistryError
 from microweave.registry import Action, Event, Node, Service, Watcher
 from microweave.registry.cache import RegistryCache
 from microweave.registry.nats import NatsRegistry
@@ -396,8 +397,22 @@ async def test_nodes_answer_the_micro_services_protocol(
     assert say_hello["subject"] == "/greeter.Greeter/SayHello"
     assert say_hello["metadata"]["microweave.endpoint"] == "Greeter.SayHello"
 
+    # real counts from the node's server pipeline: 3 calls, and 1 that fails (CallBack calls
+    # a `caller` service that does not exist)
+    async with Client(registry=registry) as client:
+        for _ in range(3):
+            await client.call("greeter", "Greeter.SayHello", {"name": "nats"})
+        with pytest.raises(MicroError):
+            await client.call("greeter", "Greeter.CallBack", {"name": "nats"}, timeout=10)
     [stats] = await control(url, f"$SRV.STATS.{name}.{node_token}")
     assert set(stats) == identity | {"type", "started", "endpoints"}
+    counted = {e["name"]: e for e in stats["endpoints"]}
+    say_hello, call_back = counted["Greeter_SayHello"], counted["Greeter_CallBack"]
+    assert (say_hello["num_requests"], say_hello["num_errors"], say_hello["last_error"]) == (3, 0, "")
+    assert 0 < say_hello["average_processing_time"] <= say_hello["processing_time"]
+    assert say_hello["average_processing_time"] == say_hello["processing_time"] // 3
+    assert (call_back["num_requests"], call_back["num_errors"]) == (1, 1)
+    assert call_back["last_error"].startswith("404:"), call_back
     assert stats["type"] == "io.nats.micro.v1.stats_response"
     started = datetime.fromisoformat(stats["started"].replace("Z", "+00:00"))
     assert started.tzinfo is not None

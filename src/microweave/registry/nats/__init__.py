@@ -73,6 +73,8 @@ class _Registration:
 
 class NatsRegistry(Registry):
     scheme = "nats"
+    #: services registered here count their calls per endpoint, for `$SRV.STATS`
+    counts_calls = True
 
     def __init__(
         self,

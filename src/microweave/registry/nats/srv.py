@@ -144,7 +144,9 @@ def _response(verb: str, listing: Listing, counts: Callable[[str], EndpointCount
     known = counts(listing.node.id) or {}
     endpoints = []
     for e in service.endpoints:
-        requests, errors, last_error, nanos = known.get(e.name, (0, 0, "", 0))
+        # a grpcio servicer's calls are counted under its path
+        found = known.get(e.name) or known.get(e.metadata.get("path", ""))
+        requests, errors, last_error, nanos = found or (0, 0, "", 0)
         endpoints.append(
             {
                 "name": token(e.name),

@@ -17,6 +17,8 @@ URL options (explicit keyword arguments win over the URL, the URL over the envir
     max_queries=  re-reads a watch of every service runs at once (default 8)
     watch_buffer= unread events a watcher holds before it sends RESYNC (default 10000)
     max_response= bytes of one answer, at most (default 32 MiB)
+    restart_grace= seconds a watch keeps the nodes an agent lost by restarting, while they
+                  register again (default 15; 0: report them deleted at once)
 
 Heartbeat: `register()` of a record this instance registered unchanged is one check pass.
 If the agent no longer knows the check (it restarted: a dev agent forgets everything), the
@@ -50,6 +52,7 @@ _OPTIONS: dict[str, type] = {
     "max_queries": int,
     "watch_buffer": int,
     "max_response": int,
+    "restart_grace": float,
 }
 _catalog = msgspec.json.Decoder(dict[str, list[str] | None])
 
@@ -69,6 +72,7 @@ class ConsulRegistry(Registry):
         max_queries: int = 8,
         watch_buffer: int = WATCH_BUFFER,
         max_response: int = 32 << 20,
+        restart_grace: float = 15.0,
     ) -> None:
         host, sep, port = address.rpartition(":")
         if not sep:
@@ -82,6 +86,7 @@ class ConsulRegistry(Registry):
             ("max_queries", max_queries, 1),
             ("watch_buffer", watch_buffer, 1),
             ("max_response", max_response, 1024),
+            ("restart_grace", restart_grace, 0),
         ):
             if value < low:
                 raise ConfigurationError(f"consul://{address}: {name}={value} is below its minimum {low}")
@@ -91,6 +96,7 @@ class ConsulRegistry(Registry):
         self.wait = wait
         self.max_queries = max_queries
         self.watch_buffer = watch_buffer
+        self.restart_grace = restart_grace
         token = token if token is not None else os.environ.get("CONSUL_HTTP_TOKEN") or None
         self._agent = Agent(
             self.url,
@@ -184,6 +190,7 @@ class ConsulRegistry(Registry):
             buffer=self.watch_buffer,
             wait=self.wait,
             max_queries=self.max_queries,
+            restart_grace=self.restart_grace,
             on_close=self._watchers.discard,
         )
         self._watchers.add(watcher)

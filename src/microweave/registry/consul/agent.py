@@ -72,6 +72,7 @@ class Agent:
         self.max_response = max_response
         self._max_watch_connections = max_watch_connections
         self.outage = outage
+        self._inflight = 0  # requests under way, on either pool
         self._short: aiohttp.ClientSession | None = None
         self._long: aiohttp.ClientSession | None = None
 
@@ -106,7 +107,29 @@ class Agent:
 
         `wait` makes it a blocking query (the agent answers when the index moves or after
         `wait` seconds). Retries apply to unreachable agents and transient statuses only.
+        After a failure, with nothing else under way, the connection pools are closed (they
+        open again on the next request): nothing is worth pooling while the agent is away or
+        refusing us, and an owner that gives up on this error (a service that cannot start)
+        leaves no open session behind.
         """
+        try:
+            return await self._attempts(method, path, what, params, body, ok, wait, retries)
+        except RegistryError:
+            if not self._inflight:
+                await self.aclose()
+            raise
+
+    async def _attempts(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        params: dict[str, str] | None,
+        body: Any,
+        ok: frozenset[int],
+        wait: float | None,
+        retries: int | None,
+    ) -> Reply:
         attempts = 1 + (self.retries if retries is None else retries)
         backoff = Backoff(0.1, 1.0)
         data = json.dumps(body).encode() if body is not None else None
@@ -115,12 +138,15 @@ class Agent:
         for attempt in range(attempts):
             if attempt:
                 await asyncio.sleep(backoff.next())
+            self._inflight += 1
             try:
                 reply = await self._once(method, path, params, data, timeout, long=wait is not None)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 last = exc
                 self.outage.failed(exc)
                 continue
+            finally:
+                self._inflight -= 1
             self.outage.recovered()
             if reply.status in ok:
                 return reply
@@ -189,8 +215,12 @@ def _refused(url: str, what: str, reply: Reply) -> RegistryError:
     if reply.status in (401, 403):
         hint = "check the ACL token (?token= in the registry URL, or CONSUL_HTTP_TOKEN)"
         refused = f"the Consul agent refused it ({reply.status} {detail})"
-        return RegistryError(f"{url}: cannot {what}: {refused}; {hint}")
-    return RegistryError(f"{url}: cannot {what}: the Consul agent answered {reply.status} {detail}")
+        return RegistryError(f"{url}: cannot {what}: {refused}; {hint}", code=reply.status)
+    # a request the agent rejects is not fixed by waiting: its own code, so nobody retries it
+    code = reply.status if 400 <= reply.status < 500 else None
+    return RegistryError(
+        f"{url}: cannot {what}: the Consul agent answered {reply.status} {detail}", code=code
+    )
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -18,16 +18,22 @@ the snapshot, so it is reported deleted although Consul keeps it for a minute or
 The subscription is complete when `watch()` returns: the first snapshot and the indexes are
 read before it does. If the agent becomes unreachable the loops retry with backoff (logged once
 per change by the agent's `Outage`) and keep their snapshot, so nothing is reported while it is
-away; when it answers again the next snapshot is diffed against the last one. An index that
-went backwards (an agent restarted) restarts the query from 0: the snapshot diff still holds.
+away. The first read after a failure does not block (a restarted agent's index may be below
+ours, and a blocking query would wait its full time before saying so). The agent may have come
+back empty (a -dev agent, or one that lost its data) while every node is alive and about to
+register again with its next heartbeat; so after an outage, or an index that went backwards,
+nodes missing from the agent are kept, unreported, for `restart_grace` seconds, and reported
+deleted only if they are still missing then. Callers keep calling them meanwhile, as they did
+during the outage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
-from typing import Any
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -42,6 +48,7 @@ __all__ = ["CONSUL", "ConsulWatcher", "query", "read_service", "versions"]
 CONSUL = "consul"
 
 Snapshot = dict[str, Service]  # node id -> one-node record
+T = TypeVar("T")
 _checks = msgspec.json.Decoder(list[HealthCheck])
 _catalog = msgspec.json.Decoder(dict[str, list[str] | None])
 
@@ -61,14 +68,6 @@ async def query(agent: Agent, api: str, what: str, index: int = 0, wait: float =
 async def read_service(agent: Agent, name: str, index: int = 0, wait: float = 0) -> tuple[int, Snapshot]:
     new_index, body = await query(agent, path("/v1/health/service", name), f"look up {name}", index, wait)
     return new_index, decode_entries(name, body)
-
-
-def _next_index(old: int, new: int) -> int:
-    # Consul's advice: an index that goes backwards means the data was reset (a restarted
-    # agent): start over from 0; never block on index 0 twice (it would not block)
-    if new < old:
-        return 0
-    return max(new, 1)
 
 
 def diff(name: str, old: Snapshot, new: Snapshot) -> list[Event]:
@@ -92,9 +91,11 @@ class ConsulWatcher(Watcher):
         buffer: int,
         wait: float,
         max_queries: int,
+        restart_grace: float,
         on_close: Callable[[ConsulWatcher], None],
     ) -> None:
         self.agent = agent
+        self._grace = restart_grace
         self.service = service
         self._buffer = buffer
         self._wait = wait
@@ -106,6 +107,12 @@ class ConsulWatcher(Watcher):
         self._snapshots: dict[str, Snapshot] = {}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
+        self._names: dict[str, frozenset[str]] = {}  # watch all: the catalog's names and tags
+        self._checks: dict[tuple[str, str], HealthCheck] = {}  # watch all: every check
+        # after an agent restart: nodes missing since then, kept (not reported) until _hold_until
+        self._held: dict[str, set[str]] = {}
+        self._hold_until = 0.0
+        self._release: asyncio.TimerHandle | None = None
 
     # -- the consumer's side ---------------------------------------------------------------
 
@@ -151,13 +158,14 @@ class ConsulWatcher(Watcher):
         try:
             if self.service is not None:
                 index, self._snapshots[self.service] = await read_service(self.agent, self.service)
-                self._spawn(self._follow_service(self.service, _next_index(0, index)))
+                read = functools.partial(read_service, self.agent, self.service, wait=self._wait)
+                self._spawn(self._follow(read, index, self._service_changed))
                 return
-            catalog_index, names = await self._read_catalog(0)
-            checks_index, checks = await self._read_checks(0)
-            await self._refresh(set(names))
-            self._spawn(self._follow_catalog(_next_index(0, catalog_index), names))
-            self._spawn(self._follow_checks(_next_index(0, checks_index), checks))
+            catalog_index, self._names = await self._read_catalog(0)
+            checks_index, self._checks = await self._read_checks(0)
+            await self._refresh(set(self._names))
+            self._spawn(self._follow(self._read_catalog, catalog_index, self._catalog_changed))
+            self._spawn(self._follow(self._read_checks, checks_index, self._checks_changed))
             self._spawn(self._refresher())
         except BaseException:
             await self.aclose()
@@ -166,23 +174,70 @@ class ConsulWatcher(Watcher):
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro))
 
-    # -- one service -----------------------------------------------------------------------
+    # -- following a blocking query -----------------------------------------------------------
 
-    async def _follow_service(self, name: str, index: int) -> None:
+    async def _follow(
+        self,
+        read: Callable[[int], Awaitable[tuple[int, T]]],
+        index: int,
+        changed: Callable[[T, bool], None],
+    ) -> None:
+        """Read with `index` until the agent answers, and hand over each answer (and whether
+        the index moved: a blocking query also answers when its wait is over)."""
         backoff = Backoff(0.1, 5.0)
+        blocking = True
         while True:
             try:
-                new_index, snapshot = await read_service(self.agent, name, index, self._wait)
+                new_index, data = await read(index if blocking else 0)
             except Exception:  # logged by the agent's Outage, once per change
+                # the next read answers at once: a restarted agent's index is below ours, and a
+                # blocking query would wait its full time before telling us so
+                blocking = False
                 await asyncio.sleep(backoff.next())
                 continue
             backoff.reset()
-            index = _next_index(index, new_index)
-            self._apply(name, snapshot)
+            # back after an outage, or the index went backwards: the agent may have restarted
+            # and lost its nodes (a -dev agent, lost data), which are registering again
+            if not blocking or new_index < index:
+                self._restarted()
+            blocking = True
+            moved, index = new_index != index, max(new_index, 1)  # index 0 would not block
+            changed(data, moved)
 
-    def _apply(self, name: str, snapshot: Snapshot) -> None:
-        for event in diff(name, self._snapshots.get(name, {}), snapshot):
-            self._offer(event)
+    def _restarted(self) -> None:
+        """Nodes missing from now on may be re-registering: report them deleted only if they
+        are still missing `restart_grace` seconds later."""
+        if self._grace <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._hold_until = loop.time() + self._grace
+        if self._release is not None:
+            self._release.cancel()
+        self._release = loop.call_at(self._hold_until, self._release_held)
+
+    def _release_held(self) -> None:
+        self._release = None
+        for name, nodes in self._held.items():
+            snapshot = self._snapshots.get(name, {})
+            for node in nodes:
+                record = snapshot.pop(node, None)
+                if record is not None:
+                    self._offer(Event(Action.DELETE, record))
+            if not snapshot:
+                self._snapshots.pop(name, None)
+        self._held.clear()
+
+    def _apply(self, name: str, snapshot: Snapshot, *, report: bool = True) -> None:
+        old = self._snapshots.get(name, {})
+        if report:
+            if asyncio.get_running_loop().time() < self._hold_until:
+                kept = {node: record for node, record in old.items() if node not in snapshot}
+                snapshot = {**snapshot, **kept}
+                self._held[name] = set(kept)
+            else:
+                self._held.pop(name, None)
+            for event in diff(name, old, snapshot):
+                self._offer(event)
         if snapshot:
             self._snapshots[name] = snapshot
         else:
@@ -199,42 +254,32 @@ class ConsulWatcher(Watcher):
         new_index, body = await query(self.agent, "/v1/health/state/any", "read checks", index, self._wait)
         return new_index, {(c.node, c.check_id): c for c in _checks.decode(body)}
 
-    async def _follow_catalog(self, index: int, names: dict[str, frozenset[str]]) -> None:
-        backoff = Backoff(0.1, 5.0)
-        while True:
-            try:
-                new_index, new = await self._read_catalog(index)
-            except Exception:
-                await asyncio.sleep(backoff.next())
-                continue
-            backoff.reset()
-            if new_index != index:
-                changed = {n for n in new.keys() | names.keys() if new.get(n) != names.get(n)}
-                # a node added or removed with the same tags as its siblings changes no tag set
-                self._mark(changed or set(new) | set(self._snapshots))
-            index, names = _next_index(index, new_index), new
+    def _service_changed(self, snapshot: Snapshot, moved: bool) -> None:
+        assert self.service is not None
+        self._apply(self.service, snapshot)
 
-    async def _follow_checks(self, index: int, checks: dict[tuple[str, str], HealthCheck]) -> None:
-        backoff = Backoff(0.1, 5.0)
-        while True:
-            try:
-                new_index, new = await self._read_checks(index)
-            except Exception:
-                await asyncio.sleep(backoff.next())
-                continue
-            backoff.reset()
-            changed: set[str] = set()
-            for key in new.keys() | checks.keys():
-                before, after = checks.get(key), new.get(key)
-                if before is None or after is None or before.modify_index != after.modify_index:
-                    check = after or before
-                    assert check is not None
-                    if not check.service_name:  # a Consul node's own check: every service on it
-                        changed |= set(self._snapshots)
-                    else:
-                        changed.add(check.service_name)
-            self._mark(changed)
-            index, checks = _next_index(index, new_index), new
+    def _catalog_changed(self, names: dict[str, frozenset[str]], moved: bool) -> None:
+        if not moved:
+            return
+        changed = {n for n in names.keys() | self._names.keys() if names.get(n) != self._names.get(n)}
+        self._names = names
+        # a node added or removed with the same tags as its siblings changes no tag set, and
+        # the index alone does not say which service moved: read them all (rare: registrations)
+        self._mark(changed or set(names) | set(self._snapshots))
+
+    def _checks_changed(self, checks: dict[tuple[str, str], HealthCheck], moved: bool) -> None:
+        changed: set[str] = set()
+        for key in checks.keys() | self._checks.keys():
+            before, after = self._checks.get(key), checks.get(key)
+            if before is None or after is None or before.modify_index != after.modify_index:
+                check = after or before
+                assert check is not None
+                if not check.service_name:  # a Consul node's own check: every service on it
+                    changed |= set(self._snapshots)
+                else:
+                    changed.add(check.service_name)
+        self._checks = checks
+        self._mark(changed)
 
     def _mark(self, names: set[str]) -> None:
         if names:
@@ -268,7 +313,7 @@ class ConsulWatcher(Watcher):
                     if starting:
                         raise
                     return name
-            self._apply(name, snapshot)
+            self._apply(name, snapshot, report=not starting)  # the first snapshot: no events
             return None
 
         # every read finishes before this returns, even when one fails: no task outlives it

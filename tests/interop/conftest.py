@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 from gomicro_peers import Engine, Peers, build_peers, generate_pb2, peers_on
 
-ENGINES = ["etcd", "consul"]
+ENGINES = ["etcd", "consul", "nats"]
 
 
 @pytest.fixture(scope="session")
@@ -33,12 +33,16 @@ def gomicro_bin() -> Path:
 
 @pytest.fixture(params=ENGINES)
 def engine(request: pytest.FixtureRequest) -> Engine:
-    """A registry engine go-micro and microweave both use (the session's server of each kind)."""
+    """A registry engine go-micro and microweave both use (etcd's and Consul's are the
+    session's; a NATS server per test)."""
     if request.param == "etcd":
         server = request.getfixturevalue("etcd_server")
         return Engine("etcd", server.address, server)
-    server = request.getfixturevalue("consul_server")
-    return Engine("consul", server.address, server)
+    if request.param == "consul":
+        server = request.getfixturevalue("consul_server")
+        return Engine("consul", server.address, server)
+    server = request.getfixturevalue("nats_engine")
+    return Engine("nats", server.address, server)
 
 
 @pytest.fixture

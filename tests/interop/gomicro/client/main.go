@@ -24,8 +24,8 @@ import (
 	"go-micro.dev/v5/selector"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	pb "microweave.test/gomicro/proto"
 	"microweave.test/gomicro/peer"
+	pb "microweave.test/gomicro/proto"
 )
 
 func emit(key string, value any, code int) {

@@ -9,6 +9,7 @@ import (
 	"go-micro.dev/v5/registry"
 	"go-micro.dev/v5/registry/consul"
 	"go-micro.dev/v5/registry/etcd"
+	"go-micro.dev/v5/registry/nats"
 )
 
 // Flags are the registry flags; their defaults come from go-micro's own environment variables
@@ -20,7 +21,7 @@ type Flags struct {
 
 func AddFlags(fs *flag.FlagSet) Flags {
 	return Flags{
-		Kind:    fs.String("registry", os.Getenv("MICRO_REGISTRY"), "etcd or consul (env MICRO_REGISTRY)"),
+		Kind:    fs.String("registry", os.Getenv("MICRO_REGISTRY"), "etcd, consul or nats (env MICRO_REGISTRY)"),
 		Address: fs.String("registry_address", os.Getenv("MICRO_REGISTRY_ADDRESS"), "host:port (env MICRO_REGISTRY_ADDRESS)"),
 	}
 }
@@ -34,8 +35,10 @@ func (f Flags) New() (registry.Registry, error) {
 		reg = etcd.NewEtcdRegistry(registry.Addrs(*f.Address))
 	case "consul":
 		reg = consul.NewConsulRegistry(registry.Addrs(*f.Address))
+	case "nats":
+		reg = nats.NewNatsRegistry(registry.Addrs(*f.Address))
 	default:
-		return nil, fmt.Errorf("-registry must be etcd or consul, not %q", *f.Kind)
+		return nil, fmt.Errorf("-registry must be etcd, consul or nats, not %q", *f.Kind)
 	}
 	registry.DefaultRegistry = reg
 	return reg, nil

@@ -21,8 +21,8 @@ import (
 	"go-micro.dev/v5/server"
 	grpcserver "go-micro.dev/v5/server/grpc"
 
-	pb "microweave.test/gomicro/proto"
 	"microweave.test/gomicro/peer"
+	pb "microweave.test/gomicro/proto"
 )
 
 // Greeter has protobuf request and response types: reachable with application/grpc(+proto).

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -54,6 +55,7 @@ QUIET = 0.05  # seconds without a new reply that end a lookup early, once replie
 WATCH_BUFFER = 10_000  # unread events one watcher holds before it is told to resync
 MAX_REPLIES = 50_000  # replies one lookup keeps; the rest are dropped
 SWEEP = 0.1  # seconds between watchers' expiry checks
+_REPLIES = "replies"  # key of the lookups' inbox subscription
 _PENDING = {"pending_msgs_limit": 65_536, "pending_bytes_limit": 64 * MAX_MESSAGE}
 
 
@@ -113,7 +115,12 @@ class NatsRegistry(Registry):
             password=password,
             token=token,
         )
-        self._registrations: dict[tuple[str, str], _Registration] = {}
+        # service name -> node id -> what we answer for it: a query reads one service's nodes
+        self._registrations: dict[str, dict[str, _Registration]] = {}
+        # lookups in flight: reply token -> (replies, "a reply arrived"), all on one inbox
+        self._pending: dict[str, tuple[list[bytes], asyncio.Event]] = {}
+        self._inbox = ""
+        self._tokens = itertools.count()
         self._watchers: set[NatsWatcher] = set()
         self._subs: dict[str, Subscription] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -153,11 +160,11 @@ class NatsRegistry(Registry):
         announces = []
         for node in service.nodes:
             one = service.with_nodes([node])
-            key = (service.name, node.id)
-            previous = self._registrations.get(key)
+            nodes = self._registrations.setdefault(service.name, {})
+            previous = nodes.get(node.id)
             fresh = previous is None or not previous.live(now)
             registration = _Registration(one, ttl, now, started if fresh else previous.started)  # type: ignore[union-attr]
-            self._registrations[key] = registration
+            nodes[node.id] = registration
             action = "create" if fresh or previous.record == one else "update"  # type: ignore[union-attr]
             announces.append(encode_announce(action, one, ttl))
         if nc is None:  # NATS is away: answered and announced again once it is back
@@ -173,7 +180,10 @@ class NatsRegistry(Registry):
     async def deregister(self, service: Service) -> None:
         gone = []
         for node in service.nodes:
-            registration = self._registrations.pop((service.name, node.id), None)
+            nodes = self._registrations.get(service.name, {})
+            registration = nodes.pop(node.id, None)
+            if not nodes:
+                self._registrations.pop(service.name, None)
             gone.append(registration.record if registration else service.with_nodes([node]))
         nc = self.link.nc if self.link.up else None
         if nc is None:
@@ -215,8 +225,12 @@ class NatsRegistry(Registry):
         action, name = query
         now = time.monotonic()
         nc = msg._client
-        for (service, _), registration in list(self._registrations.items()):
-            if (action == "list" or service == name) and registration.live(now):
+        if action == "list":
+            answers = [r for nodes in self._registrations.values() for r in nodes.values()]
+        else:
+            answers = list(self._registrations.get(name, {}).values())
+        for registration in answers:
+            if registration.live(now):
                 await nc.publish(msg.reply, registration.reply)
 
     async def _on_control(self, msg: Msg) -> None:
@@ -224,7 +238,10 @@ class NatsRegistry(Registry):
             return
         now = time.monotonic()
         listings = [
-            srv.Listing(r.record, r.started) for r in list(self._registrations.values()) if r.live(now)
+            srv.Listing(r.record, r.started)
+            for nodes in list(self._registrations.values())
+            for r in list(nodes.values())
+            if r.live(now)
         ]
         for reply in srv.answer(msg.subject, listings, self._counts):
             await msg._client.publish(msg.reply, reply)
@@ -242,22 +259,20 @@ class NatsRegistry(Registry):
 
     async def _query(self, name: str | None) -> list[Service]:
         nc = await self.link.client()
+        token = str(next(self._tokens))
         replies: list[bytes] = []
         arrived = asyncio.Event()
-
-        async def collect(msg: Msg) -> None:
-            if len(replies) < MAX_REPLIES:
-                replies.append(msg.data)
-                arrived.set()
-
+        self._pending[token] = (replies, arrived)
         try:
-            inbox = nc.new_inbox()
-            sub = await nc.subscribe(inbox, cb=collect, **_PENDING)  # type: ignore[arg-type]
-            await nc.publish(QUERY, encode_query(name), reply=inbox)
+            inbox = await self._reply_inbox(nc)
+            await nc.publish(QUERY, encode_query(name), reply=f"{inbox}.{token}")
             await self._gather(replies, arrived)
-            await sub.drain()  # type: ignore[no-untyped-call]  # replies on their way are read too
         except Exception as exc:
             raise self._error("look up", name or "all services", exc) from None
+        finally:
+            del self._pending[token]
+        if not nc.is_connected:  # the window may have been cut short: do not pass it off as whole
+            raise RegistryError(f"lost NATS at {self.url} during a lookup of {name or 'all services'}")
         now = time.monotonic()
         records = []
         for data in replies:
@@ -268,6 +283,19 @@ class NatsRegistry(Registry):
             for watcher in self._watchers:
                 watcher.seed(decoded[0], decoded[1], now)
         return records
+
+    async def _reply_inbox(self, nc: Client) -> str:
+        """One inbox for every lookup's replies (`<inbox>.<token>`): no subscription per lookup."""
+        if _REPLIES not in self._subs:
+            self._inbox = nc.new_inbox()
+            self._subs[_REPLIES] = await nc.subscribe(f"{self._inbox}.*", cb=self._on_reply, **_PENDING)  # type: ignore[arg-type]
+        return self._inbox
+
+    async def _on_reply(self, msg: Msg) -> None:
+        pending = self._pending.get(msg.subject.rpartition(".")[2])
+        if pending is not None and len(pending[0]) < MAX_REPLIES:  # late replies are dropped
+            pending[0].append(msg.data)
+            pending[1].set()
 
     async def _gather(self, replies: list[bytes], arrived: asyncio.Event) -> None:
         """Wait for replies: until `query_timeout`, or until QUIET seconds pass without one
@@ -333,7 +361,7 @@ class NatsRegistry(Registry):
             self._subs[WATCH] = await nc.subscribe(WATCH, cb=self._on_announce, **_PENDING)  # type: ignore[arg-type]
         await nc.flush()
         if again:
-            for registration in list(self._registrations.values()):
+            for registration in [r for nodes in self._registrations.values() for r in nodes.values()]:
                 await nc.publish(WATCH, encode_announce("create", registration.record, registration.ttl))
             now = time.monotonic()
             for watcher in list(self._watchers):

@@ -370,6 +370,63 @@ async def test_without_restart_grace_a_restart_is_reported_at_once(consul_agents
             assert (event.action, event.service.nodes[0].id) == (Action.CREATE, "a")
 
 
+# -- bounds -------------------------------------------------------------------------------------
+
+
+async def test_an_answer_over_max_response_is_refused(consul_server: ConsulAgent) -> None:
+    consul_server.purge()
+    try:
+        async with consul(consul_server.url, max_response=4096) as registry:
+            for i in range(10):  # each instance is ~1.5 kB of health answer
+                await registry.register(record(f"n{i}"))
+            with pytest.raises(RegistryError, match="larger than max_response=4096") as caught:
+                await registry.get_service("greeter")
+            assert consul_server.url in str(caught.value)
+    finally:
+        consul_server.purge()
+
+
+async def test_watch_all_reads_at_most_max_queries_at_once(consul_server: ConsulAgent) -> None:
+    consul_server.purge()
+    try:
+        async with consul(consul_server.url, max_queries=2) as registry:
+            for i in range(12):
+                await registry.register(record(f"a{i}", name=f"svc-{i}"))
+            running = peak = reads = 0
+            call = registry._agent.call
+
+            async def counting(method: str, api: str, **kwargs: Any) -> Any:
+                nonlocal running, peak, reads
+                if not api.startswith("/v1/health/service/"):
+                    return await call(method, api, **kwargs)
+                running += 1
+                reads += 1
+                peak = max(peak, running)
+                try:
+                    await asyncio.sleep(0.01)  # let the others pile up, if they would
+                    return await call(method, api, **kwargs)
+                finally:
+                    running -= 1
+
+            registry._agent.call = counting  # type: ignore[method-assign]
+            async with await registry.watch() as watcher:
+                assert (reads, peak) == (12, 2)  # the first snapshot
+                # a node with the same tags as its sibling and no check: every service is re-read
+                await registry.register(record("b", name="svc-3"))
+                event = await next_event(watcher)
+                assert (event.action, event.service.name, event.service.nodes[0].id) == (
+                    Action.CREATE,
+                    "svc-3",
+                    "b",
+                )
+                await async_wait_until(
+                    lambda: asyncio.sleep(0, reads >= 24), timeout=WAIT, what="the re-reads"
+                )
+                assert peak == 2
+    finally:
+        consul_server.purge()
+
+
 # -- go-micro's encoding ---------------------------------------------------------------------------
 
 

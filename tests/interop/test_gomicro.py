@@ -71,30 +71,24 @@ def test_go_micro_timeout_expires_as_408(peers: Peers) -> None:
 # -- microweave calls go-micro -------------------------------------------------------------------
 
 
+async def _hello(client: Client, service: str, pb2: ModuleType, who: str) -> Any:
+    """Greeter.Hello with a protobuf body (content_type PROTO: grpcio sends application/grpc)."""
+    request = pb2.HelloRequest(name=who)
+    return await client.call(
+        service, "Greeter.Hello", request, response=pb2.HelloReply, content_type=PROTO, timeout=10
+    )
+
+
 async def test_microweave_calls_go_micro_protobuf_handler(peers: Peers, greeter_pb2: ModuleType) -> None:
     name = unique("go")
     peers.go_server(name)
     pb2 = greeter_pb2
     async with Client(registry=peers.engine.url) as client:
-        reply = await client.call(
-            name,
-            "Greeter.Hello",
-            pb2.HelloRequest(name="py"),
-            response=pb2.HelloReply,
-            content_type=PROTO,
-            timeout=10,
-        )
+        reply = await _hello(client, name, pb2, "py")
         assert reply == pb2.HelloReply(message="Hello py", by="go-micro")
         # go-micro's error, as go-micro said it
         with pytest.raises(BadRequest) as info:
-            await client.call(
-                name,
-                "Greeter.Hello",
-                pb2.HelloRequest(),
-                response=pb2.HelloReply,
-                content_type=PROTO,
-                timeout=10,
-            )
+            await _hello(client, name, pb2, "")
         assert (info.value.id, info.value.detail, info.value.remote) == (
             "gogreeter",
             "name is required",
@@ -127,14 +121,7 @@ async def test_named_grpc_client_reaches_plain_struct_handlers(peers: Peers, gre
             "message": "Hello js",
             "by": "go-micro",
         }
-        reply = await client.call(
-            name,
-            "Greeter.Hello",
-            pb2.HelloRequest(name="pb"),
-            response=pb2.HelloReply,
-            content_type=PROTO,
-            timeout=10,
-        )
+        reply = await _hello(client, name, pb2, "pb")
         assert reply == pb2.HelloReply(message="Hello pb", by="go-micro")
         with pytest.raises(BadRequest) as info:
             await client.call(name, "Greeter.Hello", {"name": ""}, timeout=10)

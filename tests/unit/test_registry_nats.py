@@ -40,7 +40,10 @@ RECORD = Service(
 
 def test_go_micro_queries_are_understood() -> None:
     # Go's encoding/json of registry.Result{Action: "get", Service: &Service{Name: "greeter"}}
-    get = b'{"Service":{"name":"greeter","version":"","metadata":null,"endpoints":null,"nodes":null},"Action":"get"}'
+    get = (
+        b'{"Service":{"name":"greeter","version":"","metadata":null,"endpoints":null,"nodes":null},'
+        b'"Action":"get"}'
+    )
     assert decode_query(get) == ("get", "greeter")
     assert decode_query(b'{"Service":null,"Action":"list"}') == ("list", "")
     for junk in (b"", b"[]", b"{", b'{"Action":"get"}', b'{"Action":"get","Service":{"name":""}}',

@@ -16,12 +16,12 @@ from typing import Any
 import nats
 import pytest
 from engines import free_port, run
-from engines.nats import NatsServer
+from engines.nats import NatsServer, nats_server
 from helpers import ServiceProcess, ServiceProcesses, async_wait_until
 
 from microweave import Client
 from microweave._backends import parse_url
-from microweave.errors import MicroError, RegistryError
+from microweave.errors import ConfigurationError, MicroError, RegistryError
 from microweave.registry import Action, Event, Node, Service, Watcher
 from microweave.registry.cache import RegistryCache
 from microweave.registry.nats import NatsRegistry
@@ -450,3 +450,57 @@ async def test_the_nats_cli_lists_our_nodes(
     assert counted["id"] == token(node.id) and len(counted["endpoints"]) == 2
     text = run([nats_cli, *server, "micro", "ls"], timeout=60)
     assert text.returncode == 0 and token(node.id) in text.stdout, text.stdout + text.stderr
+
+
+# -- URL options and credentials -----------------------------------------------------------------
+
+
+async def test_url_options() -> None:
+    registry = NatsRegistry.from_url(
+        parse_url("nats://127.0.0.1:1,127.0.0.1:2?ttl=3&peer_ttl=60&query_timeout=0.5&watch_buffer=7")
+    )
+    assert (registry.ttl, registry.peer_ttl, registry.query_timeout, registry.watch_buffer) == (3, 60, 0.5, 7)
+    assert repr(registry) == "<NatsRegistry nats://127.0.0.1:1,127.0.0.1:2>"
+    assert registry.link.servers == ["nats://127.0.0.1:1", "nats://127.0.0.1:2"]
+    defaults = NatsRegistry.from_url(parse_url("nats://"), ttl=4)  # a keyword argument wins
+    assert (defaults.ttl, defaults.peer_ttl, defaults.url) == (4, 90, "nats://127.0.0.1:4222")
+    assert NatsRegistry.from_url(parse_url("nats://h:1?ttl=9"), ttl=4).ttl == 4
+    for bad in ("nats://h:1?colour=red", "nats://h:1?ttl=soon", "nats://h:1?query_timeout=0"):
+        with pytest.raises(ConfigurationError):
+            NatsRegistry.from_url(parse_url(bad))
+
+
+async def test_the_url_ttl_applies_to_registrations_without_one(nats_engine: NatsServer) -> None:
+    async with NatsRegistry.from_url(parse_url(f"{nats_engine.url}?ttl=1")) as registry:
+        await registry.register(Service("greeter", nodes=[Node("n1", "127.0.0.1:1")]))  # no heartbeat
+        assert await node_ids(registry) == {"n1"}
+
+        async def expired() -> bool:
+            return await node_ids(registry) == set()
+
+        await async_wait_until(expired, timeout=WAIT, what="the registration to expire")
+
+
+@pytest.mark.parametrize(
+    ("auth", "good", "bad"),
+    [
+        (["--user", "alice", "--pass", "s3cret"], "alice:s3cret@{a}", "alice:wrong@{a}"),
+        (
+            ["--user", "alice", "--pass", "s3cret"],
+            "{a}?user=alice&password=s3cret",
+            "{a}?user=alice&password=x",
+        ),
+        (["--auth", "t0ken"], "{a}?token=t0ken", "{a}?token=wrong"),
+    ],
+)
+async def test_credentials(tmp_path: Path, auth: list[str], good: str, bad: str) -> None:
+    with nats_server(tmp_path, extra=auth) as server:
+        async with NatsRegistry.from_url(parse_url("nats://" + good.format(a=server.address))) as registry:
+            await registry.register(Service("greeter", nodes=[Node("n1", "127.0.0.1:1")]), ttl=5)
+            assert await node_ids(registry) == {"n1"}
+        async with NatsRegistry.from_url(parse_url("nats://" + bad.format(a=server.address))) as registry:
+            with pytest.raises(RegistryError) as raised:
+                await registry.get_service("greeter")
+            message = str(raised.value)
+            assert server.url in message and "uthorization" in message, message
+            assert not any(secret in message for secret in ("s3cret", "wrong", "t0ken", "alice")), message

@@ -1,5 +1,5 @@
-"""`nats://host:port[,host:port]?ttl=&user=&password=&token=&query_timeout=`: go-micro's NATS
-registry, with TTL expiry for watchers and the NATS micro services protocol on top.
+"""`nats://host:port[,host:port]?ttl=&user=&password=&token=&query_timeout=&peer_ttl=`:
+go-micro's NATS registry, with TTL expiry for watchers and the NATS micro services protocol on top.
 
 NATS stores nothing. A node is registered as long as the process that registered it answers
 `micro.nats.query` for it; a lookup asks everyone and gathers replies for `query_timeout`
@@ -9,8 +9,9 @@ The registering side stops answering for a record whose TTL ran out without a he
 lookups and watchers agree on what "expired" means. A process that dies takes its connection,
 and so its answers, with it: lookups no longer see its nodes at once.
 
-`ttl` in the URL (default 90 s, go-micro's DefaultRegisterTTL) is how long a watcher keeps a
-node whose announce carries no TTL of its own: a go-micro peer's. Ours always carry theirs.
+`ttl` in the URL is the TTL of a registration made without one (as on every backend; default
+none). `peer_ttl` (default 90 s, go-micro's DefaultRegisterTTL) is how long a watcher keeps a
+node whose announces carry no TTL of their own: a go-micro peer's. Ours always carry theirs.
 Each registered node also answers `$SRV.PING|INFO|STATS` (srv.py).
 """
 
@@ -49,12 +50,13 @@ from .wire import (
 __all__ = ["NatsRegistry"]
 
 DEFAULT_SERVER = "127.0.0.1:4222"
-DEFAULT_TTL = 90.0  # go-micro's DefaultRegisterTTL: for announces that carry no TTL
+PEER_TTL = 90.0  # go-micro's DefaultRegisterTTL: for announces that carry no TTL
 QUERY_TIMEOUT = 0.25  # seconds a lookup gathers replies at most
 QUIET = 0.05  # seconds without a new reply that end a lookup early, once replies came
 WATCH_BUFFER = 10_000  # unread events one watcher holds before it is told to resync
 MAX_REPLIES = 50_000  # replies one lookup keeps; the rest are dropped
 SWEEP = 0.1  # seconds between watchers' expiry checks
+_NUMBERS: dict[str, type] = {"ttl": float, "peer_ttl": float, "query_timeout": float, "watch_buffer": int}
 _REPLIES = "replies"  # key of the lookups' inbox subscription
 _PENDING = {"pending_msgs_limit": 65_536, "pending_bytes_limit": 64 * MAX_MESSAGE}
 
@@ -82,7 +84,8 @@ class NatsRegistry(Registry):
         self,
         servers: list[str] | None = None,
         *,
-        ttl: float = DEFAULT_TTL,
+        ttl: float | None = None,
+        peer_ttl: float = PEER_TTL,
         user: str | None = None,
         password: str | None = None,
         token: str | None = None,
@@ -92,14 +95,15 @@ class NatsRegistry(Registry):
     ) -> None:
         """`counts` gives a node's per-endpoint call counts for `$SRV.STATS` (default: what
         the node's server recorded in `microweave.server.stats`)."""
-        if ttl <= 0 or query_timeout <= 0 or watch_buffer < 1:
+        if (ttl is not None and ttl <= 0) or peer_ttl <= 0 or query_timeout <= 0 or watch_buffer < 1:
             raise ConfigurationError(
-                f"NATS registry: ttl ({ttl}) and query_timeout ({query_timeout}) must be positive "
-                f"and watch_buffer ({watch_buffer}) at least 1"
+                f"NATS registry: ttl ({ttl}), peer_ttl ({peer_ttl}) and query_timeout ({query_timeout}) "
+                f"must be positive and watch_buffer ({watch_buffer}) at least 1"
             )
         hosts = servers or [DEFAULT_SERVER]
         self.url = "nats://" + ",".join(h.removeprefix("nats://") for h in hosts)
-        self.default_ttl = ttl
+        self.ttl = ttl
+        self.peer_ttl = peer_ttl
         self.query_timeout = query_timeout
         self.watch_buffer = watch_buffer
         if counts is None:
@@ -141,12 +145,22 @@ class NatsRegistry(Registry):
         for key in ("user", "password", "token"):
             if key in query:
                 kwargs.setdefault(key, query.pop(key))
-        for key, kind in (("ttl", float), ("query_timeout", float), ("watch_buffer", int)):
-            if key in query and key not in kwargs:
+        for key, kind in _NUMBERS.items():
+            if key not in query:
+                continue
+            text = query.pop(key)
+            if key not in kwargs:  # a keyword argument wins over the URL
                 try:
-                    kwargs[key] = kind(query.pop(key))
+                    kwargs[key] = kind(text)
                 except ValueError:
-                    raise ConfigurationError(f"{key}= in the NATS registry URL is not a number") from None
+                    raise ConfigurationError(
+                        f"{key}={text!r} in the NATS registry URL is not a number"
+                    ) from None
+        if query:
+            known = ", ".join(f"{k}=" for k in ("user", "password", "token", *_NUMBERS))
+            raise ConfigurationError(
+                f"unknown option(s) {', '.join(sorted(query))} in the NATS registry URL; known: {known}"
+            )
         return cls(hosts or None, **kwargs)
 
     def __repr__(self) -> str:
@@ -155,6 +169,7 @@ class NatsRegistry(Registry):
     # -- register --------------------------------------------------------------------------------
 
     async def register(self, service: Service, *, ttl: float | None = None) -> None:
+        ttl = self.ttl if ttl is None else ttl
         nc = await self._client_unless_reconnecting()
         now, started = time.monotonic(), datetime.now(UTC)
         announces = []
@@ -315,7 +330,7 @@ class NatsRegistry(Registry):
     async def watch(self, service: str | None = None) -> Watcher:
         nc = await self.link.client()
         watcher = NatsWatcher(
-            service, buffer=self.watch_buffer, default_ttl=self.default_ttl, on_close=self._unwatch
+            service, buffer=self.watch_buffer, default_ttl=self.peer_ttl, on_close=self._unwatch
         )
         self._watchers.add(watcher)
         try:

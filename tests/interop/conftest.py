@@ -8,7 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from gomicro_peers import Engine, Peers, build_peers, generate_pb2, peers_on
+from gomicro_peers import Engine, Peers, built_peers, generate_pb2, peers_on
 
 ENGINES = ["etcd", "consul", "nats"]
 
@@ -27,8 +27,8 @@ def greeter_pb2(greeter_pb2_dir: Path) -> ModuleType:
 
 @pytest.fixture(scope="session")
 def gomicro_bin() -> Path:
-    """scripts/peers/gomicro's output: cached, or built now (~2 min cold)."""
-    return build_peers()
+    """Where scripts/peers/gomicro put the Go peers built from the current sources."""
+    return built_peers()
 
 
 @pytest.fixture(params=ENGINES)

@@ -45,9 +45,18 @@ def built_peers() -> Path:
 
 
 def generate_pb2(out: Path) -> ModuleType:
-    """greeter_pb2 from the .proto go-micro's peers are built from, generated into `out`."""
+    """greeter_pb2 (and greeter_pb2_grpc beside it) from the .proto go-micro's peers are built
+    from, generated into `out`."""
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO.parent}", f"--python_out={out}", str(PROTO)],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTO.parent}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            str(PROTO),
+        ],
         check=True,
         capture_output=True,
     )

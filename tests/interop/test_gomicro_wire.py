@@ -6,7 +6,9 @@ any package prefix, the body's codec in `x-content-type`, the `timeout` header i
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -51,6 +53,36 @@ async def test_any_package_prefix_routes_to_the_handler(channel: tuple[str, grpc
     code, error = await _error(ch, "/any.Greeter/Nope", b"{}")
     assert code is grpc.StatusCode.UNIMPLEMENTED
     assert error["code"] == 501 and "Greeter.Add" in error["detail"]
+
+
+async def test_a_name_two_endpoints_share_routes_nowhere(
+    greeter_pb2_dir: Path, greeter_pb2: ModuleType
+) -> None:
+    """A grpcio servicer's /greeter.Greeter/Hello beside a typed Greeter.Hello: go-micro's rule
+    cannot tell them apart, so only their exact paths reach them."""
+    sys.path.insert(0, str(greeter_pb2_dir))
+    try:
+        import greeter_pb2_grpc
+    finally:
+        sys.path.remove(str(greeter_pb2_dir))
+
+    class Servicer(greeter_pb2_grpc.GreeterServicer):  # type: ignore[misc]
+        async def Hello(self, request: Any, context: Any) -> Any:
+            return greeter_pb2.HelloReply(message="servicer", by="grpcio")
+
+    service = build(unique("mw"), greeter_pb2)
+    service.add_servicer(Servicer(), greeter_pb2_grpc.add_GreeterServicer_to_server)
+    body = greeter_pb2.HelloRequest(name="x").SerializeToString()
+    proto = {"x-content-type": "application/grpc+proto"}
+    async with serve(service, transport="grpc"), grpc.aio.insecure_channel(service.addresses["grpc"]) as ch:
+        typed = await _call(ch, f"/{service.name}.Greeter/Hello", body, **proto)
+        assert greeter_pb2.HelloReply.FromString(typed).by == "microweave"
+        servicer = await _call(ch, "/greeter.Greeter/Hello", body, **proto)
+        assert greeter_pb2.HelloReply.FromString(servicer).by == "grpcio"
+        code, _ = await _error(ch, "/other.Greeter/Hello", body, **proto)
+        assert code is grpc.StatusCode.UNIMPLEMENTED
+        # the typed handler's other endpoints are nobody else's: they still route
+        assert json.loads(await _call(ch, "/other.Greeter/Add", b'{"a": 1, "b": 1}', **JSON_CT)) == {"sum": 2}
 
 
 @pytest.mark.parametrize(

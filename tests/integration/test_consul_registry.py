@@ -156,6 +156,11 @@ async def test_agent_down_10s_under_load(consul_agents: StartAgent, tmp_path: Pa
         assert failures == []
         assert during > 100, f"only {during} calls served during the outage"
         assert seen_after <= ttl + 2, f"re-registered {seen_after:.1f} s after the agent returned"
+        for proc in procs:  # one line each way per process, whatever the number of heartbeats
+            output = proc.output()
+            assert output.count("(Consul agent) unreachable") == 1, output
+            assert output.count("(Consul agent) reachable again") == 1, output
+            assert "Traceback" not in output
     finally:
         for proc in procs:
             proc.stop()

@@ -37,7 +37,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from .. import Action, Event, Service, Watcher, resync
+from .. import Action, Event, Service, Watcher
+from ..events import EventBuffer
 from ..outage import Backoff
 from .agent import Agent, path
 from .encoding import HealthCheck, decode_entries, decode_version
@@ -97,11 +98,10 @@ class ConsulWatcher(Watcher):
         self.agent = agent
         self._grace = restart_grace
         self.service = service
-        self._buffer = buffer
         self._wait = wait
         self._queries = asyncio.Semaphore(max_queries)
         self._on_close = on_close
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._events = EventBuffer(service, buffer)
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshots: dict[str, Snapshot] = {}
@@ -117,39 +117,25 @@ class ConsulWatcher(Watcher):
     # -- the consumer's side ---------------------------------------------------------------
 
     def _offer(self, event: Event) -> None:
-        if self._closed:
-            return
-        if self._queue.qsize() >= self._buffer:
-            # the consumer fell behind: drop its backlog, tell it to re-read (Consul holds the
-            # change, so the re-read sees it)
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(resync(self.service))
-            return
-        self._queue.put_nowait(event)
+        self._events.offer(event)
 
     async def __anext__(self) -> Event:
-        if self._closed and self._queue.empty():
-            raise StopAsyncIteration
-        event = await self._queue.get()
-        if event is None:
-            raise StopAsyncIteration
-        return event
+        return await self._events.next()
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._on_close(self)
+        if self._release is not None:
+            self._release.cancel()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queue.put_nowait(None)
+        self._events.close()
 
     # -- subscribing -----------------------------------------------------------------------
 

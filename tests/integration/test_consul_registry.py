@@ -290,6 +290,40 @@ async def test_a_good_token_works(consul_agents: StartAgent, monkeypatch: pytest
             await registry.get_service("greeter")
 
 
+async def test_a_token_revoked_mid_run(consul_agents: StartAgent) -> None:
+    agent = consul_agents(acl=True)
+    rules = 'service_prefix "" { policy = "write" }\nnode_prefix "" { policy = "read" }'
+    agent.api("PUT", "/v1/acl/policy", {"Name": "services", "Rules": rules})
+    secret = "7e57c0de-0000-4000-8000-00000000c0de"
+
+    def grant() -> str:
+        token = agent.api("PUT", "/v1/acl/token", {"SecretID": secret, "Policies": [{"Name": "services"}]})
+        return str(token["AccessorID"])
+
+    accessor = grant()
+    with capture_logs("DEBUG", logger="microweave.registry") as logs:
+        async with consul(f"{agent.url}?token={secret}", wait=0.5) as registry:
+            await registry.register(record("a"), ttl=30)
+            async with await registry.watch("greeter") as watcher:
+                agent.api("DELETE", f"/v1/acl/token/{accessor}")
+                with pytest.raises(RegistryError, match="check the ACL token"):
+                    await registry.register(record("a"), ttl=30)  # a heartbeat: refused at once
+                await async_wait_until(
+                    lambda: asyncio.sleep(0, any("watch refused" in e["message"] for e in logs)),
+                    timeout=WAIT,
+                    what="the watch to be refused",
+                )
+                await asyncio.sleep(2)  # several refused reads
+                grant()
+                await registry.register(record("b"), ttl=30)
+                event = await next_event(watcher)
+                assert (event.action, event.service.nodes[0].id) == (Action.CREATE, "b")
+    warnings = [e["message"] for e in logs if e["level"] == "WARNING"]
+    assert len(warnings) == 2, warnings  # refused, accepted again: one line each
+    assert "watch refused" in warnings[0] and "403" in warnings[0] and "accepted again" in warnings[1]
+    assert not [e for e in logs if secret in str(e)]
+
+
 async def test_agent_down_at_start_then_up(tmp_path: Path) -> None:
     agent = ConsulAgent(tmp_path)  # its ports, not yet listening
     with capture_logs("DEBUG", logger="microweave.registry") as logs:

@@ -32,11 +32,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import msgspec
 
+from ...errors import MicroError
 from .. import Action, Event, Service, Watcher
 from ..events import EventBuffer
 from ..outage import Backoff
@@ -48,6 +50,7 @@ __all__ = ["CONSUL", "ConsulWatcher", "query", "read_service", "versions"]
 #: the service a Consul server registers for itself: not an RPC service, left out of listings
 CONSUL = "consul"
 
+log = logging.getLogger("microweave.registry")
 Snapshot = dict[str, Service]  # node id -> one-node record
 T = TypeVar("T")
 _checks = msgspec.json.Decoder(list[HealthCheck])
@@ -113,6 +116,7 @@ class ConsulWatcher(Watcher):
         self._held: dict[str, set[str]] = {}
         self._hold_until = 0.0
         self._release: asyncio.TimerHandle | None = None
+        self._refused = False  # the agent refuses our reads (logged once until it accepts)
 
     # -- the consumer's side ---------------------------------------------------------------
 
@@ -175,12 +179,17 @@ class ConsulWatcher(Watcher):
         while True:
             try:
                 new_index, data = await read(index if blocking else 0)
-            except Exception:  # logged by the agent's Outage, once per change
+            except Exception as exc:  # an unreachable agent is logged by its Outage
+                if isinstance(exc, MicroError) and exc.code != 503:
+                    self._refusal(exc)
                 # the next read answers at once: a restarted agent's index is below ours, and a
                 # blocking query would wait its full time before telling us so
                 blocking = False
                 await asyncio.sleep(backoff.next())
                 continue
+            if self._refused:
+                self._refused = False
+                log.warning("%s: watch accepted again", self.agent.url)
             backoff.reset()
             # back after an outage, or the index went backwards: the agent may have restarted
             # and lost its nodes (a -dev agent, lost data), which are registering again
@@ -189,6 +198,12 @@ class ConsulWatcher(Watcher):
             blocking = True
             moved, index = new_index != index, max(new_index, 1)  # index 0 would not block
             changed(data, moved)
+
+    def _refusal(self, exc: MicroError) -> None:
+        """The agent answers but refuses (a token revoked mid-run): said once, retried."""
+        if not self._refused:
+            self._refused = True
+            log.warning("watch refused, retrying with backoff: %s", exc.detail)
 
     def _restarted(self) -> None:
         """Nodes missing from now on may be re-registering: report them deleted only if they

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 import zlib
@@ -204,17 +203,6 @@ class Peers:
     def stop_all(self) -> None:
         for process in reversed(self.started):
             process.stop()
-
-
-@dataclass
-class Stopwatch:
-    """Elapsed seconds of a block, for comparing two durations measured in one test."""
-
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
 
 
 def peers_on(engine: Engine, bin_dir: Path, pb2_dir: Path, logs: Path) -> Iterator[Peers]:

@@ -22,7 +22,7 @@ from ...errors import RegistryError
 from .. import Registry, Service, Watcher, merge_nodes
 from ._conn import Connection, Options, rpc
 from ._lease import KeepAlive, lease_seconds
-from ._watch import EtcdWatcher, decode, prefix_end
+from ._watch import EtcdWatcher, decode, prefix_end, record_key
 
 __all__ = ["EtcdRegistry"]
 
@@ -64,7 +64,7 @@ class EtcdRegistry(Registry):
         return f"{self.options.prefix}/{name.replace('/', '-')}/".encode()
 
     def _key(self, service: str, node: str) -> bytes:
-        return self._service_prefix(service) + node.replace("/", "-").encode()
+        return record_key(self._service_prefix(None), service, node)
 
     # -- register ---------------------------------------------------------------------------
 
@@ -138,7 +138,8 @@ class EtcdRegistry(Registry):
     async def _range(self, prefix: bytes) -> Iterable[Service]:
         request = rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), serializable=True)
         reply = await self._conn.call("looking up services", self._conn_kv().Range, request)
-        return (s for s in (decode(kv.value) for kv in reply.kvs) if s is not None)
+        root = self._service_prefix(None)
+        return (s for s in (decode(kv.key, kv.value, root) for kv in reply.kvs) if s is not None)
 
     async def get_service(self, name: str) -> list[Service]:
         return merge_nodes([s for s in await self._range(self._service_prefix(name)) if s.name == name])
@@ -152,7 +153,13 @@ class EtcdRegistry(Registry):
     async def watch(self, service: str | None = None) -> Watcher:
         self._conn.open()
         self._watchers = {w for w in self._watchers if not w.closed}
-        watcher = EtcdWatcher(self._conn, self._service_prefix(service), service, self.options.watch_buffer)
+        watcher = EtcdWatcher(
+            self._conn,
+            self._service_prefix(None),
+            self._service_prefix(service),
+            service,
+            self.options.watch_buffer,
+        )
         await watcher.start()
         self._watchers.add(watcher)
         return watcher

@@ -22,9 +22,10 @@ import msgspec
 from ...errors import RegistryError
 from .. import Action, Event, Node, Service, Watcher, resync
 from ..outage import Outage
+from ..untrusted import too_deep
 from ._conn import Connection, rpc
 
-__all__ = ["EtcdWatcher", "decode", "prefix_end"]
+__all__ = ["EtcdWatcher", "decode", "prefix_end", "record_key"]
 
 log = logging.getLogger("microweave.registry")
 
@@ -38,21 +39,37 @@ def prefix_end(prefix: bytes) -> bytes:
     return trimmed[:-1] + bytes([trimmed[-1] + 1]) if trimmed else b"\0"
 
 
-def decode(value: bytes) -> Service | None:
-    """A stored record, or None for one that is not a go-micro Service JSON (logged)."""
+def decode(key: bytes, value: bytes, root: bytes) -> Service | None:
+    """The record stored at `key` (`root` is `<prefix>/`), or None (logged) for one that is
+    not go-micro's: not a Service JSON, too big or too deep to decode safely, or not saying
+    what its key says (exactly one node, and the key is `<root><service>/<node-id>`). A
+    writer can thus not add nodes to a service, or replace a node, through another's key."""
     if len(value) > MAX_RECORD:
-        log.debug("skipping an etcd registry record of %d bytes", len(value))
+        log.debug("skipping the etcd registry record %r: %d bytes", key, len(value))
         return None
     try:
-        return Service.from_json(value)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        log.debug("skipping an etcd registry record that is not a service: %s", exc)
+        service = Service.from_json(value)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        log.debug("skipping the etcd registry record %r, not a service: %s", key, exc)
         return None
+    if too_deep(service.endpoints):
+        log.debug("skipping the etcd registry record %r: values nest too deep", key)
+        return None
+    if len(service.nodes) != 1 or key != record_key(root, service.name, service.nodes[0].id):
+        log.debug("skipping the etcd registry record %r: not one node named by its key", key)
+        return None
+    return service
+
+
+def record_key(root: bytes, service: str, node: str) -> bytes:
+    """go-micro's key for a node: '/' in the names becomes '-'."""
+    return root + f"{service.replace('/', '-')}/{node.replace('/', '-')}".encode()
 
 
 class EtcdWatcher(Watcher):
-    def __init__(self, conn: Connection, key: bytes, service: str | None, buffer: int) -> None:
+    def __init__(self, conn: Connection, root: bytes, key: bytes, service: str | None, buffer: int) -> None:
         self._conn = conn
+        self._root = root  # `<prefix>/`, which every record's key starts with
         self._key = key
         self.service = service
         self._buffer = buffer
@@ -177,17 +194,19 @@ class EtcdWatcher(Watcher):
 
     def _deliver(self, event: Any) -> None:
         if event.type == _PUT:
-            service = decode(event.kv.value)
+            service = decode(event.kv.key, event.kv.value, self._root)
             if service is not None:
                 action = Action.CREATE if event.kv.version == 1 else Action.UPDATE
                 self._offer(Event(action, service))
             return
-        service = decode(event.prev_kv.value) if event.HasField("prev_kv") else None
-        if service is None:  # the previous value was compacted away: the key still names it
+        if not event.HasField("prev_kv"):  # compacted away: the key still names the node
             parts = bytes(event.kv.key).decode("utf-8", "replace").rsplit("/", 2)
             name, node = (parts[-2], parts[-1]) if len(parts) == 3 else ("", parts[-1])
-            service = Service(name=name, nodes=[Node(id=node, address="")])
-        self._offer(Event(Action.DELETE, service))
+            self._offer(Event(Action.DELETE, Service(name=name, nodes=[Node(id=node, address="")])))
+            return
+        service = decode(event.kv.key, event.prev_kv.value, self._root)
+        if service is not None:  # else it was never announced: nothing to take back
+            self._offer(Event(Action.DELETE, service))
 
     def _offer(self, event: Event) -> None:
         if self.closed:

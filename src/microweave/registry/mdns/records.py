@@ -32,6 +32,7 @@ from zeroconf import ServiceInfo
 from ...errors import RegistryError
 from .. import Endpoint, Node, Service, Value
 from ..packed import pack_raw, unpack_raw
+from ..untrusted import MAX_VALUE_DEPTH, too_deep
 
 __all__ = [
     "MAX_TXT_JSON",
@@ -115,7 +116,8 @@ def encode_txt(service: Service, node: Node) -> list[bytes]:
 
 
 def decode_txt(strings: list[bytes]) -> Txt:
-    """go-micro's record from its TXT strings; ValueError when it is not one (or is too big)."""
+    """go-micro's record from its TXT strings; ValueError when it is not one (or is too big,
+    or its Value trees nest deeper than any extractor writes: see untrusted.py)."""
     try:
         data = unpack_raw(b"".join(strings).decode("ascii"))
     except UnicodeDecodeError:
@@ -123,9 +125,14 @@ def decode_txt(strings: list[bytes]) -> Txt:
     if len(data) > MAX_TXT_JSON:
         raise ValueError(f"TXT inflates to {len(data)} bytes, over {MAX_TXT_JSON}")
     try:
-        return msgspec.json.decode(data, type=Txt)
+        txt = msgspec.json.decode(data, type=Txt)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValueError(f"TXT is not go-micro's record: {exc}") from None
+    except RecursionError:
+        raise ValueError("TXT values nest too deep to decode") from None
+    if too_deep(txt.Endpoints):
+        raise ValueError(f"TXT values nest deeper than {MAX_VALUE_DEPTH} levels")
+    return txt
 
 
 def split_txt(text: bytes) -> list[bytes]:

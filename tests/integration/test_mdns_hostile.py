@@ -1,0 +1,90 @@
+"""A hostile host on the LAN answering in our mDNS domain (in a private network namespace):
+its malformed records are skipped, the honest nodes beside them still found, and nothing
+raises in zeroconf's packet handling (no traceback per packet, no listener left broken).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from typing import Any
+
+import pytest
+from engines.mdns import Netns, fresh_domain, open_mdns
+from zeroconf import IPVersion, ServiceInfo
+from zeroconf.asyncio import AsyncZeroconf
+
+from microweave.registry.mdns.records import decode_txt
+from microweave.testing import capture_logs
+
+
+def nested_txt(depth: int) -> bytes:
+    """go-micro's TXT JSON whose one endpoint's request Value nests `depth` levels deep."""
+    value = '{"name":"a","type":"t","values":[' * depth + '{"name":"x","type":"y"}' + "]}" * depth
+    return ('{"Service":"greeter","Version":"1","Endpoints":[{"name":"E","request":' + value + "}]}").encode()
+
+
+def strings(txt: dict[str, Any] | bytes) -> list[bytes]:
+    raw = txt if isinstance(txt, bytes) else json.dumps(txt).encode()
+    packed = zlib.compress(raw, 9).hex().encode()
+    return [packed[i : i + 255] for i in range(0, len(packed), 255)]
+
+
+@pytest.mark.parametrize("depth", [3000, 200])
+def test_a_txt_nesting_values_deeply_is_refused(depth: int) -> None:
+    """3,000 levels: past msgspec's recursion limit; 200: decodes, but nothing nests so."""
+    with pytest.raises(ValueError, match="nest"):
+        decode_txt(strings(nested_txt(depth)))
+
+
+def test_txt_records_of_other_shapes_are_refused() -> None:
+    for bad in (b"[1,2]", b'"text"', b"null", b'{"Service": 5}', b"\xff\xfe"):
+        with pytest.raises(ValueError):
+            decode_txt(strings(bad))
+    with pytest.raises(ValueError):
+        decode_txt([b"not hex at all"])
+
+
+def info(domain: str, node: str, port: int, txt: list[bytes]) -> ServiceInfo:
+    """A go-micro-shaped instance `<node>.greeter.<domain>.` on host `evil.`."""
+    made = ServiceInfo(
+        "_x._tcp.local.",
+        "a._x._tcp.local.",
+        port=port,
+        properties=b"".join(bytes([len(s)]) + s for s in txt),
+        parsed_addresses=["127.0.0.1"],
+        server="evil.",
+    )
+    made.type = f"greeter.{domain}."
+    made.name = f"{node}.greeter.{domain}."
+    made.server, made.server_key = "evil.", "evil."
+    return made
+
+
+async def test_a_hostile_host_cannot_break_lookups(mdns_netns: Netns) -> None:
+    domain = fresh_domain()
+    with mdns_netns.entered():
+        raw = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    good = {"Service": "greeter", "Version": "1", "Metadata": {"ok": "1"}}
+    infos = [
+        info(domain, "deep", 1, strings(nested_txt(3000))),
+        info(domain, "deep2", 2, strings(nested_txt(200))),
+        info(domain, "garbage", 3, [b"\x00\xff" * 100]),
+        info(domain, "other", 4, strings({"Service": "billing", "Version": "1"})),  # not its name
+        info(domain, "good", 5, strings(good)),
+    ]
+    try:
+        await raw.zeroconf.async_wait_for_start()
+        for each in infos:
+            raw.zeroconf.registry.async_add(each)  # answers queries, as go-micro's server does
+        with capture_logs(logging.WARNING) as logs:
+            async with open_mdns(mdns_netns, f"mdns://?domain={domain}&interface=lo") as registry:
+                [service] = await registry.get_service("greeter")
+                assert [(n.id, n.address) for n in service.nodes] == [("good", "127.0.0.1:5")]
+                assert await registry.get_service("billing") == []
+        assert [e["message"] for e in logs] == []  # no traceback from zeroconf's packet handler
+    finally:
+        for each in infos:
+            raw.zeroconf.registry.async_remove(each)
+        await raw.async_close()

@@ -282,6 +282,7 @@ class Service:
         except BaseException:
             for component in reversed(started):
                 await component.stop()
+            await self._release()  # a failed start owns nothing afterwards either
             raise
         self.running = True
         log.info(
@@ -305,13 +306,17 @@ class Service:
                 except Exception:
                     log.exception("stopping %s of %s failed", type(component).__name__, self.name)
             self.components = []
-            if self._client is not None and self._owns_client:
-                await self._client.aclose()
-                self._client = None
-            if not isinstance(self._registry_arg, Registry) and self._registry is not None:
-                await self._registry.aclose()  # built here from a URL: closed here
-                self._registry = None
+            await self._release()
             log.info("%s stopped (node %s)", self.name, self.node_id)
+
+    async def _release(self) -> None:
+        """Close what this service built for itself: its client and a registry from a URL."""
+        if self._client is not None and self._owns_client:
+            await self._client.aclose()
+            self._client = None
+        if not isinstance(self._registry_arg, Registry) and self._registry is not None:
+            await self._registry.aclose()  # built here from a URL: closed here
+            self._registry = None
 
     async def __aenter__(self) -> Service:
         await self.start()

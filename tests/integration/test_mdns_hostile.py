@@ -5,6 +5,7 @@ raises in zeroconf's packet handling (no traceback per packet, no listener left 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import zlib
@@ -15,6 +16,7 @@ from engines.mdns import Netns, fresh_domain, open_mdns
 from zeroconf import IPVersion, ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
+from microweave.registry import Action, Node, Service
 from microweave.registry.mdns.records import decode_txt
 from microweave.testing import capture_logs
 
@@ -88,3 +90,18 @@ async def test_a_hostile_host_cannot_break_lookups(mdns_netns: Netns) -> None:
         for each in infos:
             raw.zeroconf.registry.async_remove(each)
         await raw.async_close()
+
+
+async def test_node_ids_and_names_keep_their_case_and_odd_characters(mdns_netns: Netns) -> None:
+    """DNS compares names without case, but the node id a reader reports is the owner's, byte
+    for byte (a node is named `<Service>-<uuid>`, so upper case is common)."""
+    domain = fresh_domain()
+    url = f"mdns://?domain={domain}&interface=lo"
+    node = Node(id="Greeter-ABC def_ü", address="127.0.0.1:7", metadata={})
+    service = Service(name="Go.Micro.Greeter", version="1", nodes=[node])
+    async with open_mdns(mdns_netns, url) as owner, open_mdns(mdns_netns, url) as reader:
+        async with await reader.watch() as watcher:
+            await owner.register(service, ttl=2)
+            event = await asyncio.wait_for(anext(watcher), 15)
+        assert (event.action, event.service) == (Action.CREATE, service)
+        assert await reader.get_service("Go.Micro.Greeter") == [service]

@@ -192,7 +192,8 @@ class Tracker(RecordUpdateListener):
             if len(self.heard) >= self.max_nodes:
                 self._over_cap("nodes")
                 return None
-            heard = self.heard[key] = _Heard(key)
+            # the name as sent: DNS matches without case (the key), node ids keep theirs
+            heard = self.heard[key] = _Heard(record.name)
         self._refreshed(heard, which, record.ttl)
         self._touched.add(key)
         return heard

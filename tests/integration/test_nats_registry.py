@@ -221,7 +221,9 @@ async def test_nats_killed_mid_run_reconnects_and_reregisters(
     assert process.alive()
     output = process.output()
     assert "Traceback" not in output, output
+    # heartbeats during the outage were kept, not failed: only the NATS link says it was away
     assert output.count("unreachable, retrying") == 1, output
+    assert output.count("(NATS registry) unreachable, retrying") == 1, output
     assert output.count("reachable again") == 1, output
 
 
@@ -504,3 +506,25 @@ async def test_credentials(tmp_path: Path, auth: list[str], good: str, bad: str)
             message = str(raised.value)
             assert server.url in message and "uthorization" in message, message
             assert not any(secret in message for secret in ("s3cret", "wrong", "t0ken", "alice")), message
+
+
+async def test_every_server_of_the_url_is_tried(nats_engine: NatsServer) -> None:
+    dead = f"127.0.0.1:{free_port()}"  # nobody listens there
+    async with NatsRegistry.from_url(parse_url(f"nats://{dead},{nats_engine.address}")) as registry:
+        await registry.register(Service("greeter", nodes=[Node("n1", "127.0.0.1:1")]), ttl=5)
+        assert await node_ids(registry) == {"n1"}
+
+
+async def test_a_lookup_ends_early_once_replies_stop(nats_engine: NatsServer) -> None:
+    """A lookup waits `query_timeout` only when nobody answers; with answers it ends at the
+    first pause (compared in the same test, no absolute durations)."""
+    async with NatsRegistry([nats_engine.address], query_timeout=2.0) as registry:
+        await registry.register(Service("greeter", nodes=[Node("n1", "127.0.0.1:1")]), ttl=30)
+        await registry.register(Service("greeter", nodes=[Node("n2", "127.0.0.1:2")]), ttl=30)
+        started = time.monotonic()
+        assert await node_ids(registry) == {"n1", "n2"}
+        found = time.monotonic() - started
+        started = time.monotonic()
+        assert await registry.get_service("nobody") == []
+        missing = time.monotonic() - started
+        assert found < missing / 4, (found, missing)

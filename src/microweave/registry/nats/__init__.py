@@ -52,7 +52,7 @@ __all__ = ["NatsRegistry"]
 DEFAULT_SERVER = "127.0.0.1:4222"
 PEER_TTL = 90.0  # go-micro's DefaultRegisterTTL: for announces that carry no TTL
 QUERY_TIMEOUT = 0.25  # seconds a lookup gathers replies at most
-QUIET = 0.05  # seconds without a new reply that end a lookup early, once replies came
+QUIET = 0.02  # the shortest pause without a new reply that ends a lookup early, in seconds
 WATCH_BUFFER = 10_000  # unread events one watcher holds before it is told to resync
 MAX_REPLIES = 50_000  # replies one lookup keeps; the rest are dropped
 SWEEP = 0.1  # seconds between watchers' expiry checks
@@ -313,17 +313,22 @@ class NatsRegistry(Registry):
             pending[1].set()
 
     async def _gather(self, replies: list[bytes], arrived: asyncio.Event) -> None:
-        """Wait for replies: until `query_timeout`, or until QUIET seconds pass without one
-        once some came (every process answers at once, so a pause means they are all in)."""
+        """Wait for replies: until `query_timeout`, or until a pause once some came. Every
+        process gets the query at once and answers at once, so the pause that ends a lookup is
+        three times what the first reply took (the machine's current pace), at least QUIET."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + self.query_timeout
+        start = loop.time()
+        end = start + self.query_timeout
+        quiet = 0.0
         while (left := end - loop.time()) > 0:
             arrived.clear()
             try:
-                async with asyncio.timeout(min(left, QUIET) if replies else left):
+                async with asyncio.timeout(min(left, quiet) if quiet else left):
                     await arrived.wait()
             except TimeoutError:
                 return
+            if not quiet:
+                quiet = max(QUIET, 3 * (loop.time() - start))
 
     # -- watch -----------------------------------------------------------------------------------
 

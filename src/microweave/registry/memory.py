@@ -9,12 +9,14 @@ falls further behind gets RESYNC instead of making the registry hold its backlog
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from typing import Any, ClassVar
 
 from .._backends import BackendURL
 from ..errors import ConfigurationError
-from . import Action, Event, Registry, Service, Watcher, merge_nodes, resync
+from . import Action, Event, Registry, Service, Watcher, merge_nodes
+from .events import EventBuffer
 
 __all__ = ["MemoryRegistry"]
 
@@ -34,43 +36,24 @@ class _QueueWatcher(Watcher):
     def __init__(self, owner: MemoryRegistry, service: str | None, buffer: int) -> None:
         self._owner = owner
         self.service = service
-        self.queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        self._buffer = buffer
-        self._closed = False
+        self.events = EventBuffer(service, buffer)
 
     def offer(self, event: Event) -> None:
-        if self._closed:
-            return
-        if self.queue.qsize() >= self._buffer:
-            # The consumer fell behind: drop its backlog and tell it to re-read. The registry
-            # already holds this change, so the re-read sees it; no need to queue it as well.
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(resync(self.service))
-            return
-        self.queue.put_nowait(event)
+        self.events.offer(event)
 
     async def __anext__(self) -> Event:
-        if self._closed:
-            raise StopAsyncIteration
         while True:
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
                 # races with an arriving event, and the task watching never stops
                 async with asyncio.timeout(_EXPIRY_CHECK):
-                    event = await self.queue.get()
-                break
+                    return await self.events.next()
             except TimeoutError:  # nobody touched the registry: expire nodes on time anyway
                 self._owner._expire()
-        if event is None:
-            raise StopAsyncIteration
-        return event
 
     async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._owner._watchers.discard(self)
-            self.queue.put_nowait(None)
+        self._owner._watchers.discard(self)
+        self.events.close()
 
 
 class MemoryRegistry(Registry):
@@ -83,6 +66,9 @@ class MemoryRegistry(Registry):
         # service name -> node id -> record (one node each, like etcd keys)
         self._records: dict[str, dict[str, _Record]] = {}
         self._watchers: set[_QueueWatcher] = set()
+        # (expires, service, node id), soonest first; an entry whose record was replaced or
+        # removed meanwhile is skipped when it comes due, so a lookup never scans every record
+        self._expiries: list[tuple[float, str, str]] = []
         self.watch_buffer = watch_buffer
 
     @classmethod
@@ -107,6 +93,8 @@ class MemoryRegistry(Registry):
             previous = nodes.get(node.id)
             one = service.with_nodes([node])
             nodes[node.id] = _Record(one, expires)
+            if expires is not None:
+                heapq.heappush(self._expiries, (expires, service.name, node.id))
             if previous is None:
                 self._notify(Event(Action.CREATE, one))
             elif previous.service != one:
@@ -145,10 +133,14 @@ class MemoryRegistry(Registry):
 
     def _expire(self) -> None:
         now = time.monotonic()
-        for name, nodes in list(self._records.items()):
-            for node_id, record in list(nodes.items()):
-                if record.expires is not None and record.expires <= now:
-                    del nodes[node_id]
-                    self._notify(Event(Action.DELETE, record.service))
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            _, name, node_id = heapq.heappop(expiries)
+            nodes = self._records.get(name)
+            record = nodes.get(node_id) if nodes else None
+            if nodes is None or record is None or record.expires is None or record.expires > now:
+                continue  # re-registered (a later entry is queued) or already removed
+            del nodes[node_id]
+            self._notify(Event(Action.DELETE, record.service))
             if not nodes:
                 del self._records[name]

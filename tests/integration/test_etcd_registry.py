@@ -510,6 +510,14 @@ async def test_bad_credentials(etcd_auth: EtcdServer) -> None:
                 assert hint in text, text
                 assert wrong not in text and "secret" not in text
                 assert caught.value.code == code  # not 503: waiting does not fix it
+    # user:password@ in the URL works as username= and password= do, and is never shown
+    async with etcd(f"etcd://root:{wrong}@{etcd_auth.address}") as registry:
+        assert repr(registry) == f"<EtcdRegistry etcd://{etcd_auth.address}/micro/registry>"
+        with pytest.raises(RegistryError, match="check the username and password") as caught:
+            await registry.get_service("greeter")
+        assert wrong not in str(caught.value)
+    async with etcd(f"etcd://root:{ROOT_PASSWORD.replace('-', '%2D')}@{etcd_auth.address}") as registry:
+        assert await registry.get_service("greeter") == []
 
 
 async def test_auth_works_and_survives_a_restart(etcd_auth: EtcdServer) -> None:
@@ -577,9 +585,17 @@ async def test_url_options(etcd_server: EtcdServer) -> None:
         (etcd_server.url(username="root"), "both username and password"),
         (etcd_server.url(cert="/x.pem"), "both cert= and key="),
         (etcd_server.url(ttl="-1"), "not a positive number"),
+        ("etcd://127.0.0.1:99999", "port from 1 to 65535"),  # gRPC took it as 34463
+        ("etcd://127.0.0.1:abc", "port from 1 to 65535"),
+        ("etcd://127.0.0.1:0", "port from 1 to 65535"),
+        ("etcd://127.0.0.1:", "port from 1 to 65535"),  # gRPC took it as 443
+        ("etcd://:2379", "not host:port"),
+        ("etcd://root@127.0.0.1:2379", "both username and password"),
+        ("etcd://u:secretpw@127.0.0.1:0", r"^etcd://127\.0\.0\.1:0/micro/registry: "),
     ):
-        with pytest.raises(ConfigurationError, match=complaint):
+        with pytest.raises(ConfigurationError, match=complaint) as caught:
             registry_from_url(url)
+        assert "secretpw" not in str(caught.value)
 
 
 async def test_records_that_are_not_services_are_skipped(etcd_server: EtcdServer) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import grpc
 from aetcd import rpc  # type: ignore[import-untyped]
@@ -61,12 +62,18 @@ class Options:
 
     @classmethod
     def parse(cls, url: BackendURL, kwargs: dict[str, Any]) -> Options:
-        query = {**url.query, **{k: v for k, v in kwargs.items() if v is not None}}
-        known = {"ttl", "username", "password", "tls", "ca", "cert", "key", "timeout", "watch_buffer"}
-        unknown = sorted(set(query) - known)
-        hosts = tuple(_host(h) for h in url.hosts) or (f"127.0.0.1:{DEFAULT_PORT}",)
+        # `user:password@host` works as username= and password= (which win); it is never shown
+        userinfo = {h.rpartition("@")[0] for h in url.hosts if "@" in h}
+        bare = [h.rpartition("@")[2] for h in url.hosts]
+        hosts = tuple(_host(h) for h in bare) or (f"127.0.0.1:{DEFAULT_PORT}",)
         prefix = "/" + url.path.strip("/") if url.path.strip("/") else DEFAULT_PREFIX
         public = f"etcd://{','.join(hosts)}{prefix}"
+        credentials = _credentials(public, userinfo)
+        query = {**credentials, **url.query, **{k: v for k, v in kwargs.items() if v is not None}}
+        known = {"ttl", "username", "password", "tls", "ca", "cert", "key", "timeout", "watch_buffer"}
+        unknown = sorted(set(query) - known)
+        for host in hosts:
+            _check_port(public, host)
         _target(hosts)  # several endpoints must be addresses gRPC can take as one list
         if unknown:
             raise ConfigurationError(
@@ -100,6 +107,27 @@ def _host(host: str) -> str:
     if host.startswith("["):  # [::1]:2379 or [::1]
         return host if "]:" in host else f"{host}:{DEFAULT_PORT}"
     return host if ":" in host else f"{host}:{DEFAULT_PORT}"
+
+
+def _credentials(public: str, userinfo: set[str]) -> dict[str, str]:
+    """username and password from the URL's `user:password@`, percent-decoded."""
+    if not userinfo:
+        return {}
+    if len(userinfo) > 1:
+        raise ConfigurationError(f"{public}: the endpoints name different users; give one")
+    user, sep, password = next(iter(userinfo)).partition(":")
+    if not sep:
+        raise ConfigurationError(f"{public}: give both username and password, or neither")
+    return {"username": unquote(user), "password": unquote(password)}
+
+
+def _check_port(public: str, host: str) -> None:
+    name, _, port = host.rpartition(":")
+    if not name.strip("[]") or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigurationError(
+            f"{public}: {host!r} is not host:port with a port from 1 to 65535"
+            f" (etcd's client port is {DEFAULT_PORT})"
+        )
 
 
 def _flag(public: str, name: str, value: object) -> bool:

@@ -15,10 +15,10 @@ every node's clock restarts and the consumer gets RESYNC.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from .. import Action, Event, Service, Watcher, resync
+from ..events import EventBuffer
 from .wire import Announce
 
 __all__ = ["MAX_TRACKED", "NatsWatcher"]
@@ -46,10 +46,9 @@ class NatsWatcher(Watcher):
         on_close: Callable[[NatsWatcher], Awaitable[None]],
     ) -> None:
         self.service = service
-        self._buffer = buffer
         self._default_ttl = default_ttl
         self._on_close = on_close
-        self.queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self.events = EventBuffer(service, buffer)  # past `buffer` unread: RESYNC
         self.nodes: dict[tuple[str, str], _Tracked] = {}
         self.closed = False
 
@@ -100,31 +99,16 @@ class NatsWatcher(Watcher):
         self._offer(resync(self.service))
 
     def _offer(self, event: Event) -> None:
-        if self.closed:
-            return
-        if self.queue.qsize() >= self._buffer:
-            # the consumer fell behind: drop its backlog and tell it to re-read instead
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(resync(self.service))
-            return
-        self.queue.put_nowait(event)
+        self.events.offer(event)
 
     # -- read by the consumer ----------------------------------------------------------------------
 
     async def __anext__(self) -> Event:
-        if self.closed and self.queue.empty():
-            raise StopAsyncIteration
-        event = await self.queue.get()
-        if event is None:
-            raise StopAsyncIteration
-        return event
+        return await self.events.next()
 
     async def aclose(self) -> None:
         if not self.closed:
             self.closed = True
             self.nodes.clear()
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(None)
+            self.events.close()
             await self._on_close(self)

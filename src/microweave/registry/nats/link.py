@@ -19,7 +19,10 @@ import nats
 from nats.aio.client import Client
 
 from ...errors import RegistryError
-from ..outage import Outage
+from ..outage import (
+    Outage,
+    _describe,  # the same one-line form as the Outage's log lines
+)
 
 __all__ = ["Link"]
 
@@ -172,8 +175,3 @@ class Link:
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.close()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

@@ -167,3 +167,53 @@ async def test_an_expired_timeout_header_is_408(
     )
     assert code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert error["code"] == 408 and error["id"] == name
+
+
+# -- absurd headers and paths from a go-micro-shaped caller ----------------------------------
+
+
+async def test_the_largest_timeout_header_is_a_far_deadline(channel: tuple[str, grpc.aio.Channel]) -> None:
+    """20 digits (about 3,000 years) with no gRPC deadline: the call runs, far from its end."""
+    name, ch = channel
+    reply = await ch.unary_unary(f"/{name}.Greeter/Sleep")(
+        b'{"seconds": 0}', metadata=(("timeout", "9" * 20), *JSON_CT.items())
+    )
+    assert json.loads(reply)["remaining"] > 1e9
+    seen = await _sleep(ch, name, deadline=60, **{"timeout": "0" * 20 + "1"})  # 21 digits: ignored
+    assert seen["remaining"] > 2
+
+
+@pytest.mark.parametrize("content_type", ["text/html", "application/" + "x" * 4000, "application/json; x=1"])
+async def test_an_unknown_x_content_type_is_a_short_clear_400(
+    channel: tuple[str, grpc.aio.Channel], content_type: str
+) -> None:
+    name, ch = channel
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _call(ch, f"/{name}.Greeter/Add", b'{"a": 1, "b": 2}', **{"x-content-type": content_type})
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    details = info.value.details() or ""
+    error = json.loads(details)
+    assert error["code"] == 400 and "content type" in error["detail"]
+    assert len(details) < 600  # the caller's header is not echoed back whole
+
+
+@pytest.mark.parametrize(
+    ("path", "routed"),
+    [
+        ("/" + "a." * 3000 + "Greeter/Add", True),  # any package prefix, however long
+        ("/" + "." * 500 + "/Add", False),
+        ("/Greeter/Add/extra", False),
+        ("/Greeter", False),
+        ("/", False),
+    ],
+)
+async def test_paths_with_many_dots_or_parts(
+    channel: tuple[str, grpc.aio.Channel], path: str, routed: bool
+) -> None:
+    name, ch = channel
+    if routed:
+        assert json.loads(await _call(ch, path, b'{"a": 1, "b": 2}', **JSON_CT)) == {"sum": 3}
+        return
+    code, error = await _error(ch, path, b"{}", **JSON_CT)
+    assert code is grpc.StatusCode.UNIMPLEMENTED
+    assert error["code"] == 501

@@ -50,6 +50,8 @@ CONTENT_TYPES = {
     "application/grpc+json": JSON,
     "application/json": JSON,
 }
+#: the longest x-content-type passed on as it came (the longest known is 24 characters)
+MAX_CONTENT_TYPE = 100
 #: trailing metadata of a call a draining node refused before running it: the caller may send
 #: it elsewhere (grpc-core's own refusal while it shuts down is a bare CANCELLED, which says not)
 REFUSED_KEY = "micro-refused"
@@ -65,7 +67,9 @@ def _call(pipeline: Pipeline, path: str, body: Any, grpc_context: Any) -> tuple[
     # without it, the endpoint's own (JSON, or protobuf for protobuf-typed endpoints)
     content_type = metadata.pop(CONTENT_TYPE_KEY, None)
     if content_type is not None:
-        content_type = CONTENT_TYPES.get(content_type, content_type)
+        # an unknown one reaches the endpoint's codec, whose 400 names it: cut to a length no
+        # codec name has, so a caller's 8 KiB header is not echoed back in every error
+        content_type = CONTENT_TYPES.get(content_type, content_type[:MAX_CONTENT_TYPE])
     cutoff = None
     timeout = metadata.pop(TIMEOUT_KEY, None)
     if timeout is not None:

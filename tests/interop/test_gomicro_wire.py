@@ -210,7 +210,7 @@ async def test_an_unknown_x_content_type_is_a_short_clear_400(
 async def test_paths_with_many_dots_or_parts(
     channel: tuple[str, grpc.aio.Channel], path: str, routed: bool
 ) -> None:
-    name, ch = channel
+    _, ch = channel
     if routed:
         assert json.loads(await _call(ch, path, b'{"a": 1, "b": 2}', **JSON_CT)) == {"sum": 3}
         return

@@ -113,7 +113,7 @@ class Tracker(RecordUpdateListener):
         self.local: dict[str, _Local] = {}  # instance key -> our own node
         self.heard: dict[str, _Heard] = {}  # instance key -> a node from the network
         self._hosts: dict[str, dict[str, float]] = {}  # host key -> address -> expires
-        self._host_refs: dict[str, int] = {}  # host key -> heard nodes pointing at it
+        self._host_nodes: dict[str, set[str]] = {}  # host key -> heard nodes living there
         self._gone: dict[str, float] = {}  # instance key -> until: ours, deregistered
         self.names: dict[str, float] = {}  # service names from `_services` -> expires
         self._visible: dict[str, Service] = {}  # instance key -> one-node record
@@ -204,8 +204,8 @@ class Tracker(RecordUpdateListener):
             return
         host = record.server_key
         if host != heard.host:
-            self._unref_host(heard.host)
-            self._host_refs[host] = self._host_refs.get(host, 0) + 1
+            self._unref_host(heard.host, record.key)
+            self._host_nodes.setdefault(host, set()).add(record.key)
             heard.host = host
         heard.port = record.port
 
@@ -235,7 +235,8 @@ class Tracker(RecordUpdateListener):
 
     def _on_address(self, record: DNSAddress) -> None:
         host = record.key
-        if host not in self._host_refs:
+        residents = self._host_nodes.get(host)
+        if residents is None:
             return  # nobody we track lives there
         family = socket.AF_INET if len(record.address) == 4 else socket.AF_INET6
         address = socket.inet_ntop(family, record.address)
@@ -244,10 +245,7 @@ class Tracker(RecordUpdateListener):
             known.pop(address, None)
         elif address in known or len(known) < _ADDRESSES_PER_HOST:
             known[address] = time.monotonic() + record.ttl
-        if host in self.heard:
-            self._touched.add(host)  # our layout: the host is the instance
-        else:
-            self._touched.update(k for k, h in self.heard.items() if h.host == host)
+        self._touched.update(residents)
 
     def _refreshed(self, heard: _Heard, which: int, ttl: int) -> None:
         now = time.monotonic()
@@ -271,18 +269,18 @@ class Tracker(RecordUpdateListener):
     def _drop_heard(self, key: str) -> None:
         heard = self.heard.pop(key, None)
         if heard is not None:
-            self._unref_host(heard.host)
+            self._unref_host(heard.host, key)
             self._touched.discard(key)
             if key not in self.local:
                 self._show(key, None)
 
-    def _unref_host(self, host: str) -> None:
-        refs = self._host_refs.get(host, 0) - 1
-        if refs > 0:
-            self._host_refs[host] = refs
-        elif host:
-            self._host_refs.pop(host, None)
-            self._hosts.pop(host, None)
+    def _unref_host(self, host: str, key: str) -> None:
+        residents = self._host_nodes.get(host)
+        if residents is not None:
+            residents.discard(key)
+            if not residents:
+                del self._host_nodes[host]
+                self._hosts.pop(host, None)
 
     def _over_cap(self, what: str) -> None:
         if not self._warned:
@@ -316,9 +314,11 @@ class Tracker(RecordUpdateListener):
             for key in [k for k, until in table.items() if until <= now]:
                 del table[key]
         for host, addresses in self._hosts.items():
-            for address in [a for a, until in addresses.items() if until <= now]:
+            expired = [a for a, until in addresses.items() if until <= now]
+            for address in expired:
                 del addresses[address]
-                self._touched.update(k for k, h in self.heard.items() if h.host == host)
+            if expired:
+                self._touched.update(self._host_nodes.get(host, ()))
         self.async_update_records_complete()
         return questions
 

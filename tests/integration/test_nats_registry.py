@@ -318,7 +318,8 @@ async def test_our_nodes_answer_go_micro_queries(nats_engine: NatsServer, regist
 
         await peer.subscribe("micro.nats.watch", cb=heard)
         await peer.flush()
-        await registry.register(record, ttl=TTL)
+        ttl = 30.0  # long: a stalled machine must not expire the record before the query comes
+        await registry.register(record, ttl=ttl)
         go_query = {
             "Service": {"name": "greeter", "version": "", "metadata": None, "endpoints": None, "nodes": None},
             "Action": "get",
@@ -331,7 +332,10 @@ async def test_our_nodes_answer_go_micro_queries(nats_engine: NatsServer, regist
 
         await peer.subscribe(inbox, cb=reply)
         await peer.publish("micro.nats.query", json.dumps(go_query).encode(), reply=inbox)
-        await async_wait_until(lambda: asyncio.sleep(0, bool(replies and announces)), what="a reply")
+        await async_wait_until(
+            lambda: asyncio.sleep(0, bool(replies and announces)),
+            what=f"a reply and an announce ({go_query})",
+        )
         [answer] = replies
         assert {k: answer[k] for k in ("name", "version", "metadata", "endpoints", "nodes")} == {
             "name": "greeter",
@@ -340,7 +344,7 @@ async def test_our_nodes_answer_go_micro_queries(nats_engine: NatsServer, regist
             "endpoints": [],
             "nodes": [{"id": "greeter-1", "address": "127.0.0.1:5", "metadata": {"protocol": "grpc"}}],
         }
-        assert answer["ttl"] == TTL  # ours; Go's decoder ignores a field it does not know
+        assert answer["ttl"] == ttl  # ours; Go's decoder ignores a field it does not know
         [announce] = announces
         assert set(announce) == {"Service", "Action"} and announce["Action"] == "create"
         assert announce["Service"]["nodes"] == answer["nodes"]

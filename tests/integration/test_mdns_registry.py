@@ -274,6 +274,18 @@ async def test_a_reader_started_later_finds_nodes_by_query(mdns_netns: Netns) ->
                 assert [s.name for s in await lister.list_services()] == ["greeter"]
 
 
+async def test_a_reader_on_every_interface_finds_nodes_by_query(mdns_netns: Netns) -> None:
+    """`mdns://` with no interface= (the docs' first example) asks on every interface, not
+    where the kernel routes multicast: in a namespace (or container, or offline host) with no
+    default route that is nowhere (ENETUNREACH, silently)."""
+    domain = fresh_domain()
+    async with open_mdns(mdns_netns, url(domain)) as owner:
+        await owner.register(record("early"), ttl=TTL)
+        await asyncio.sleep(1.0)  # its announcements are over: only a query can find it now
+        async with open_mdns(mdns_netns, f"mdns://?domain={domain}") as reader:
+            assert await reader.get_service("greeter") == [record("early")]
+
+
 async def test_a_watcher_on_another_instance_sees_create_update_delete(mdns_netns: Netns) -> None:
     domain = fresh_domain()
     async with (

@@ -139,6 +139,13 @@ def _addresses(names: tuple[str, ...], where: str) -> list[str] | InterfaceChoic
     return found
 
 
+def _all_ipv4() -> list[str]:
+    """Every IPv4 address of this host's interfaces (what zeroconf's InterfaceChoice.All is)."""
+    import ifaddr
+
+    return sorted({str(ip.ip) for a in ifaddr.get_adapters() for ip in a.ips if ip.is_IPv4})
+
+
 class _Mine:
     __slots__ = ("info", "record", "seconds")
 
@@ -192,7 +199,9 @@ class MdnsRegistry(Registry):
         loop = asyncio.get_running_loop()
         interfaces = _addresses(self.options.interfaces, self._where)
         try:
-            asker = Asker(None if isinstance(interfaces, InterfaceChoice) else list(interfaces))
+            # on every interface zeroconf listens on: without IP_MULTICAST_IF the kernel sends
+            # where it routes 224.0.0.251, one interface, or none without a default route
+            asker = Asker(_all_ipv4() if isinstance(interfaces, InterfaceChoice) else list(interfaces))
             try:
                 aiozc = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
             except BaseException:

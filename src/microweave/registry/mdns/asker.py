@@ -58,15 +58,19 @@ class Asker:
     """The sockets (one per interface address, made in `__init__`) that send our queries."""
 
     def __init__(self, addresses: list[str] | None) -> None:
+        """One socket per address (None or []: one, where the kernel routes multicast); an
+        address that takes no socket is skipped while another does."""
         self._sockets: list[socket.socket] = []
-        try:
-            choices: list[str | None] = [*addresses] if addresses else [None]  # None: the kernel's
-            for address in choices:
-                self._sockets.append(asker_socket(address))
-        except OSError:
-            self.close()
-            raise
         self._transports: list[asyncio.DatagramTransport] = []
+        choices: list[str | None] = [*addresses] if addresses else [None]
+        failure: OSError | None = None
+        for address in choices:
+            try:
+                self._sockets.append(asker_socket(address))
+            except OSError as exc:
+                failure = exc
+        if not self._sockets and failure is not None:
+            raise failure
 
     async def start(self, zc: Zeroconf) -> None:
         loop = asyncio.get_running_loop()

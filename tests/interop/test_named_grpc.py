@@ -150,3 +150,18 @@ async def test_a_draining_node_and_an_unreachable_one_are_not_delivered(
         with pytest.raises(NotDelivered) as unreachable:
             await lonely.call("gone", "X.Y", {}, timeout=5)
         assert "unreachable" in unreachable.value.detail
+
+
+async def test_channels_to_unreachable_or_malformed_addresses_are_not_kept() -> None:
+    """Nodes come and go (a new address per deploy): a channel that could not deliver is
+    closed and forgotten, so the table holds live nodes only, however many were announced."""
+    transport = NamedGrpcClient()
+    dead = [f"127.0.0.1:{free_port()}" for _ in range(20)]
+    try:
+        for address in [*dead, "127.0.0.1:notaport", "no-port", "127.0.0.1:99999"]:
+            with pytest.raises(NotDelivered) as caught:
+                await transport.unary(address, "/X/Y", b"{}", timeout=5, metadata={})
+            assert address in caught.value.detail
+        assert transport._channels == {}
+    finally:
+        await transport.aclose()

@@ -116,6 +116,13 @@ class NamedGrpcClient(ClientTransport):
             self._channels[(address, subtype)] = channel
         return channel
 
+    def _forget(self, address: str, content_type: str) -> None:
+        """Close and drop the channel to a node we could not reach: nodes come and go (a new
+        address per deploy), so the table holds reachable nodes only, not every one announced."""
+        channel = self._channels.pop((address, _subtype(content_type)), None)
+        if channel is not None:
+            channel.close()
+
     def _open(
         self, address: str, path: str, kind: Kind, timeout: float | None, metadata: Mapping[str, str], ct: str
     ) -> Any:
@@ -204,7 +211,10 @@ class NamedGrpcClient(ClientTransport):
         except MicroError:
             raise
         except Exception as exc:  # grpclib's, h2's and the socket's errors, and the deadline
-            raise _error(exc, address, stream, sent) from None
+            err = _error(exc, address, stream, sent)
+            if not sent and isinstance(err, NotDelivered):  # not a draining node's refusal
+                self._forget(address, content_type)  # could not connect: keep no channel
+            raise err from None
         finally:
             if sender is not None and not sender.done():
                 sender.cancel()

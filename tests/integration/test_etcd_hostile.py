@@ -126,3 +126,25 @@ async def test_names_with_slashes_still_match_their_keys(registry: EtcdRegistry)
             await registry.register(record("a/b", name="go.micro/srv"))
             assert await next_event(watcher) == (Action.CREATE, "go.micro/srv", ["a/b"])
         assert await ids(registry, "go.micro/srv") == {"a/b"}
+
+
+async def test_a_prefix_holding_more_than_a_response_may_carry_says_so(
+    etcd_server: EtcdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The response limit (64 MiB; 64 KiB here) bounds what a lookup can make us hold: past it
+    the error says what is wrong, not 'see etcd's log'."""
+    from microweave.errors import RegistryError
+    from microweave.registry.etcd import _conn
+
+    monkeypatch.setattr(_conn, "MAX_MESSAGE", 64 * 1024)
+    found = registry_from_url(etcd_server.url(f"/hostile-{time.monotonic_ns()}"))
+    assert isinstance(found, EtcdRegistry)
+    async with found as registry:
+        for i in range(4):
+            await put(registry, f"junk/{i}", b"x" * 30_000)
+        assert await registry.get_service("greeter") == []  # another prefix: fine
+        with pytest.raises(RegistryError) as caught:
+            await registry.list_services()
+        text = str(caught.value)
+        assert repr(registry)[len("<EtcdRegistry ") : -1] in text
+        assert "larger than" in text and "64 KiB" in text, text

@@ -109,6 +109,10 @@ def _host(host: str) -> str:
     return host if ":" in host else f"{host}:{DEFAULT_PORT}"
 
 
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
 def _credentials(public: str, userinfo: set[str]) -> dict[str, str]:
     """username and password from the URL's `user:password@`, percent-decoded."""
     if not userinfo:
@@ -273,6 +277,13 @@ class Connection:
             hint, status = "check the username and password given for it", 401
         elif code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in text:
             hint, status = "the etcd user needs read/write permission on the registry prefix", 403
+        elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in text:
+            # kept 503: a cache keeps serving what it has while someone cleans the prefix up
+            hint = (
+                f"the answer is larger than a registry response may be ({_size(MAX_MESSAGE)}): "
+                "the prefix holds more, or bigger, records than nodes register; remove what "
+                "does not belong there"
+            )
         elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             hint = "is etcd running there and reachable? (with TLS: tls=true and the right CA)"
         else:

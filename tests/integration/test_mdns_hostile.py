@@ -105,3 +105,34 @@ async def test_node_ids_and_names_keep_their_case_and_odd_characters(mdns_netns:
             event = await asyncio.wait_for(anext(watcher), 15)
         assert (event.action, event.service) == (Action.CREATE, service)
         assert await reader.get_service("Go.Micro.Greeter") == [service]
+
+
+async def test_a_goodbye_for_our_node_from_another_host(mdns_netns: Netns) -> None:
+    """mDNS has no authentication: any host may say goodbye for any name, and readers drop
+    the node. Its owner keeps it, and its next heartbeat brings it back everywhere."""
+    from zeroconf._dns import DNSService, DNSText
+    from zeroconf._protocol.outgoing import DNSOutgoing
+
+    domain = fresh_domain()
+    url = f"mdns://?domain={domain}&interface=lo"
+    mine = Service(name="greeter", version="1", nodes=[Node(id="n1", address="127.0.0.1:9")])
+    with mdns_netns.entered():
+        raw = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    try:
+        await raw.zeroconf.async_wait_for_start()
+        async with open_mdns(mdns_netns, url) as owner, open_mdns(mdns_netns, url) as reader:
+            async with await reader.watch("greeter") as watcher:
+                await owner.register(mine, ttl=30)
+                assert (await asyncio.wait_for(anext(watcher), 15)).action is Action.CREATE
+                name = f"n1.greeter.{domain}."
+                goodbye = DNSOutgoing(0x8400)  # a response, authoritative
+                goodbye.add_answer_at_time(DNSService(name, 33, 1, 0, 0, 0, 9, name), 0)
+                goodbye.add_answer_at_time(DNSText(name, 16, 1, 0, b"\x00"), 0)
+                raw.zeroconf.async_send(goodbye)
+                assert (await asyncio.wait_for(anext(watcher), 15)).action is Action.DELETE
+                assert await owner.get_service("greeter") == [mine]  # ours: not the LAN's to end
+                await owner.register(mine, ttl=30)  # the heartbeat
+                assert (await asyncio.wait_for(anext(watcher), 15)).action is Action.CREATE
+            assert await reader.get_service("greeter") == [mine]
+    finally:
+        await raw.async_close()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from engines import PEERS, Engine, find_binary, free_port, registry_backend
+from engines import Engine, find_binary, free_port, registry_backend
 
 NATSCLI_VERSION = "0.5.1"  # keep in step with scripts/peers/natscli
 
@@ -80,4 +80,4 @@ async def nats_backend(request: pytest.FixtureRequest, **options: Any) -> AsyncI
             yield registry
 
 
-__all__ = ["PEERS", "NatsServer", "nats_server"]
+__all__ = ["NatsServer", "nats_server"]

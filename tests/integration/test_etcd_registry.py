@@ -611,3 +611,48 @@ async def test_records_that_are_not_services_are_skipped(etcd_server: EtcdServer
             assert (event.action, event.service.nodes[0].id) == (Action.CREATE, "after")
         assert await ids(registry) == {"good", "after"}
         assert {s.name for s in await registry.list_services()} == {"greeter"}
+
+
+# -- what aclose() leaves behind ---------------------------------------------------------------
+
+
+def _held() -> tuple[int, int, int]:
+    """Open file descriptors, threads and asyncio tasks (besides the current one) right now."""
+    import os
+    import threading
+
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    return len(os.listdir("/proc/self/fd")), threading.active_count(), len(others)
+
+
+async def _reconnecting(watchers: list[Watcher]) -> None:
+    """Until each watcher has tried at least one new stream since now."""
+    opened = [w.streams for w in watchers]  # type: ignore[attr-defined]
+
+    async def tried() -> bool:
+        return all(w.streams > n for w, n in zip(watchers, opened, strict=True))  # type: ignore[attr-defined]
+
+    await async_wait_until(tried, timeout=WAIT, what="the watches to be reconnecting")
+
+
+async def test_aclose_leaves_nothing_behind_even_mid_reconnect(etcd_server: EtcdServer, proxy: Proxy) -> None:
+    path = f"/close-{time.monotonic_ns()}"
+    async with etcd(etcd_server.url(path)) as warm:  # gRPC's own threads and pollers, once
+        await warm.list_services()
+    await asyncio.sleep(0.2)
+    before = _held()
+    for cut in (False, True):
+        registry = etcd(f"etcd://127.0.0.1:{proxy.port}{path}")
+        await registry.register(record(), ttl=5)
+        await registry.register(record(), ttl=5)  # the keep-alive stream
+        watchers = [await registry.watch(), await registry.watch("greeter")]
+        await registry.get_service("greeter")
+        if cut:
+            await proxy.cut()
+            await _reconnecting(watchers)
+        await registry.aclose()
+        if cut:
+            await proxy.restore()
+        await async_wait_until(
+            lambda: asyncio.sleep(0, _held() == before), timeout=5, what=f"{before} held again"
+        )

@@ -380,3 +380,29 @@ def test_a_txt_record_inflating_past_the_limit_is_refused() -> None:
     assert len(packed) < 9000  # it fits in one mDNS packet
     with pytest.raises(ValueError, match="inflates"):
         decode_txt([packed[i : i + 255] for i in range(0, len(packed), 255)])
+
+
+async def test_aclose_leaves_nothing_behind(mdns_netns: Netns) -> None:
+    """Sockets (zeroconf's and the asker's), tasks (sweeper, announcements, start) and
+    threads: none left after aclose(), used or not, on every interface or one."""
+    import threading
+
+    def held() -> tuple[int, int, int]:
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return len(os.listdir("/proc/self/fd")), threading.active_count(), len(others)
+
+    domain = fresh_domain()
+    before = held()
+    for registry_url in (url(domain), f"mdns://?domain={domain}"):
+        registry = open_mdns(mdns_netns, registry_url)
+        await registry.register(record(), ttl=TTL)  # announcements still pending at close
+        async with await registry.watch(), await registry.watch("greeter"):
+            await registry.get_service("other")
+            await registry.list_services()
+        await registry.aclose()
+        unused = open_mdns(mdns_netns, registry_url)
+        await unused.aclose()
+        await unused.aclose()
+        await async_wait_until(
+            lambda: asyncio.sleep(0, held() == before), timeout=5, what=f"{before} held again"
+        )

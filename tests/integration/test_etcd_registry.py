@@ -581,6 +581,7 @@ async def test_url_options(etcd_server: EtcdServer) -> None:
         await async_wait_until(lambda: _gone(registry), timeout=WAIT, what="the URL's TTL to expire")
     for url, complaint in (
         (etcd_server.url(colour="red"), "unknown option"),
+        (etcd_server.url(tll="3"), r"unknown option\(s\) tll \(did you mean ttl\?\)"),
         ("etcd://localhost:2379,127.0.0.1:2379", "must be IP addresses"),
         (etcd_server.url(username="root"), "both username and password"),
         (etcd_server.url(cert="/x.pem"), "both cert= and key="),

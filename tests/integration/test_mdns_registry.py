@@ -360,6 +360,13 @@ async def test_bad_urls_and_addresses_say_what_to_fix(mdns_netns: Netns) -> None
         from_url("mdns://somehost:5353")
     with pytest.raises(ConfigurationError, match="ttl"):
         from_url("mdns://?ttl=soon")
+    # a typo'd option was ignored: the registry ran with the default TTL, or on every interface
+    with pytest.raises(ConfigurationError, match=r"unknown option tll.*did you mean ttl\?"):
+        from_url("mdns://?tll=3")
+    with pytest.raises(ConfigurationError, match=r"unknown option interfce.*did you mean interface\?"):
+        from_url("mdns://?interfce=lo")
+    with pytest.raises(ConfigurationError, match="unknown option colour"):
+        from_url("mdns://", colour="red")
     registry = from_url(f"mdns://?domain={fresh_domain()}&interface=nosuch0")
     assert isinstance(registry, MdnsRegistry)
     with mdns_netns.entered(), pytest.raises(RegistryError, match=r"interface 'nosuch0'.*interfaces: lo"):

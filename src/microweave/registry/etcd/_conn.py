@@ -27,6 +27,7 @@ from aetcd import rpc  # type: ignore[import-untyped]
 from ..._backends import BackendURL
 from ...errors import ConfigurationError, RegistryError
 from ..memory import WATCH_BUFFER
+from ..url_options import unknown_options
 
 __all__ = ["Connection", "Options", "rpc"]
 
@@ -71,13 +72,13 @@ class Options:
         credentials = _credentials(public, userinfo)
         query = {**credentials, **url.query, **{k: v for k, v in kwargs.items() if v is not None}}
         known = {"ttl", "username", "password", "tls", "ca", "cert", "key", "timeout", "watch_buffer"}
-        unknown = sorted(set(query) - known)
+        unknown = unknown_options(query, known)
         for host in hosts:
             _check_port(public, host)
         _target(hosts)  # several endpoints must be addresses gRPC can take as one list
         if unknown:
             raise ConfigurationError(
-                f"{public}: unknown option(s) {', '.join(unknown)}; known: {sorted(known)}"
+                f"{public}: unknown option(s) {unknown}; known: {', '.join(sorted(known))}"
             )
         username, password = query.get("username"), query.get("password")
         if bool(username) != bool(password):

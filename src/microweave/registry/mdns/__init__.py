@@ -41,6 +41,7 @@ from zeroconf.asyncio import AsyncZeroconf
 from ..._backends import BackendURL
 from ...errors import ConfigurationError, RegistryError
 from .. import Registry, Service, Watcher
+from ..url_options import unknown_options
 from .asker import Asker
 from .records import node_info, wildcard_info
 from .tracker import Tracker, ptr_question
@@ -89,6 +90,12 @@ class Options:
         if url.hosts or url.path.strip("/"):
             raise ConfigurationError(
                 f"mdns:// takes no address (it multicasts on the LAN); got {url.hosts or url.path!r}"
+            )
+        known = ("domain", "ttl", "interface", "max_nodes", "watch_buffer", "query_wait")
+        unknown = unknown_options([*url.query, *kwargs], known)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option {unknown} in the mdns:// URL; known: {', '.join(known)}"
             )
         domain = str(kwargs.get("domain", url.query.get("domain", "micro"))).strip(".")
         if not domain or any(not p or len(p) > 63 for p in domain.split(".")):

@@ -73,6 +73,8 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.WriteTransport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: seconds each chunk waits before it is passed on (a slow or far network)
+        self.delay = 0.0
 
     async def restore(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
@@ -103,6 +105,8 @@ class Proxy:
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         try:
             while data := await src.read(65536):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
                 dst.write(data)
                 await dst.drain()
         except (OSError, asyncio.IncompleteReadError):
@@ -612,6 +616,27 @@ async def test_records_that_are_not_services_are_skipped(etcd_server: EtcdServer
             assert (event.action, event.service.nodes[0].id) == (Action.CREATE, "after")
         assert await ids(registry) == {"good", "after"}
         assert {s.name for s in await registry.list_services()} == {"greeter"}
+
+
+async def test_an_etcd_far_away_is_reached(etcd_server: EtcdServer, proxy: Proxy) -> None:
+    """150 ms each way (a WAN, or TLS to another region): connecting takes several round trips.
+    gRPC's connection deadline is its minimum reconnect backoff, which was set to 100 ms for
+    quick returns: no connection ever completed, and every call failed as 'unreachable'."""
+    proxy.delay = 0.15
+    async with etcd(f"etcd://127.0.0.1:{proxy.port}/far-{time.monotonic_ns()}") as registry:
+        async with await registry.watch("greeter") as watcher:
+            await registry.register(record(), ttl=5)
+            assert (await next_event(watcher)).action is Action.CREATE
+        assert await ids(registry) == {"n1"}
+    # and a first endpoint that accepts but never answers does not hold up the next one
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"etcd://127.0.0.1:{silent.getsockname()[1]},{etcd_server.address}"
+        async with etcd(url, timeout=3) as registry:
+            await registry.list_services()
 
 
 # -- what aclose() leaves behind ---------------------------------------------------------------

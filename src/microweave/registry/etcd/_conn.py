@@ -192,8 +192,10 @@ class Connection:
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 # come back quickly when etcd does (gRPC's default backoff grows to 2 minutes)
                 ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000),
+                # what gRPC calls the minimum backoff is how long one connection attempt may
+                # take (TCP, TLS, HTTP/2 settings): several round trips to a far etcd
+                ("grpc.min_reconnect_backoff_ms", int(o.timeout * 1000)),
                 ("grpc.keepalive_time_ms", 10_000),
                 ("grpc.keepalive_timeout_ms", 5_000),
                 ("grpc.keepalive_permit_without_calls", 1),

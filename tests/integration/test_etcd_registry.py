@@ -639,6 +639,27 @@ async def test_an_etcd_far_away_is_reached(etcd_server: EtcdServer, proxy: Proxy
             await registry.list_services()
 
 
+def test_cli_on_an_empty_an_unreachable_and_a_misspelt_etcd(etcd_server: EtcdServer, tmp_path: Path) -> None:
+    """`microweave --registry etcd://...` as a new user meets it: one line saying what is
+    wrong (and what to do), never a traceback; a password given in the URL is never shown."""
+    from cli_helpers import assert_clean, cli, registry_env
+
+    env = registry_env(tmp_path)
+    empty = etcd_server.url(f"/empty-{time.monotonic_ns()}")
+    listed = cli("--registry", empty, "services", env=env)
+    assert listed.returncode == 0 and "no services in" in listed.stdout + listed.stderr
+    missing = cli("--registry", empty, "describe", "greeter", env=env)
+    assert missing.returncode != 0 and "greeter not found" in missing.stderr
+    down = f"etcd://u:pw-secret@127.0.0.1:{free_port()}"
+    for args in (("services",), ("describe", "greeter"), ("call", "greeter", "G.H", "{}")):
+        done = cli("--registry", down, *args, env=env)
+        assert done.returncode != 0, done
+        assert_clean(done.stdout + done.stderr)
+        assert "is etcd running there" in done.stderr and "pw-secret" not in done.stderr, done.stderr
+    typo = cli("--registry", etcd_server.url(tll="3"), "services", env=env)
+    assert typo.returncode != 0 and "did you mean ttl?" in typo.stderr
+
+
 # -- what aclose() leaves behind ---------------------------------------------------------------
 
 

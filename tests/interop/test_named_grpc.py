@@ -5,6 +5,7 @@ go-micro's plain-struct handlers, its reason to exist: tests/interop/test_gomicr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from types import ModuleType
 
@@ -13,7 +14,7 @@ import pytest
 from engines import free_port
 
 from microweave import Client, Context, Service
-from microweave.codec import PROTO
+from microweave.codec import JSON, PROTO
 from microweave.errors import BadRequest, NotDelivered, Timeout, TooManyRequests
 from microweave.registry import Node
 from microweave.registry import Service as Record
@@ -165,3 +166,28 @@ async def test_channels_to_unreachable_or_malformed_addresses_are_not_kept() -> 
         assert transport._channels == {}
     finally:
         await transport.aclose()
+
+
+async def test_aclose_closes_every_connection() -> None:
+    import os
+
+    def held() -> tuple[int, int]:
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return len(os.listdir("/proc/self/fd")), len(others)
+
+    service = Service("counter", tcp_address=False)
+    service.handler(Counter)
+    async with serve(service, transport="grpc"):
+        address = service.addresses["grpc"]
+        before = held()
+        transport = NamedGrpcClient()
+        for content_type in (JSON, PROTO):  # one channel each: the codec is the channel's
+            body = b'{"n": 2}' if content_type == JSON else b""
+            # protobuf to a JSON handler is a 400: answered, so the connection was made
+            with contextlib.suppress(BadRequest):
+                await transport.unary(address, "/Counter/Double", body, timeout=5, metadata={},
+                                      content_type=content_type)  # fmt: skip
+        assert len(transport._channels) == 2 and held() != before
+        await transport.aclose()
+        await asyncio.sleep(0.2)
+        assert held() == before

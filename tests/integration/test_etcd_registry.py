@@ -310,6 +310,29 @@ async def test_one_lease_and_one_stream_over_many_heartbeats(etcd_own: EtcdServe
         assert registry.leases_granted == 1
 
 
+async def test_a_heartbeat_restores_a_key_deleted_or_overwritten_under_it(etcd_server: EtcdServer) -> None:
+    """`etcdctl del --prefix /micro/registry` by an operator, or another writer's put on our
+    key, while the lease lives: the heartbeat used to see an unchanged record and write
+    nothing, so the node stayed gone (or replaced, or without its lease: never expiring)
+    until its process restarted."""
+    path = f"/restore-{time.monotonic_ns()}"
+    async with etcd(etcd_server.url(path)) as registry, etcd(etcd_server.url(path)) as other:
+        await registry.register(record("a"), ttl=5)
+        key = f"{path}/greeter/a"
+        for damage in (
+            lambda: etcd_server.ctl("del", "--prefix", f"{path}/"),
+            lambda: etcd_server.ctl("put", key, "not json"),
+            lambda: etcd_server.ctl("put", key, record("a").to_json().decode()),  # no lease
+            lambda: etcd_server.ctl("put", key, record("a", color="red").to_json().decode()),
+        ):
+            damage()
+            await registry.register(record("a"), ttl=5)  # the heartbeat
+            [service] = await other.get_service("greeter")
+            assert service.nodes == record("a").nodes
+            stored = json.loads(etcd_server.ctl("get", key, "-w", "json"))["kvs"][0]
+            assert stored.get("lease"), "the key is back on a lease: it expires with the node"
+
+
 async def test_keepalive_stream_reconnects_after_etcd_restarts(etcd_own: EtcdServer) -> None:
     async with etcd(etcd_own.url()) as registry:
         await registry.register(record(), ttl=2)

@@ -28,12 +28,13 @@ __all__ = ["EtcdRegistry"]
 
 
 class _Record:
-    __slots__ = ("lease", "ttl", "value")
+    __slots__ = ("lease", "revision", "ttl", "value")
 
-    def __init__(self, value: bytes, ttl: int | None, lease: int) -> None:
+    def __init__(self, value: bytes, ttl: int | None, lease: int, revision: int) -> None:
         self.value = value
         self.ttl = ttl
         self.lease = lease
+        self.revision = revision  # of our last write: any other write since is not ours
 
 
 class EtcdRegistry(Registry):
@@ -76,12 +77,17 @@ class EtcdRegistry(Registry):
             for node in service.nodes:
                 key, value = self._key(service.name, node.id), service.with_nodes([node]).to_json()
                 known = self._records.get(key)
-                if known is not None and (known.value, known.lease) == (value, lease):
+                if (
+                    known is not None
+                    and (known.value, known.lease) == (value, lease)
+                    and await self._intact(key, known)
+                ):
                     continue  # the heartbeat: nothing to write
-                if not await self._put(key, value, lease) and seconds:
-                    lease, fresh = await self._regrant(seconds), True
-                    await self._put(key, value, lease)
-                self._records[key] = _Record(value, seconds, lease)
+                revision = await self._put(key, value, lease)
+                if revision is None:  # etcd lost the lease (only leased puts can fail so)
+                    lease, fresh = await self._regrant(seconds or 0), True
+                    revision = await self._put(key, value, lease) or 0
+                self._records[key] = _Record(value, seconds, lease, revision)
             if seconds and not fresh and await self._keepalive.refresh(lease) <= 0:
                 await self._regrant(seconds)  # etcd lost the lease (expired while away)
 
@@ -108,21 +114,30 @@ class EtcdRegistry(Registry):
         lease = await self._grant(seconds)
         for key, record in self._records.items():
             if record.ttl == seconds:
-                await self._put(key, record.value, lease)
+                record.revision = await self._put(key, record.value, lease) or 0
                 record.lease = lease
         return lease
 
-    async def _put(self, key: bytes, value: bytes, lease: int) -> bool:
-        """Write the key; False when etcd does not know the lease (it expired meanwhile)."""
+    async def _put(self, key: bytes, value: bytes, lease: int) -> int | None:
+        """Write the key; its new revision, or None when etcd does not know the lease (it
+        expired meanwhile)."""
         try:
-            await self._conn.call(
+            reply = await self._conn.call(
                 "registering", self._conn_kv().Put, rpc.PutRequest(key=key, value=value, lease=lease)
             )
         except RegistryError as exc:
             if lease and "lease not found" in str(exc):
-                return False
+                return None
             raise
-        return True
+        return int(reply.header.revision)
+
+    async def _intact(self, key: bytes, record: _Record) -> bool:
+        """Whether the key is still our last write, on our lease: one read of the key alone,
+        without its value, from the member we talk to. Someone else's delete or put (an
+        operator's `etcdctl del --prefix`, another writer) is repaired by the next heartbeat."""
+        request = rpc.RangeRequest(key=key, keys_only=True, serializable=True)
+        reply = await self._conn.call("checking a registration", self._conn_kv().Range, request)
+        return any(kv.mod_revision == record.revision and kv.lease == record.lease for kv in reply.kvs)
 
     async def deregister(self, service: Service) -> None:
         async with self._lock:

@@ -17,6 +17,7 @@ import ctypes
 import os
 import subprocess
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -26,7 +27,7 @@ from engines import registry_backend
 from microweave.registry import from_url as registry_from_url
 from microweave.registry.mdns import MdnsRegistry
 
-__all__ = ["Netns", "fresh_domain", "mdns_netns", "open_mdns"]
+__all__ = ["Netns", "fresh_domain", "go_micro_instance", "go_micro_txt", "mdns_netns", "open_mdns"]
 
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -94,6 +95,32 @@ def open_mdns(netns: Netns, url: str, **options: Any) -> MdnsRegistry:
     with netns.entered():
         registry.open()
     return registry
+
+
+def go_micro_txt(raw_json: bytes) -> list[bytes]:
+    """TXT strings as go-micro writes them: hex(zlib(JSON)) cut into 255-byte pieces."""
+    packed = zlib.compress(raw_json, 9).hex().encode()
+    return [packed[i : i + 255] for i in range(0, len(packed), 255)]
+
+
+def go_micro_instance(service: str, node: str, domain: str, *, port: int, txt: list[bytes], host: str) -> Any:
+    """A zeroconf ServiceInfo for `<node>.<service>.<domain>.` on `host` at 127.0.0.1, as
+    go-micro (or anyone on the LAN) announces one; the names are set after construction
+    because ServiceInfo insists on `local.`."""
+    from zeroconf import ServiceInfo
+
+    info = ServiceInfo(
+        "_x._tcp.local.",
+        "a._x._tcp.local.",
+        port=port,
+        properties=b"".join(bytes([len(s)]) + s for s in txt),
+        parsed_addresses=["127.0.0.1"],
+        server=host,
+    )
+    info.type = f"{service}.{domain}."
+    info.name = f"{node}.{service}.{domain}."
+    info.server, info.server_key = host, host.lower()
+    return info
 
 
 def fresh_domain() -> str:

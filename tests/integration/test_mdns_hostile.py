@@ -8,11 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import zlib
 from typing import Any
 
 import pytest
-from engines.mdns import Netns, fresh_domain, open_mdns
+from engines.mdns import Netns, fresh_domain, go_micro_instance, go_micro_txt, open_mdns
 from zeroconf import IPVersion, ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
@@ -28,9 +27,7 @@ def nested_txt(depth: int) -> bytes:
 
 
 def strings(txt: dict[str, Any] | bytes) -> list[bytes]:
-    raw = txt if isinstance(txt, bytes) else json.dumps(txt).encode()
-    packed = zlib.compress(raw, 9).hex().encode()
-    return [packed[i : i + 255] for i in range(0, len(packed), 255)]
+    return go_micro_txt(txt if isinstance(txt, bytes) else json.dumps(txt).encode())
 
 
 @pytest.mark.parametrize("depth", [3000, 200])
@@ -50,17 +47,7 @@ def test_txt_records_of_other_shapes_are_refused() -> None:
 
 def info(domain: str, node: str, port: int, txt: list[bytes]) -> ServiceInfo:
     """A go-micro-shaped instance `<node>.greeter.<domain>.` on host `evil.`."""
-    made = ServiceInfo(
-        "_x._tcp.local.",
-        "a._x._tcp.local.",
-        port=port,
-        properties=b"".join(bytes([len(s)]) + s for s in txt),
-        parsed_addresses=["127.0.0.1"],
-        server="evil.",
-    )
-    made.type = f"greeter.{domain}."
-    made.name = f"{node}.greeter.{domain}."
-    made.server, made.server_key = "evil.", "evil."
+    made: ServiceInfo = go_micro_instance("greeter", node, domain, port=port, txt=txt, host="evil.")
     return made
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engines.mdns import Netns, fresh_domain, open_mdns
+from engines.mdns import Netns, fresh_domain, go_micro_instance, go_micro_txt, open_mdns
 from helpers import REPO, SERVICES, LoggedProcess, async_wait_until
-from zeroconf import IPVersion, RecordUpdate, RecordUpdateListener, ServiceInfo, Zeroconf
+from zeroconf import IPVersion, RecordUpdate, RecordUpdateListener, Zeroconf
 from zeroconf._dns import DNSPointer, DNSRecord, DNSService, DNSText
 from zeroconf.asyncio import AsyncZeroconf
 
@@ -226,19 +226,14 @@ async def test_a_go_micro_node_is_read(mdns_netns: Netns) -> None:
              "response": None, "metadata": None},
         ],
     }  # fmt: skip
-    packed = zlib.compress(json.dumps(txt).encode()).hex().encode()
-    strings = [packed[i : i + 255] for i in range(0, len(packed), 255)]
-    info = ServiceInfo(
-        "_x._tcp.local.",
-        "a._x._tcp.local.",
+    info = go_micro_instance(
+        "go.micro.srv.greeter",
+        "greeter-7f3a",
+        domain,
         port=50071,
-        properties=b"".join(bytes([len(s)]) + s for s in strings),
-        parsed_addresses=["127.0.0.1"],
-        server="gohost.",
+        txt=go_micro_txt(json.dumps(txt).encode()),
+        host="gohost.",
     )
-    info.type = f"go.micro.srv.greeter.{domain}."
-    info.name = f"greeter-7f3a.go.micro.srv.greeter.{domain}."
-    info.server, info.server_key = "gohost.", "gohost."
     raw = raw_zeroconf(mdns_netns)
     try:
         await raw.zeroconf.async_wait_for_start()

@@ -726,3 +726,24 @@ async def test_aclose_leaves_nothing_behind_even_mid_reconnect(etcd_server: Etcd
         await async_wait_until(
             lambda: asyncio.sleep(0, _held() == before), timeout=5, what=f"{before} held again"
         )
+
+
+async def test_a_closed_registry_says_so_and_opens_nothing(etcd_registry_url: str) -> None:
+    """A late call after aclose() (a background task racing shutdown) used to open a new
+    channel that nobody would close."""
+    registry = etcd(etcd_registry_url)
+    await registry.register(record(), ttl=5)
+    await registry.aclose()
+    before = _held()
+    for call in (
+        lambda: registry.get_service("greeter"),
+        lambda: registry.list_services(),
+        lambda: registry.register(record(), ttl=5),
+        lambda: registry.deregister(record()),
+        lambda: registry.watch(),
+    ):
+        with pytest.raises(RegistryError, match=r"etcd://.* is closed"):
+            await call()
+    await registry.aclose()  # twice is fine
+    after = _held()  # gRPC may still be releasing the closed channel's poller: fewer is fine
+    assert all(now <= then for now, then in zip(after, before, strict=True)), (after, before)

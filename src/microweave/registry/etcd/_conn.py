@@ -182,9 +182,13 @@ class Connection:
         self.kv: Any = None
         self.lease: Any = None
         self.watch: Any = None
+        self.closed = False
 
     def open(self) -> grpc.aio.Channel:
-        """The channel, created on first use (gRPC connects, and reconnects, by itself)."""
+        """The channel, created on first use (gRPC connects, and reconnects, by itself); after
+        aclose() an error, not a new channel nobody would close."""
+        if self.closed:
+            raise RegistryError(f"{self.public} is closed; open a new registry")
         if self._channel is None:
             o = self.options
             target = _target(o.hosts)
@@ -296,6 +300,7 @@ class Connection:
         )
 
     async def aclose(self) -> None:
+        self.closed = True
         channel, self._channel = self._channel, None
         if channel is not None:
             await channel.close()

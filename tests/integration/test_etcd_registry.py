@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -319,18 +320,25 @@ async def test_a_heartbeat_restores_a_key_deleted_or_overwritten_under_it(etcd_s
     async with etcd(etcd_server.url(path)) as registry, etcd(etcd_server.url(path)) as other:
         await registry.register(record("a"), ttl=5)
         key = f"{path}/greeter/a"
-        for damage in (
-            lambda: etcd_server.ctl("del", "--prefix", f"{path}/"),
-            lambda: etcd_server.ctl("put", key, "not json"),
-            lambda: etcd_server.ctl("put", key, record("a").to_json().decode()),  # no lease
-            lambda: etcd_server.ctl("put", key, record("a", color="red").to_json().decode()),
-        ):
-            damage()
-            await registry.register(record("a"), ttl=5)  # the heartbeat
-            [service] = await other.get_service("greeter")
-            assert service.nodes == record("a").nodes
-            stored = json.loads(etcd_server.ctl("get", key, "-w", "json"))["kvs"][0]
-            assert stored.get("lease"), "the key is back on a lease: it expires with the node"
+        with capture_logs(logging.WARNING, logger="microweave.registry") as logs:
+            for damage in (
+                lambda: etcd_server.ctl("del", "--prefix", f"{path}/"),
+                lambda: etcd_server.ctl("put", key, "not json"),
+                lambda: etcd_server.ctl("put", key, record("a").to_json().decode()),  # no lease
+                lambda: etcd_server.ctl("put", key, record("a", color="red").to_json().decode()),
+            ):
+                damage()
+                await registry.register(record("a"), ttl=5)  # the heartbeat
+                await registry.register(record("a"), ttl=5)  # and the next: nothing to repair
+                [service] = await other.get_service("greeter")
+                assert service.nodes == record("a").nodes
+                stored = json.loads(etcd_server.ctl("get", key, "-w", "json"))["kvs"][0]
+                assert stored.get("lease"), "the key is back on a lease: it expires with the node"
+        # said once (per key), naming it and the likely cause
+        assert [e["message"] for e in logs if "someone else" in e["message"]] == [
+            f"{etcd_server.url(path)}: {key} was deleted or changed by someone else; registering"
+            " it again (if this repeats, two nodes may share this id)"
+        ]
 
 
 async def test_keepalive_stream_reconnects_after_etcd_restarts(etcd_own: EtcdServer) -> None:

@@ -14,6 +14,7 @@ docs/registry/etcd.md.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +26,8 @@ from ._lease import KeepAlive, lease_seconds
 from ._watch import EtcdWatcher, decode, prefix_end, record_key
 
 __all__ = ["EtcdRegistry"]
+
+log = logging.getLogger("microweave.registry")
 
 
 class _Record:
@@ -47,6 +50,7 @@ class EtcdRegistry(Registry):
         self._lock = asyncio.Lock()  # one change of leases and keys at a time
         self._leases: dict[int, int] = {}  # TTL seconds -> lease id
         self._records: dict[bytes, _Record] = {}  # keys this instance registered
+        self._warned: set[bytes] = set()  # of those, keys found overwritten (said once each)
         self._watchers: set[EtcdWatcher] = set()
         #: leases granted so far (one per TTL while etcd keeps them)
         self.leases_granted = 0
@@ -77,12 +81,10 @@ class EtcdRegistry(Registry):
             for node in service.nodes:
                 key, value = self._key(service.name, node.id), service.with_nodes([node]).to_json()
                 known = self._records.get(key)
-                if (
-                    known is not None
-                    and (known.value, known.lease) == (value, lease)
-                    and await self._intact(key, known)
-                ):
-                    continue  # the heartbeat: nothing to write
+                if known is not None and (known.value, known.lease) == (value, lease):
+                    if await self._intact(key, known):
+                        continue  # the heartbeat: nothing to write
+                    self._overwritten(key)
                 revision = await self._put(key, value, lease)
                 if revision is None:  # etcd lost the lease (only leased puts can fail so)
                     lease, fresh = await self._regrant(seconds or 0), True
@@ -131,6 +133,18 @@ class EtcdRegistry(Registry):
             raise
         return int(reply.header.revision)
 
+    def _overwritten(self, key: bytes) -> None:
+        """Say once per key that someone else deleted or changed it: repeated, it means two
+        nodes share an id (their heartbeats now take turns putting it) or a writer fights us."""
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(
+                "%s: %s was deleted or changed by someone else; registering it again"
+                " (if this repeats, two nodes may share this id)",
+                self.options.public,
+                key.decode("utf-8", "replace"),
+            )
+
     async def _intact(self, key: bytes, record: _Record) -> bool:
         """Whether the key is still our last write, on our lease: one read of the key alone,
         without its value, from the member we talk to. Someone else's delete or put (an
@@ -147,6 +161,7 @@ class EtcdRegistry(Registry):
                     "deregistering", self._conn_kv().DeleteRange, rpc.DeleteRangeRequest(key=key)
                 )
                 self._records.pop(key, None)
+                self._warned.discard(key)
 
     # -- look up ----------------------------------------------------------------------------
 

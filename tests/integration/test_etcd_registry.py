@@ -380,9 +380,12 @@ async def test_lease_lost_while_unreachable_is_granted_again(etcd_server: EtcdSe
                 return True
             return False
 
-        await async_wait_until(heartbeat, timeout=WAIT, interval=0.2, what="a heartbeat to get through")
+        with capture_logs(logging.WARNING, logger="microweave.registry") as logs:
+            await async_wait_until(heartbeat, timeout=WAIT, interval=0.2, what="a heartbeat to get through")
         assert await ids(direct) == {"n1"}  # the next heartbeat put the node back
         assert registry.leases_granted == 2
+        # an expired lease is no stranger's doing: no warning blaming someone else
+        assert not [e for e in logs if "someone else" in e["message"]], logs
         await asyncio.sleep(2)  # and keeps it there on the new lease
         await registry.register(record(), ttl=1)
         assert await ids(direct) == {"n1"}

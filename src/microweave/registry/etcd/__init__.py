@@ -78,6 +78,10 @@ class EtcdRegistry(Registry):
         seconds = lease_seconds(ttl) if ttl else None
         async with self._lock:
             lease, fresh = (await self._lease(seconds)) if seconds else (0, True)
+            if seconds and not fresh and await self._keepalive.refresh(lease) <= 0:
+                # etcd lost the lease (it expired while we were away, or etcd lost its data):
+                # a new one, every key of ours on it put again (not "changed by someone else")
+                lease = await self._regrant(seconds)
             for node in service.nodes:
                 key, value = self._key(service.name, node.id), service.with_nodes([node]).to_json()
                 known = self._records.get(key)
@@ -86,12 +90,10 @@ class EtcdRegistry(Registry):
                         continue  # the heartbeat: nothing to write
                     self._overwritten(key)
                 revision = await self._put(key, value, lease)
-                if revision is None:  # etcd lost the lease (only leased puts can fail so)
-                    lease, fresh = await self._regrant(seconds or 0), True
+                if revision is None:  # etcd lost the lease since (only leased puts can fail so)
+                    lease = await self._regrant(seconds or 0)
                     revision = await self._put(key, value, lease) or 0
                 self._records[key] = _Record(value, seconds, lease, revision)
-            if seconds and not fresh and await self._keepalive.refresh(lease) <= 0:
-                await self._regrant(seconds)  # etcd lost the lease (expired while away)
 
     async def _lease(self, seconds: int) -> tuple[int, bool]:
         """The lease for this TTL, and whether it was granted just now."""

@@ -148,3 +148,25 @@ async def test_a_prefix_holding_more_than_a_response_may_carry_says_so(
         text = str(caught.value)
         assert repr(registry)[len("<EtcdRegistry ") : -1] in text
         assert "larger than" in text and "64 KiB" in text, text
+
+
+async def test_a_watcher_s_backlog_is_bounded_in_bytes_too(
+    registry: EtcdRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`watch_buffer` counts events, and a record may be up to 1 MiB: 10,000 of those unread
+    would be 10 GB. Past MAX_BACKLOG bytes (64 MiB; 100 KB here) the watcher says RESYNC."""
+    from microweave.registry.etcd import _watch
+
+    monkeypatch.setattr(_watch, "MAX_BACKLOG", 100_000)
+    big = {"blob": "x" * 30_000}
+    async with registry, await registry.watch("greeter") as watcher:
+        for i in range(5):  # 150 KB of records nobody reads yet
+            node = Node(f"n{i}", "127.0.0.1:1", big)
+            await registry.register(record(f"n{i}").with_nodes([node]))
+        await registry.register(record("small"))
+        first = await next_event(watcher)
+        assert first == (Action.RESYNC, "greeter", [])
+        assert await next_event(watcher) in [
+            (Action.CREATE, "greeter", ["n4"]),
+            (Action.CREATE, "greeter", ["small"]),
+        ]

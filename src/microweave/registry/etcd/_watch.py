@@ -31,6 +31,9 @@ log = logging.getLogger("microweave.registry")
 
 _PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
 MAX_RECORD = 1 << 20  # a record larger than this is not a node announcement: skipped
+#: the most record bytes a watcher holds unread (its event count is bounded by watch_buffer,
+#: but 10,000 records of up to MAX_RECORD would be 10 GB); past it the consumer gets RESYNC
+MAX_BACKLOG = 64 << 20
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -73,7 +76,8 @@ class EtcdWatcher(Watcher):
         self._key = key
         self.service = service
         self._buffer = buffer
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Event, int] | None] = asyncio.Queue()  # event, bytes
+        self._backlog = 0  # record bytes in the queue
         self._call: Any = None
         self._task: asyncio.Task[None] | None = None
         self.closed = False
@@ -197,7 +201,7 @@ class EtcdWatcher(Watcher):
             service = decode(event.kv.key, event.kv.value, self._root)
             if service is not None:
                 action = Action.CREATE if event.kv.version == 1 else Action.UPDATE
-                self._offer(Event(action, service))
+                self._offer(Event(action, service), len(event.kv.value))
             return
         if not event.HasField("prev_kv"):  # compacted away: the key still names the node
             parts = bytes(event.kv.key).decode("utf-8", "replace").rsplit("/", 2)
@@ -206,18 +210,20 @@ class EtcdWatcher(Watcher):
             return
         service = decode(event.kv.key, event.prev_kv.value, self._root)
         if service is not None:  # else it was never announced: nothing to take back
-            self._offer(Event(Action.DELETE, service))
+            self._offer(Event(Action.DELETE, service), len(event.prev_kv.value))
 
-    def _offer(self, event: Event) -> None:
+    def _offer(self, event: Event, size: int = 0) -> None:
         if self.closed:
             return
-        if self._queue.qsize() >= self._buffer:
+        if self._queue.qsize() >= self._buffer or self._backlog + size > MAX_BACKLOG:
             # The consumer fell behind: drop its backlog and tell it to re-read instead.
             while not self._queue.empty():
                 self._queue.get_nowait()
-            self._queue.put_nowait(resync(self.service))
+            self._backlog = 0
+            self._queue.put_nowait((resync(self.service), 0))
             return
-        self._queue.put_nowait(event)
+        self._backlog += size
+        self._queue.put_nowait((event, size))
 
     def _drop_stream(self) -> None:
         call, self._call = self._call, None
@@ -227,9 +233,11 @@ class EtcdWatcher(Watcher):
     async def __anext__(self) -> Event:
         if self.closed:
             raise StopAsyncIteration
-        event = await self._queue.get()
-        if event is None:
+        item = await self._queue.get()
+        if item is None:
             raise StopAsyncIteration
+        event, size = item
+        self._backlog -= size
         return event
 
     async def aclose(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
 from zeroconf import RecordUpdate
 from zeroconf._dns import DNSAddress, DNSService, DNSText
 
@@ -86,3 +87,33 @@ def test_a_host_s_nodes_follow_its_address() -> None:
     tracker.async_update_records_complete()
     assert {n.id for n in tracker.services("greeter")[0].nodes} == {"n0", "n2"}
     assert "h1.local." not in tracker._hosts  # nobody lives there any more: forgotten
+
+
+async def test_a_watcher_s_backlog_is_bounded_in_bytes_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TXT may inflate to 256 KiB: `watch_buffer` (10,000 events) alone would let a LAN
+    host that keeps changing its records pile gigabytes on a slow consumer. Past MAX_BACKLOG
+    bytes (200 KB here) the watcher says RESYNC."""
+    from microweave.registry import Action
+    from microweave.registry.mdns import tracker as tracker_module
+
+    monkeypatch.setattr(tracker_module, "MAX_BACKLOG", 200_000)
+    tracker = Tracker(DOMAIN, where="test", max_nodes=100, watch_buffer=10_000)
+    watcher = tracker.watch("greeter")
+    for i in range(6):  # 6 x ~50 KB, unread
+        big = Node(f"n{i}", "10.0.0.1:1", {"blob": f"{i}" * 50_000})
+        txt = _txt_wire(encode_txt(Service("greeter"), big))
+        instance = f"n{i}.greeter.{DOMAIN}."
+        records = [
+            RecordUpdate(DNSService(instance, _SRV, _IN, 120, 0, 0, 1000, "h.local."), None),
+            RecordUpdate(DNSText(instance, _TXT, _IN, 120, txt), None),
+            RecordUpdate(DNSAddress("h.local.", _A, _IN, 120, socket.inet_aton("10.0.0.1")), None),
+        ]
+        tracker.async_update_records(None, 0, records)
+        tracker.async_update_records_complete()
+    first = await anext(watcher)
+    assert first.action is Action.RESYNC
+    rest = []
+    while not watcher._queue.empty():
+        rest.append(await anext(watcher))
+    assert [e.action for e in rest] == [Action.CREATE] * len(rest) and 0 < len(rest) < 4
+    await watcher.aclose()

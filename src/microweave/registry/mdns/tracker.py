@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from zeroconf import RecordUpdate, RecordUpdateListener
 from zeroconf._dns import DNSAddress, DNSPointer, DNSQuestion, DNSService, DNSText
 
@@ -36,6 +37,9 @@ __all__ = ["Tracker"]
 log = logging.getLogger("microweave.registry")
 
 _ADDRESSES_PER_HOST = 8
+#: the most record bytes (TXT JSON) a watcher holds unread: a TXT may inflate to 256 KiB, so
+#: `watch_buffer` events alone could be gigabytes; past it the consumer gets RESYNC
+MAX_BACKLOG = 64 << 20
 _REFRESH_AT = 0.8  # ask again for a heard node at this fraction of its TTL
 _TYPE_PTR, _TYPE_SRV, _TYPE_TXT, _CLASS_IN = 12, 33, 16, 1
 
@@ -43,7 +47,7 @@ _TYPE_PTR, _TYPE_SRV, _TYPE_TXT, _CLASS_IN = 12, 33, 16, 1
 class _Heard:
     """A node as the network describes it; visible once SRV, TXT and an address are known."""
 
-    __slots__ = ("asked", "expires", "host", "instance", "port", "refresh", "text", "txt")
+    __slots__ = ("asked", "expires", "host", "instance", "port", "refresh", "size", "text", "txt")
 
     def __init__(self, instance: str) -> None:
         self.instance = instance
@@ -51,6 +55,7 @@ class _Heard:
         self.host = ""
         self.text: bytes | None = None
         self.txt: Txt | None = None
+        self.size = 0  # bytes of the TXT's JSON: what an event of this node weighs
         self.expires = [0.0, 0.0]  # SRV, TXT
         self.refresh = 0.0  # when to ask again
         self.asked = False
@@ -68,26 +73,31 @@ class TrackerWatcher(Watcher):
     def __init__(self, tracker: Tracker, service: str | None, buffer: int) -> None:
         self._tracker = tracker
         self.service = service
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Event, int] | None] = asyncio.Queue()  # event, bytes
+        self._backlog = 0  # record bytes in the queue
         self._buffer = buffer
         self._closed = False
 
-    def offer(self, event: Event) -> None:
+    def offer(self, event: Event, size: int = 0) -> None:
         if self._closed or self.service not in (None, event.service.name):
             return
-        if self._queue.qsize() >= self._buffer:
+        if self._queue.qsize() >= self._buffer or self._backlog + size > MAX_BACKLOG:
             while not self._queue.empty():  # the consumer fell behind: it re-reads instead
                 self._queue.get_nowait()
-            self._queue.put_nowait(resync(self.service))
+            self._backlog = 0
+            self._queue.put_nowait((resync(self.service), 0))
             return
-        self._queue.put_nowait(event)
+        self._backlog += size
+        self._queue.put_nowait((event, size))
 
     async def __anext__(self) -> Event:
         if self._closed:
             raise StopAsyncIteration
-        event = await self._queue.get()
-        if event is None:
+        item = await self._queue.get()
+        if item is None:
             raise StopAsyncIteration
+        event, size = item
+        self._backlog -= size
         return event
 
     def end(self) -> None:
@@ -117,6 +127,7 @@ class Tracker(RecordUpdateListener):
         self._gone: dict[str, float] = {}  # instance key -> until: ours, deregistered
         self.names: dict[str, float] = {}  # service names from `_services` -> expires
         self._visible: dict[str, Service] = {}  # instance key -> one-node record
+        self._sizes: dict[str, int] = {}  # instance key -> bytes of its visible record's TXT
         self._touched: set[str] = set()
         self.watchers: set[TrackerWatcher] = set()
         self._warned = False
@@ -176,7 +187,10 @@ class Tracker(RecordUpdateListener):
         for key in touched:
             if key not in self.local:
                 heard = self.heard.get(key)
-                self._show(key, None if heard is None else self._view(heard))
+                if heard is None:
+                    self._show(key, None)
+                else:
+                    self._show(key, self._view(heard), heard.size)
 
     def _heard_node(self, record: DNSService | DNSText, which: int) -> _Heard | None:
         """The node an SRV (which=0) or TXT (1) record refreshes; None when it is a goodbye,
@@ -217,9 +231,10 @@ class Tracker(RecordUpdateListener):
             heard.text = record.text
             try:
                 heard.txt = decode_txt(split_txt(record.text))
+                heard.size = len(msgspec.json.encode(heard.txt))  # once per new TXT
             except ValueError as exc:
                 log.debug("%s: ignoring the TXT of %s: %s", self.where, record.name, exc)
-                heard.txt = None
+                heard.txt, heard.size = None, 0
 
     def _on_ptr(self, record: DNSPointer) -> None:
         if record.key == self._list_name:
@@ -324,23 +339,26 @@ class Tracker(RecordUpdateListener):
 
     # -- events ----------------------------------------------------------------------------
 
-    def _show(self, key: str, record: Service | None) -> None:
+    def _show(self, key: str, record: Service | None, size: int = 0) -> None:
+        """Make `record` (of `size` TXT bytes) what `key` shows; the events that says."""
         old = self._visible.get(key)
         if record == old:
             return
+        old_size = self._sizes.pop(key, 0)
         if record is None:
             del self._visible[key]
         else:
             self._visible[key] = record
+            self._sizes[key] = size
         if old is not None and (record is None or record.name != old.name):
-            self._notify(Event(Action.DELETE, old))
+            self._notify(Event(Action.DELETE, old), old_size)
             old = None
         if record is not None:
-            self._notify(Event(Action.CREATE if old is None else Action.UPDATE, record))
+            self._notify(Event(Action.CREATE if old is None else Action.UPDATE, record), size)
 
-    def _notify(self, event: Event) -> None:
+    def _notify(self, event: Event, size: int) -> None:
         for watcher in list(self.watchers):
-            watcher.offer(event)
+            watcher.offer(event, size)
 
     def close(self) -> None:
         for watcher in list(self.watchers):

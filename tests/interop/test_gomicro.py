@@ -19,7 +19,6 @@ import pytest
 from gomicro_peers import REPO, Engine, Peers, unique, unpack, unpack_raw
 
 from microweave import Client
-from microweave.codec import PROTO
 from microweave.errors import BadRequest, InternalServerError
 from microweave.registry import from_url
 from microweave.transport.grpc.named import NamedGrpcClient
@@ -72,11 +71,10 @@ def test_go_micro_timeout_expires_as_408(peers: Peers) -> None:
 
 
 async def _hello(client: Client, service: str, pb2: ModuleType, who: str) -> Any:
-    """Greeter.Hello with a protobuf body (content_type PROTO: grpcio sends application/grpc)."""
+    """Greeter.Hello: a protobuf request is sent as protobuf without being told (grpcio sends
+    application/grpc, which go-micro decodes as protobuf)."""
     request = pb2.HelloRequest(name=who)
-    return await client.call(
-        service, "Greeter.Hello", request, response=pb2.HelloReply, content_type=PROTO, timeout=10
-    )
+    return await client.call(service, "Greeter.Hello", request, response=pb2.HelloReply, timeout=10)
 
 
 async def test_microweave_calls_go_micro_protobuf_handler(peers: Peers, greeter_pb2: ModuleType) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import msgspec
 
-from ..codec import JSON, type_codec
+from ..codec import JSON, PROTO, is_proto_message, type_codec
 from ..context import current_context
 from ..errors import InternalServerError, MicroError
 from ..registry import Registry
@@ -175,7 +175,7 @@ class Client:
         metadata: Mapping[str, str] | None = ...,
         response_metadata: dict[str, str] | None = ...,
         filters: Sequence[Filter] = ...,
-        content_type: str = ...,
+        content_type: str | None = ...,
         idempotent: bool | None = ...,
     ) -> T: ...
 
@@ -191,7 +191,7 @@ class Client:
         metadata: Mapping[str, str] | None = ...,
         response_metadata: dict[str, str] | None = ...,
         filters: Sequence[Filter] = ...,
-        content_type: str = ...,
+        content_type: str | None = ...,
         idempotent: bool | None = ...,
     ) -> Any: ...
 
@@ -206,7 +206,7 @@ class Client:
         metadata: Mapping[str, str] | None = None,
         response_metadata: dict[str, str] | None = None,
         filters: Sequence[Filter] = (),
-        content_type: str = JSON,
+        content_type: str | None = None,
         idempotent: bool | None = None,
     ) -> Any:
         """Call `endpoint` (`Handler.Method`) of `service`; `response` is the reply type.
@@ -215,7 +215,10 @@ class Client:
         with `response=bytes` it is returned undecoded. `request` may be bytes already encoded.
         `timeout`: seconds, None for no deadline, UNSET for the client's default.
         `idempotent`: whether the endpoint may run twice (None: as its registry record says).
+        `content_type`: the body's encoding; by default protobuf when the request or response
+        is a protobuf message (the only one go-micro's gRPC server takes from grpcio), else JSON.
         """
+        content_type = content_type or _content_type(request, response)
         body = self._encode(request, content_type)
         reply = await self.call_raw(
             service, endpoint, body, timeout=timeout, metadata=metadata, response_metadata=response_metadata,
@@ -258,7 +261,7 @@ class Client:
         timeout: float | Unset | None = UNSET,
         metadata: Mapping[str, str] | None = None,
         filters: Sequence[Filter] = (),
-        content_type: str = JSON,
+        content_type: str | None = None,
         idempotent: bool | None = None,
     ) -> AsyncIterator[Any]:
         """A streaming call: `request` is one message (server-streaming) or an async iterator
@@ -266,6 +269,7 @@ class Client:
         usually wants `timeout=None` (no deadline)."""
         if kind is None:
             kind = Kind.BIDI if hasattr(request, "__aiter__") else Kind.SERVER_STREAM
+        content_type = content_type or _content_type(None if kind.request_streaming else request, response)
         body: Any
         if kind.request_streaming:
             body = self._encode_stream(request, content_type)
@@ -347,3 +351,20 @@ class Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _content_type(request: Any, response: Any) -> str:
+    """PROTO when either side of the call is a protobuf message, else JSON."""
+    if _is_proto(type(request)) or (response is not None and _is_proto(response)):
+        return PROTO
+    return JSON
+
+
+_proto_types: dict[Any, bool] = {}  # per type, as the codecs are: the check costs on every call
+
+
+def _is_proto(tp: Any) -> bool:
+    known = _proto_types.get(tp)
+    if known is None:
+        known = _proto_types[tp] = is_proto_message(tp)
+    return known

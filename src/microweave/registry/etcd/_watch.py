@@ -6,7 +6,8 @@ stream breaks, opens a new one from the next revision, so the consumer sees each
 If etcd has compacted that revision away meanwhile, the changes are gone: the watcher
 subscribes again at the current revision and then yields RESYNC, so a consumer that re-reads
 on RESYNC has no gap. The same happens when etcd comes back without its data (its revision is
-below ours). A consumer that falls `buffer` events behind also gets RESYNC.
+below ours). A consumer that falls `buffer` events (or MAX_BACKLOG record bytes) behind also
+gets RESYNC.
 """
 
 from __future__ import annotations
@@ -21,19 +22,19 @@ import msgspec
 
 from ...errors import RegistryError
 from .. import Action, Event, Node, Service, Watcher, resync
+from ..events import MAX_BACKLOG, EventBuffer
 from ..outage import Outage
 from ..untrusted import too_deep
 from ._conn import Connection, rpc
 
-__all__ = ["EtcdWatcher", "decode", "prefix_end", "record_key"]
+__all__ = ["MAX_BACKLOG", "EtcdWatcher", "decode", "prefix_end", "record_key"]
 
 log = logging.getLogger("microweave.registry")
 
 _PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
 MAX_RECORD = 1 << 20  # a record larger than this is not a node announcement: skipped
-#: the most record bytes a watcher holds unread (its event count is bounded by watch_buffer,
-#: but 10,000 records of up to MAX_RECORD would be 10 GB); past it the consumer gets RESYNC
-MAX_BACKLOG = 64 << 20
+# A watcher holds at most MAX_BACKLOG record bytes unread (events.py), besides watch_buffer
+# events: 10,000 records of up to MAX_RECORD would be 10 GB.
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -75,9 +76,9 @@ class EtcdWatcher(Watcher):
         self._root = root  # `<prefix>/`, which every record's key starts with
         self._key = key
         self.service = service
-        self._buffer = buffer
-        self._queue: asyncio.Queue[tuple[Event, int] | None] = asyncio.Queue()  # event, bytes
-        self._backlog = 0  # record bytes in the queue
+        # unread events, weighed by their record's bytes; past `buffer` of them or MAX_BACKLOG
+        # bytes, RESYNC
+        self.events = EventBuffer(service, buffer, max_bytes=MAX_BACKLOG)
         self._call: Any = None
         self._task: asyncio.Task[None] | None = None
         self.closed = False
@@ -213,17 +214,7 @@ class EtcdWatcher(Watcher):
             self._offer(Event(Action.DELETE, service), len(event.prev_kv.value))
 
     def _offer(self, event: Event, size: int = 0) -> None:
-        if self.closed:
-            return
-        if self._queue.qsize() >= self._buffer or self._backlog + size > MAX_BACKLOG:
-            # The consumer fell behind: drop its backlog and tell it to re-read instead.
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._backlog = 0
-            self._queue.put_nowait((resync(self.service), 0))
-            return
-        self._backlog += size
-        self._queue.put_nowait((event, size))
+        self.events.offer(event, size)
 
     def _drop_stream(self) -> None:
         call, self._call = self._call, None
@@ -231,14 +222,7 @@ class EtcdWatcher(Watcher):
             call.cancel()
 
     async def __anext__(self) -> Event:
-        if self.closed:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if item is None:
-            raise StopAsyncIteration
-        event, size = item
-        self._backlog -= size
-        return event
+        return await self.events.next()
 
     async def aclose(self) -> None:
         if self.closed:
@@ -250,4 +234,4 @@ class EtcdWatcher(Watcher):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._drop_stream()
-        self._queue.put_nowait(None)
+        self.events.close()

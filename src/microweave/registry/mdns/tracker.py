@@ -13,7 +13,7 @@ for it again (RFC 6762 §5.2), which is how nodes that only answer queries (go-m
 Bounded: at most `max_nodes` heard instances, as many hosts, 8 addresses per host, TXT JSON of
 at most MAX_TXT_JSON each, and service names from `_services` up to `max_nodes`; past that,
 new ones are ignored (one warning per registry) until some expire. A watcher holds at most
-`watch_buffer` unread events, then gets RESYNC.
+`watch_buffer` unread events and MAX_BACKLOG bytes of their TXT JSON, then gets RESYNC.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import msgspec
 from zeroconf import RecordUpdate, RecordUpdateListener
 from zeroconf._dns import DNSAddress, DNSPointer, DNSQuestion, DNSService, DNSText
 
-from .. import Action, Event, Service, Watcher, merge_nodes, resync
+from .. import Action, Event, Service, Watcher, merge_nodes
+from ..events import MAX_BACKLOG, EventBuffer
 from .records import Txt, decode_txt, instance_node_id, service_from_txt, split_txt
 
 __all__ = ["Tracker"]
@@ -37,9 +38,8 @@ __all__ = ["Tracker"]
 log = logging.getLogger("microweave.registry")
 
 _ADDRESSES_PER_HOST = 8
-#: the most record bytes (TXT JSON) a watcher holds unread: a TXT may inflate to 256 KiB, so
-#: `watch_buffer` events alone could be gigabytes; past it the consumer gets RESYNC
-MAX_BACKLOG = 64 << 20
+# A watcher holds at most MAX_BACKLOG bytes of TXT JSON unread (events.py), besides
+# `watch_buffer` events: a TXT may inflate to 256 KiB, so the count alone could be gigabytes.
 _REFRESH_AT = 0.8  # ask again for a heard node at this fraction of its TTL
 _TYPE_PTR, _TYPE_SRV, _TYPE_TXT, _CLASS_IN = 12, 33, 16, 1
 
@@ -73,38 +73,25 @@ class TrackerWatcher(Watcher):
     def __init__(self, tracker: Tracker, service: str | None, buffer: int) -> None:
         self._tracker = tracker
         self.service = service
-        self._queue: asyncio.Queue[tuple[Event, int] | None] = asyncio.Queue()  # event, bytes
-        self._backlog = 0  # record bytes in the queue
-        self._buffer = buffer
-        self._closed = False
+        # unread events weighed by their TXT JSON; past `buffer` of them or MAX_BACKLOG bytes, RESYNC
+        self.events = EventBuffer(service, buffer, max_bytes=MAX_BACKLOG)
 
     def offer(self, event: Event, size: int = 0) -> None:
-        if self._closed or self.service not in (None, event.service.name):
-            return
-        if self._queue.qsize() >= self._buffer or self._backlog + size > MAX_BACKLOG:
-            while not self._queue.empty():  # the consumer fell behind: it re-reads instead
-                self._queue.get_nowait()
-            self._backlog = 0
-            self._queue.put_nowait((resync(self.service), 0))
-            return
-        self._backlog += size
-        self._queue.put_nowait((event, size))
+        if self.service in (None, event.service.name):
+            self.events.offer(event, size)
 
     async def __anext__(self) -> Event:
-        if self._closed:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if item is None:
-            raise StopAsyncIteration
-        event, size = item
-        self._backlog -= size
-        return event
+        return await self.events.next()
+
+    @property
+    def _queue(self) -> asyncio.Queue[Event | None]:
+        # what tests/unit/test_mdns_tracker.py peeks at; new code reads `events`
+        return self.events._queue
 
     def end(self) -> None:
-        if not self._closed:
-            self._closed = True
+        if not self.events.closed:
             self._tracker.watchers.discard(self)
-            self._queue.put_nowait(None)
+            self.events.close()
 
     async def aclose(self) -> None:
         self.end()

@@ -11,29 +11,44 @@ Announces decide nothing by their action except delete: CREATE is a node this wa
 know, UPDATE a known node whose record changed; a heartbeat that changes nothing is no event.
 While the connection is down nothing can be heard, so nothing expires; after it comes back
 every node's clock restarts and the consumer gets RESYNC.
+
+Announces come from the network, up to 1 MiB each: a consumer that falls behind gets RESYNC
+past `buffer` unread events or MAX_BACKLOG bytes of them, whichever comes first. An event
+weighs the record it was made from (encoded again, once per announce and only when the
+announce is news: a heartbeat that changes nothing is not measured); every event of a
+many-node announce carries the whole weight, since they share its endpoints and metadata. A
+node's weight is kept with its clock, so the DELETE of its expiry weighs what it held too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import msgspec
+
 from .. import Action, Event, Service, Watcher, resync
-from ..events import EventBuffer
+from ..events import MAX_BACKLOG, EventBuffer
 from .wire import Announce
 
-__all__ = ["MAX_TRACKED", "NatsWatcher"]
+__all__ = ["MAX_BACKLOG", "MAX_TRACKED", "NatsWatcher"]
 
 #: nodes one watcher keeps clocks for; past it, new nodes are reported but not timed
 MAX_TRACKED = 100_000
 
 
 class _Tracked:
-    __slots__ = ("deadline", "record", "ttl")
+    __slots__ = ("deadline", "record", "size", "ttl")
 
-    def __init__(self, record: Service, ttl: float, now: float) -> None:
+    def __init__(self, record: Service, ttl: float, now: float, size: int) -> None:
         self.record = record
         self.ttl = ttl
         self.deadline = now + ttl if ttl > 0 else None
+        self.size = size  # what the DELETE of this node weighs in the backlog
+
+
+def _weigh(service: Service) -> int:
+    """The bytes of a record as it came: what each event made from it weighs."""
+    return len(msgspec.json.encode(service))
 
 
 class NatsWatcher(Watcher):
@@ -48,7 +63,7 @@ class NatsWatcher(Watcher):
         self.service = service
         self._default_ttl = default_ttl
         self._on_close = on_close
-        self.events = EventBuffer(service, buffer)  # past `buffer` unread: RESYNC
+        self.events = EventBuffer(service, buffer, max_bytes=MAX_BACKLOG)  # past either: RESYNC
         self.nodes: dict[tuple[str, str], _Tracked] = {}
         self.closed = False
 
@@ -59,47 +74,53 @@ class NatsWatcher(Watcher):
         if self.closed or (self.service is not None and service.name != self.service):
             return
         ttl = self._default_ttl if announce.ttl is None else announce.ttl
+        size = 0  # the announce's weight: measured once, when first needed
         for node in service.nodes:
             one = service.with_nodes([node])
             key = (service.name, node.id)
             if announce.action == "delete":
                 known = self.nodes.pop(key, None)
-                self._offer(Event(Action.DELETE, known.record if known is not None else one))
+                if known is not None:
+                    self.events.offer(Event(Action.DELETE, known.record), known.size)
+                else:
+                    size = size or _weigh(service)
+                    self.events.offer(Event(Action.DELETE, one), size)
                 continue
             known = self.nodes.get(key)
+            if known is not None and known.record == one:  # a heartbeat: re-arm the clock only
+                self.nodes[key] = _Tracked(one, ttl, now, known.size)
+                continue
+            size = size or _weigh(service)
             if known is not None or len(self.nodes) < MAX_TRACKED:
-                self.nodes[key] = _Tracked(one, ttl, now)
-            if known is None:
-                self._offer(Event(Action.CREATE, one))
-            elif known.record != one:
-                self._offer(Event(Action.UPDATE, one))
+                self.nodes[key] = _Tracked(one, ttl, now, size)
+            self.events.offer(Event(Action.CREATE if known is None else Action.UPDATE, one), size)
 
     def seed(self, service: Service, ttl: float | None, now: float) -> None:
         """A node read by a lookup: start its clock (no event: lookups are not changes)."""
         if self.closed or (self.service is not None and service.name != self.service):
             return
+        size = 0
         for node in service.nodes:
             key = (service.name, node.id)
             one = service.with_nodes([node])
             known = self.nodes.get(key)
             if known is None and len(self.nodes) < MAX_TRACKED:
-                self.nodes[key] = _Tracked(one, self._default_ttl if ttl is None else ttl, now)
+                size = size or _weigh(service)
+                self.nodes[key] = _Tracked(one, self._default_ttl if ttl is None else ttl, now, size)
             elif known is not None and known.record == one:
                 known.deadline = now + known.ttl if known.ttl > 0 else None
 
     def expire(self, now: float) -> None:
         expired = [key for key, t in self.nodes.items() if t.deadline is not None and t.deadline <= now]
         for key in expired:
-            self._offer(Event(Action.DELETE, self.nodes.pop(key).record))
+            tracked = self.nodes.pop(key)
+            self.events.offer(Event(Action.DELETE, tracked.record), tracked.size)
 
     def reconnected(self, now: float) -> None:
         """Announces were missed while the connection was down: restart clocks, tell the consumer."""
         for tracked in self.nodes.values():
             tracked.deadline = now + tracked.ttl if tracked.ttl > 0 else None
-        self._offer(resync(self.service))
-
-    def _offer(self, event: Event) -> None:
-        self.events.offer(event)
+        self.events.offer(resync(self.service))
 
     # -- read by the consumer ----------------------------------------------------------------------
 

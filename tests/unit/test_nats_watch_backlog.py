@@ -67,3 +67,18 @@ async def test_small_announces_are_bounded_by_count_as_before() -> None:
     watcher.announce(Announce("create", record.with_nodes([Node("n199", "127.0.0.1:1")]), 2), now=1)
     assert await unread(watcher) == [] and watcher.events.backlog == 0
     await watcher.aclose()
+
+
+async def test_the_nodes_a_watcher_keeps_clocks_for_are_bounded_in_bytes() -> None:
+    from microweave.registry.nats.watch import MAX_TRACKED_BYTES
+
+    watcher = NatsWatcher("greeter", buffer=10_000, default_ttl=90.0, on_close=_closed)
+    count = MAX_TRACKED_BYTES // len(BLOB) + 16
+    for i in range(count):  # a peer announcing ~1 MiB records, each a new node
+        watcher.announce(Announce("create", big(f"n{i}"), 2), now=0)
+    assert watcher.tracked_bytes <= MAX_TRACKED_BYTES
+    assert 0 < len(watcher.nodes) < count
+    watcher.announce(Announce("delete", big("n0"), 2), now=1)  # a tracked node leaving frees room
+    assert watcher.tracked_bytes <= MAX_TRACKED_BYTES - len(BLOB)
+    await watcher.aclose()
+    assert watcher.tracked_bytes == 0

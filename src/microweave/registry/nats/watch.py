@@ -30,10 +30,12 @@ from .. import Action, Event, Service, Watcher, resync
 from ..events import MAX_BACKLOG, EventBuffer
 from .wire import Announce
 
-__all__ = ["MAX_BACKLOG", "MAX_TRACKED", "NatsWatcher"]
+__all__ = ["MAX_BACKLOG", "MAX_TRACKED", "MAX_TRACKED_BYTES", "NatsWatcher"]
 
-#: nodes one watcher keeps clocks for; past it, new nodes are reported but not timed
+#: nodes one watcher keeps clocks for, and the bytes of their records; past either, new nodes
+#: are reported but not timed (a peer announcing 1 MiB records cannot make us hold 100 GB)
 MAX_TRACKED = 100_000
+MAX_TRACKED_BYTES = 256 << 20
 
 
 class _Tracked:
@@ -65,7 +67,22 @@ class NatsWatcher(Watcher):
         self._on_close = on_close
         self.events = EventBuffer(service, buffer, max_bytes=MAX_BACKLOG)  # past either: RESYNC
         self.nodes: dict[tuple[str, str], _Tracked] = {}
+        self.tracked_bytes = 0  # the sizes of the records in `nodes`
         self.closed = False
+
+    def _room(self, size: int) -> bool:
+        return len(self.nodes) < MAX_TRACKED and self.tracked_bytes + size <= MAX_TRACKED_BYTES
+
+    def _track(self, key: tuple[str, str], tracked: _Tracked) -> None:
+        known = self.nodes.get(key)
+        self.tracked_bytes += tracked.size - (known.size if known is not None else 0)
+        self.nodes[key] = tracked
+
+    def _untrack(self, key: tuple[str, str]) -> _Tracked | None:
+        known = self.nodes.pop(key, None)
+        if known is not None:
+            self.tracked_bytes -= known.size
+        return known
 
     # -- fed by the registry ---------------------------------------------------------------------
 
@@ -79,7 +96,7 @@ class NatsWatcher(Watcher):
             one = service.with_nodes([node])
             key = (service.name, node.id)
             if announce.action == "delete":
-                known = self.nodes.pop(key, None)
+                known = self._untrack(key)
                 if known is not None:
                     self.events.offer(Event(Action.DELETE, known.record), known.size)
                 else:
@@ -91,8 +108,8 @@ class NatsWatcher(Watcher):
                 self.nodes[key] = _Tracked(one, ttl, now, known.size)
                 continue
             size = size or _weigh(service)
-            if known is not None or len(self.nodes) < MAX_TRACKED:
-                self.nodes[key] = _Tracked(one, ttl, now, size)
+            if known is not None or self._room(size):
+                self._track(key, _Tracked(one, ttl, now, size))
             self.events.offer(Event(Action.CREATE if known is None else Action.UPDATE, one), size)
 
     def seed(self, service: Service, ttl: float | None, now: float) -> None:
@@ -104,17 +121,19 @@ class NatsWatcher(Watcher):
             key = (service.name, node.id)
             one = service.with_nodes([node])
             known = self.nodes.get(key)
-            if known is None and len(self.nodes) < MAX_TRACKED:
+            if known is None:
                 size = size or _weigh(service)
-                self.nodes[key] = _Tracked(one, self._default_ttl if ttl is None else ttl, now, size)
+                if self._room(size):
+                    self._track(key, _Tracked(one, self._default_ttl if ttl is None else ttl, now, size))
             elif known is not None and known.record == one:
                 known.deadline = now + known.ttl if known.ttl > 0 else None
 
     def expire(self, now: float) -> None:
         expired = [key for key, t in self.nodes.items() if t.deadline is not None and t.deadline <= now]
         for key in expired:
-            tracked = self.nodes.pop(key)
-            self.events.offer(Event(Action.DELETE, tracked.record), tracked.size)
+            tracked = self._untrack(key)
+            if tracked is not None:
+                self.events.offer(Event(Action.DELETE, tracked.record), tracked.size)
 
     def reconnected(self, now: float) -> None:
         """Announces were missed while the connection was down: restart clocks, tell the consumer."""
@@ -131,5 +150,6 @@ class NatsWatcher(Watcher):
         if not self.closed:
             self.closed = True
             self.nodes.clear()
+            self.tracked_bytes = 0
             self.events.close()
             await self._on_close(self)

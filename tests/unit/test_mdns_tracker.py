@@ -113,7 +113,7 @@ async def test_a_watcher_s_backlog_is_bounded_in_bytes_too(monkeypatch: pytest.M
     first = await anext(watcher)
     assert first.action is Action.RESYNC
     rest = []
-    while not watcher._queue.empty():
+    while len(watcher.events):
         rest.append(await anext(watcher))
     assert [e.action for e in rest] == [Action.CREATE] * len(rest) and 0 < len(rest) < 4
     await watcher.aclose()

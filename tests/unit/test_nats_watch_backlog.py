@@ -30,7 +30,7 @@ def big(node_id: str) -> Service:
 
 async def unread(watcher: NatsWatcher) -> list[Event]:
     out = []
-    while watcher.events._queue.qsize():
+    while len(watcher.events):
         out.append(await anext(watcher))
     return out
 

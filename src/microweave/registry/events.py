@@ -37,6 +37,10 @@ class EventBuffer:
         self.backlog = 0
         self.closed = False
 
+    def __len__(self) -> int:
+        """Unread events."""
+        return self._queue.qsize()
+
     def offer(self, event: Event, size: int = 0) -> None:
         """Queue `event`, which weighs `size` bytes; RESYNC instead when a bound is reached."""
         if self.closed:

@@ -18,7 +18,6 @@ new ones are ignored (one warning per registry) until some expire. A watcher hol
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import time
@@ -82,11 +81,6 @@ class TrackerWatcher(Watcher):
 
     async def __anext__(self) -> Event:
         return await self.events.next()
-
-    @property
-    def _queue(self) -> asyncio.Queue[Event | None]:
-        # what tests/unit/test_mdns_tracker.py peeks at; new code reads `events`
-        return self.events._queue
 
     def end(self) -> None:
         if not self.events.closed:

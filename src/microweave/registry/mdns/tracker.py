@@ -41,6 +41,7 @@ _ADDRESSES_PER_HOST = 8
 # `watch_buffer` events: a TXT may inflate to 256 KiB, so the count alone could be gigabytes.
 _REFRESH_AT = 0.8  # ask again for a heard node at this fraction of its TTL
 _TYPE_PTR, _TYPE_SRV, _TYPE_TXT, _CLASS_IN = 12, 33, 16, 1
+_TYPE_A, _TYPE_AAAA = 1, 28
 
 
 class _Heard:
@@ -155,7 +156,8 @@ class Tracker(RecordUpdateListener):
                 addresses.append(record)  # after the SRVs, which say which hosts matter
             elif record.key.endswith(self._suffix) and not record.key.endswith(self._wildcard):
                 if isinstance(record, DNSService):
-                    self._on_srv(record)
+                    if self._on_srv(record):
+                        addresses.extend(_cached_addresses(zc, record.server_key, now))
                 elif isinstance(record, DNSText):
                     self._on_txt(record)
                 elif isinstance(record, DNSPointer):
@@ -193,16 +195,20 @@ class Tracker(RecordUpdateListener):
         self._touched.add(key)
         return heard
 
-    def _on_srv(self, record: DNSService) -> None:
+    def _on_srv(self, record: DNSService) -> bool:
+        """Track the node's host and port; True when the host is new to the node (its address
+        may have come in an earlier packet, before any SRV said the host mattered)."""
         heard = self._heard_node(record, 0)
         if heard is None:
-            return
+            return False
         host = record.server_key
-        if host != heard.host:
-            self._unref_host(heard.host, record.key)
-            self._host_nodes.setdefault(host, set()).add(record.key)
-            heard.host = host
         heard.port = record.port
+        if host == heard.host:
+            return False
+        self._unref_host(heard.host, record.key)
+        self._host_nodes.setdefault(host, set()).add(record.key)
+        heard.host = host
+        return True
 
     def _on_txt(self, record: DNSText) -> None:
         heard = self._heard_node(record, 1)
@@ -344,6 +350,25 @@ class Tracker(RecordUpdateListener):
     def close(self) -> None:
         for watcher in list(self.watchers):
             watcher.end()
+
+
+def _cached_addresses(zc: Any, host: str, now: float) -> list[DNSAddress]:
+    """The live A/AAAA records of `host` in zeroconf's cache.
+
+    A responder splits a big answer over several packets, and an address may come in the
+    packet before the SRV naming its host (a legacy unicast answer to 64 lookups at once did,
+    for 1 node in 30): ignored then, it must be taken from the cache once the SRV arrives, or
+    the node stays invisible until the address is announced again.
+    """
+    cache = getattr(zc, "cache", None)
+    if cache is None:
+        return []
+    found: list[DNSAddress] = []
+    for kind in (_TYPE_A, _TYPE_AAAA):
+        for entry in cache.async_all_by_details(host, kind, _CLASS_IN):
+            if isinstance(entry, DNSAddress) and not entry.is_expired(now):
+                found.append(entry)
+    return found
 
 
 def ptr_question(name: str) -> DNSQuestion:

@@ -36,7 +36,13 @@ def record(name: str, node: str, index: int) -> Service:
             Node(
                 id=node,
                 address=f"{address}:9090",
-                metadata={"protocol": "grpc", "transport": "grpc", "tcp_address": f"{address}:9091"},
+                metadata={
+                    "protocol": "grpc",
+                    "transport": "grpc",
+                    "server": "grpc",
+                    "registry": "bench",
+                    "tcp_address": f"{address}:9091",
+                },
             )
         ],
     )
@@ -54,6 +60,9 @@ async def test_a_fresh_registry_looking_up_many_services_at_once_finds_every_nod
                 await writer.register(record(f"svc-{i}", f"n{j}", i * NODES + j), ttl=60)
 
         await asyncio.gather(*(register(i, j) for i in range(SERVICES) for j in range(NODES)))
+        # a new record is announced three times over 0.45 s; the reader starts after that,
+        # so it learns every node from the answers to its lookups, not from announcements
+        await asyncio.sleep(1.0)
         async with open_mdns(mdns_netns, url) as reader:
             at_once = asyncio.Semaphore(64)
 

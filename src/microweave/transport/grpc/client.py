@@ -1,4 +1,7 @@
-"""Native gRPC client: one grpc.aio channel per node address, raw-bytes multicallables cached."""
+"""Native gRPC client: one grpc.aio channel per node reached, raw-bytes multicallables cached.
+
+Channels live in `channels.Channels`, shared with `NamedGrpcClient`: one to a node the client
+could not connect to is closed and dropped, so a churning fleet does not grow the table."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from ...errors import ConnectionLost, MicroError, NotDelivered, from_grpc
 from ...registry import Node
 from ...server import Kind
 from .. import ClientTransport, StreamBody
+from .channels import Channels
 from .server import CONTENT_TYPE_KEY, MAX_MESSAGE, REFUSED_KEY
 
 __all__ = ["GrpcClient"]
@@ -39,21 +43,35 @@ def _grpc_metadata(metadata: Mapping[str, str], content_type: str) -> tuple[tupl
 _NOT_CONNECTED = ("failed to connect", "connection refused", "dns resolution failed", "connect failed")
 
 
+def _refused(exc: grpc.aio.AioRpcError) -> bool:
+    """A draining microweave node says so in the trailers: alive, but the call never ran."""
+    return exc.code() is grpc.StatusCode.UNAVAILABLE and any(
+        k == REFUSED_KEY for k, _ in exc.trailing_metadata() or ()
+    )
+
+
+def _not_connected(exc: grpc.aio.AioRpcError) -> bool:
+    """grpc-core could not make a connection: the request never left."""
+    said = (exc.details() or "").lower()
+    return (
+        exc.code() is grpc.StatusCode.UNAVAILABLE
+        and not _refused(exc)
+        and any(words in said for words in _NOT_CONNECTED)
+    )
+
+
 def _error(exc: grpc.aio.AioRpcError, address: str) -> MicroError:
     """Where the error came from: a microweave or go-micro node answers with its error JSON in
     the status message (`remote`); grpc-core's own UNAVAILABLE is a transport failure."""
     code, details = exc.code(), exc.details() or ""
-    if code is grpc.StatusCode.UNAVAILABLE and any(
-        k == REFUSED_KEY for k, _ in exc.trailing_metadata() or ()
-    ):
+    if _refused(exc):
         return NotDelivered(f"node {address} is draining: it refused the call", id="microweave.client")
     err = from_grpc(code, details)
     if err.id or details.startswith("{"):
         err.remote = True
         return err
     if code is grpc.StatusCode.UNAVAILABLE:
-        said = details.lower()
-        if any(words in said for words in _NOT_CONNECTED):
+        if _not_connected(exc):
             return NotDelivered(f"node {address} unreachable: {details}", id="microweave.client")
         return ConnectionLost(f"connection to node {address} lost: {details}", id="microweave.client")
     if code is grpc.StatusCode.CANCELLED:
@@ -70,6 +88,21 @@ def _error(exc: grpc.aio.AioRpcError, address: str) -> MicroError:
     return err
 
 
+class _Node:
+    """One node's channel and the multicallables made on it (dropped with it)."""
+
+    __slots__ = ("callables", "channel")
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.callables: dict[tuple[str, Kind], Any] = {}
+
+
+async def _close(node: _Node) -> None:
+    node.callables.clear()
+    await node.channel.close()
+
+
 class GrpcClient(ClientTransport):
     name = "grpc"
     #: gRPC's wire does not say whether a call is unary or streaming: the client checks the
@@ -84,22 +117,27 @@ class GrpcClient(ClientTransport):
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),
         ]
-        self._channels: dict[str, Any] = {}
-        self._callables: dict[tuple[str, str, Kind], Any] = {}
+        self._channels: Channels[str, _Node] = Channels(self._open, _close)
+
+    def _open(self, address: str) -> _Node:
+        return _Node(grpc.aio.insecure_channel(address, options=self._options))
 
     def channel(self, address: str) -> Any:
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=self._options)
-        return channel
+        return self._channels.channel(address).channel
 
     def _callable(self, address: str, path: str, kind: Kind) -> Any:
-        key = (address, path, kind)
-        multicallable = self._callables.get(key)
+        node = self._channels.channel(address)
+        multicallable = node.callables.get((path, kind))
         if multicallable is None:
-            factory = getattr(self.channel(address), _FACTORIES[kind])
-            multicallable = self._callables[key] = factory(path)
+            factory = getattr(node.channel, _FACTORIES[kind])
+            multicallable = node.callables[(path, kind)] = factory(path)
         return multicallable
+
+    async def _failed(self, exc: grpc.aio.AioRpcError, address: str) -> MicroError:
+        """The error to raise; a node the call could not connect to loses its channel."""
+        if _not_connected(exc):
+            await self._channels.forget(address)
+        return _error(exc, address)
 
     async def unary(
         self,
@@ -118,7 +156,7 @@ class GrpcClient(ClientTransport):
         try:
             reply: bytes = await call
         except grpc.aio.AioRpcError as exc:
-            raise _error(exc, address) from None
+            raise await self._failed(exc, address) from None
         if response_metadata is not None:
             trailing = await call.trailing_metadata()
             response_metadata.update((k, v) for k, v in (trailing or ()) if isinstance(v, str))
@@ -145,13 +183,10 @@ class GrpcClient(ClientTransport):
             else:
                 yield await call
         except grpc.aio.AioRpcError as exc:
-            raise _error(exc, address) from None
+            raise await self._failed(exc, address) from None
         finally:
             if not call.done():
                 call.cancel()
 
     async def aclose(self) -> None:
-        channels, self._channels = self._channels, {}
-        self._callables.clear()
-        for channel in channels.values():
-            await channel.close()
+        await self._channels.aclose()

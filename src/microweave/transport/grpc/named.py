@@ -27,6 +27,7 @@ from ...errors import ConnectionLost, MicroError, NotDelivered, TooManyRequests,
 from ...registry import Node
 from ...server import Kind
 from .. import ClientTransport, StreamBody
+from .channels import Channels
 from .server import CONTENT_TYPE_KEY, CONTENT_TYPES, MAX_MESSAGE, REFUSED_KEY
 
 __all__ = ["NamedGrpcClient"]
@@ -101,27 +102,11 @@ class NamedGrpcClient(ClientTransport):
         except ImportError:
             raise ImportError("NamedGrpcClient needs grpclib: pip install 'microweave[gomicro]'") from None
         self.max_message = max_message
-        self._channels: dict[tuple[str, str], Any] = {}
+        # (address, content subtype): the codec is the channel's; shared rule in channels.py
+        self._channels: Channels[tuple[str, str], Any] = Channels(_open, _close)
 
     def address_of(self, node: Node) -> str | None:
         return node.address or None  # go-micro's field: the gRPC address
-
-    def _channel(self, address: str, subtype: str) -> Any:
-        from grpclib.client import Channel
-
-        channel = self._channels.get((address, subtype))
-        if channel is None:
-            host, _, port = address.rpartition(":")
-            channel = Channel(host.strip("[]"), int(port), codec=cast(Any, _Raw(subtype)))
-            self._channels[(address, subtype)] = channel
-        return channel
-
-    def _forget(self, address: str, content_type: str) -> None:
-        """Close and drop the channel to a node we could not reach: nodes come and go (a new
-        address per deploy), so the table holds reachable nodes only, not every one announced."""
-        channel = self._channels.pop((address, _subtype(content_type)), None)
-        if channel is not None:
-            channel.close()
 
     def _open(
         self, address: str, path: str, kind: Kind, timeout: float | None, metadata: Mapping[str, str], ct: str
@@ -135,7 +120,7 @@ class NamedGrpcClient(ClientTransport):
             Kind.BIDI: Cardinality.STREAM_STREAM,
         }[kind]
         md = [*((k, v) for k, v in metadata.items() if k != CONTENT_TYPE_KEY), (CONTENT_TYPE_KEY, ct)]
-        channel = self._channel(address, _subtype(ct))
+        channel = self._channels.channel((address, _subtype(ct)))
         return channel.request(path, cardinality, bytes, bytes, timeout=timeout, metadata=md)
 
     async def _reply(self, stream: Any) -> bytes | None:
@@ -213,7 +198,7 @@ class NamedGrpcClient(ClientTransport):
         except Exception as exc:  # grpclib's, h2's and the socket's errors, and the deadline
             err = _error(exc, address, stream, sent)
             if not sent and isinstance(err, NotDelivered):  # not a draining node's refusal
-                self._forget(address, content_type)  # could not connect: keep no channel
+                await self._channels.forget((address, _subtype(content_type)))  # keep no channel
             raise err from None
         finally:
             if sender is not None and not sender.done():
@@ -224,9 +209,19 @@ class NamedGrpcClient(ClientTransport):
             yield reply
 
     async def aclose(self) -> None:
-        channels, self._channels = self._channels, {}
-        for channel in channels.values():
-            channel.close()
+        await self._channels.aclose()
+
+
+def _open(key: tuple[str, str]) -> Any:
+    from grpclib.client import Channel
+
+    address, subtype = key
+    host, _, port = address.rpartition(":")
+    return Channel(host.strip("[]"), int(port), codec=cast(Any, _Raw(subtype)))
+
+
+def _close(channel: Any) -> None:
+    channel.close()
 
 
 async def _send_all(stream: Any, bodies: AsyncIterator[bytes]) -> None:

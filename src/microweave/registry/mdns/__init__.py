@@ -336,13 +336,25 @@ class MdnsRegistry(Registry):
                 self._asked[name] = answered
             self._query([ptr_question(name) for name in fresh])
             try:
-                await asyncio.sleep(self.options.query_wait)
+                await asyncio.sleep(self.options.query_wait / 2)
+                # UDP loses queries (RFC 6762 §5.2: a querier asks again): a burst of lookups
+                # had whole runs of queries unanswered, so names nobody answered yet are asked
+                # once more before the wait ends
+                silent = [n for n in fresh if not self._heard_of(n)]
+                self._query([ptr_question(name) for name in silent])
+                await asyncio.sleep(self.options.query_wait / 2)
             finally:
                 answered.set()
         for name in names:
             waiting = self._asked.get(name)
             if waiting is not None:
                 await waiting.wait()
+
+    def _heard_of(self, question: str) -> bool:
+        """Whether any node (or, for `_services`, any name) answered the PTR `question`."""
+        if question == f"_services.{self.options.domain}.":
+            return bool(self._tracker.names)
+        return bool(self._tracker.services(question[: -len(self.options.domain) - 2]))
 
     async def get_service(self, name: str) -> list[Service]:
         zc = await self._zc()

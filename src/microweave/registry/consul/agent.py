@@ -30,6 +30,8 @@ __all__ = ["Agent", "Reply"]
 
 #: status codes worth another attempt: the agent is starting, has no leader yet, or is busy
 _TRANSIENT = frozenset({429, 500, 502, 503, 504})
+#: connections (and so requests under way) for short requests; more wait for a slot
+_SHORT_CONNECTIONS = 16
 
 
 class Reply:
@@ -73,6 +75,10 @@ class Agent:
         self._max_watch_connections = max_watch_connections
         self.outage = outage
         self._inflight = 0  # requests under way, on either pool
+        # short requests at once: a burst beyond the pool queues here, before its timeout
+        # starts (aiohttp counts the wait for a pooled connection in the timeout, so 256
+        # registrations at once timed out behind 16 connections to a -dev agent)
+        self._slots = asyncio.Semaphore(_SHORT_CONNECTIONS)
         self._short: aiohttp.ClientSession | None = None
         self._long: aiohttp.ClientSession | None = None
 
@@ -87,7 +93,7 @@ class Agent:
                 self._long = aiohttp.ClientSession(connector=connector, headers=self._headers)
             return self._long
         if self._short is None:
-            connector = aiohttp.TCPConnector(limit=16)
+            connector = aiohttp.TCPConnector(limit=_SHORT_CONNECTIONS)
             self._short = aiohttp.ClientSession(connector=connector, headers=self._headers)
         return self._short
 
@@ -140,7 +146,11 @@ class Agent:
                 await asyncio.sleep(backoff.next())
             self._inflight += 1
             try:
-                reply = await self._once(method, path, params, data, timeout, long=wait is not None)
+                if wait is None:
+                    async with self._slots:
+                        reply = await self._once(method, path, params, data, timeout, long=False)
+                else:
+                    reply = await self._once(method, path, params, data, timeout, long=True)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 last = exc
                 self.outage.failed(exc)

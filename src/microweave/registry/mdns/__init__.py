@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zeroconf import InterfaceChoice, IPVersion, NotRunningException, ServiceInfo, Zeroconf
+from zeroconf._dns import DNSPointer
 from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.asyncio import AsyncZeroconf
 
@@ -53,6 +54,7 @@ log = logging.getLogger("microweave.registry")
 DEFAULT_TTL = 120  # go-micro's record TTL, for registrations without one
 MIN_TTL = 2  # seconds: see the module docstring
 SWEEP = 0.25  # seconds between expiry sweeps
+_TYPE_PTR, _CLASS_IN = 12, 1
 _ANNOUNCE = (0.225, 0.225)  # pauses between the three announcements of a new record
 _GOODBYE = (0.125, 0.125)
 _FLAGS_QUERY = 0x0000
@@ -336,13 +338,7 @@ class MdnsRegistry(Registry):
                 self._asked[name] = answered
             self._query([ptr_question(name) for name in fresh])
             try:
-                await asyncio.sleep(self.options.query_wait / 2)
-                # UDP loses queries (RFC 6762 §5.2: a querier asks again): a burst of lookups
-                # had whole runs of queries unanswered, so names nobody answered yet are asked
-                # once more before the wait ends
-                silent = [n for n in fresh if not self._heard_of(n)]
-                self._query([ptr_question(name) for name in silent])
-                await asyncio.sleep(self.options.query_wait / 2)
+                await self._wait_for_answers(zc, fresh)
             finally:
                 answered.set()
         for name in names:
@@ -350,11 +346,37 @@ class MdnsRegistry(Registry):
             if waiting is not None:
                 await waiting.wait()
 
-    def _heard_of(self, question: str) -> bool:
-        """Whether any node (or, for `_services`, any name) answered the PTR `question`."""
+    async def _wait_for_answers(self, zc: Zeroconf, asked: list[str]) -> None:
+        """Wait `query_wait`, asking again (RFC 6762 §5.2) the names whose answers are missing
+        or incomplete halfway through; a name answered incompletely gets one more half.
+
+        Under a burst of lookups whole runs of queries went unanswered, and a responder's
+        answer spans packets that may not all arrive: asked once, a lookup came back short.
+        """
+        half = self.options.query_wait / 2
+        await asyncio.sleep(half)
+        missing = [n for n in asked if not self._complete(zc, n)]
+        self._query([ptr_question(name) for name in missing])
+        await asyncio.sleep(half)
+        partial = [n for n in missing if self._heard_of(zc, n) and not self._complete(zc, n)]
+        if partial:
+            self._query([ptr_question(name) for name in partial])
+            await asyncio.sleep(half)
+
+    def _heard_of(self, zc: Zeroconf, question: str) -> bool:
+        """Whether anyone answered the PTR `question` (zeroconf's cache holds the PTRs)."""
         if question == f"_services.{self.options.domain}.":
             return bool(self._tracker.names)
-        return bool(self._tracker.services(question[: -len(self.options.domain) - 2]))
+        return bool(zc.cache.async_all_by_details(question, _TYPE_PTR, _CLASS_IN))
+
+    def _complete(self, zc: Zeroconf, question: str) -> bool:
+        """Whether every node a PTR answered `question` with is seen whole (SRV, TXT, address)."""
+        if question == f"_services.{self.options.domain}.":
+            return bool(self._tracker.names)
+        pointers = zc.cache.async_all_by_details(question, _TYPE_PTR, _CLASS_IN)
+        return bool(pointers) and all(
+            isinstance(p, DNSPointer) and self._tracker.shows(p.alias_key) for p in pointers
+        )
 
     async def get_service(self, name: str) -> list[Service]:
         zc = await self._zc()

@@ -125,6 +125,10 @@ class Tracker(RecordUpdateListener):
             by_name.setdefault(record.name, []).append(record)
         return [s for group in by_name.values() for s in merge_nodes(group)]
 
+    def shows(self, key: str) -> bool:
+        """Whether the node of instance `key` (lower case) is seen whole, or is ours."""
+        return key in self._visible
+
     def watch(self, service: str | None) -> TrackerWatcher:
         watcher = TrackerWatcher(self, service, self.watch_buffer)
         self.watchers.add(watcher)

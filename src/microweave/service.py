@@ -255,7 +255,7 @@ class Service:
         if self.running:
             return
         middleware = self.middleware
-        if getattr(self.registry, "counts_calls", False):  # it reports them (NATS: $SRV.STATS)
+        if self.registry.counts_calls:  # it reports them (NATS: $SRV.STATS)
             from .server import stats
 
             middleware = [stats.track(self.node_id), *middleware]

@@ -142,6 +142,9 @@ class Registry(abc.ABC):
 
     #: the URL scheme the backend answers to
     scheme: str = ""
+    #: whether the backend reports the node's per-endpoint call counts (NATS's $SRV.STATS): a
+    #: service on such a registry counts its calls (server/stats.py); the others pay nothing
+    counts_calls: bool = False
 
     @abc.abstractmethod
     async def register(self, service: Service, *, ttl: float | None = None) -> None:

@@ -10,6 +10,7 @@ from .. import __version__
 from .call import call
 from .demo import demo
 from .describe import describe
+from .hints import registry_help
 from .run import run
 from .services import services
 
@@ -40,8 +41,7 @@ def _global(
             "--registry",
             "-r",
             metavar="URL",
-            help="Registry for every command: local:// (default), local:///dir, memory://. "
-            "Default: $MICRO_REGISTRY (+ $MICRO_REGISTRY_ADDRESS), else local://.",
+            help=registry_help("Registry for every command:"),
             show_default=False,
         ),
     ] = None,

@@ -12,10 +12,11 @@ from typing import Annotated
 
 import typer
 
-from .._backends import load_registry
+from .._backends import load_registry, settings
 from ..client.call import MAX_TIMEOUT
 from ..errors import ConfigurationError
 from ..registry import Registry
+from .hints import registry_help, registry_hint
 from .output import CliError
 
 __all__ = [
@@ -34,8 +35,7 @@ RegistryOption = Annotated[
         "--registry",
         "-r",
         metavar="URL",
-        help="Registry URL: local:// (default, files on this host), local:///some/dir, memory://. "
-        "Default: $MICRO_REGISTRY (+ $MICRO_REGISTRY_ADDRESS), else local://.",
+        help=registry_help("Registry URL:"),
         show_default=False,
     ),
 ]
@@ -97,7 +97,17 @@ def registry_url(ctx: typer.Context, local: str | None) -> str | None:
 
 
 def open_registry(url: str | None) -> Registry:
+    """The registry a command uses; a URL it cannot build from is a usage error whose hint
+    fits the URL (its scheme's docs page, or the schemes there are)."""
     try:
         return load_registry(url)
     except ConfigurationError as exc:
-        raise CliError(exc.detail, hint="e.g. --registry local:// or --registry memory://", code=2) from None
+        raise CliError(exc.detail, hint=registry_hint(url or _from_environment()), code=2) from None
+
+
+def _from_environment() -> str | None:
+    """The URL `load_registry` builds when the command names none (for the hint only)."""
+    env = settings()
+    if env.registry is None:
+        return None
+    return env.registry if "://" in env.registry else f"{env.registry}://"

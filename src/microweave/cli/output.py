@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import ConfigurationError, MicroError, NotImplementedError_, ServiceNotFound, Unavailable
+from .hints import configuration_hint
 
 __all__ = ["CliError", "err", "fail", "out", "print_error", "reporting_errors"]
 
@@ -73,7 +74,7 @@ def reporting_errors(*, service: str = "") -> Iterator[None]:
     except CliError as exc:
         fail(exc.message, hint=exc.hint, code=exc.code)
     except ConfigurationError as exc:  # a local mistake, not a remote 500
-        fail(exc.detail, hint="e.g. --registry local:// or --registry memory://", code=2)
+        fail(exc.detail, hint=configuration_hint(exc.detail), code=2)
     except MicroError as exc:
         print_error(exc, hint=_hint_for(exc, service))
         raise typer.Exit(1) from None

@@ -1,14 +1,38 @@
-"""A registry that breaks on demand, for tests of what sits above a registry (the cache, the
-registration): the real backend underneath, with lookups, registration or the watch made to
-fail while the test says so, and the calls that reach it counted."""
+"""Registry test kit: a registry that breaks on demand, and the helpers the engine-backed
+registry tests (etcd, Consul) share.
+
+`Breakable` is for tests of what sits above a registry (the cache, the registration): the real
+backend underneath, with lookups, registration or the watch made to fail while the test says
+so, and the calls that reach it counted. The helpers below it start real greeter processes on a
+registry URL, wait for their nodes and keep a load of calls on them through an outage."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+from pathlib import Path
 
+import msgspec
+from helpers import SERVICES, ServiceProcess, async_wait_until
+
+from microweave import Client
+from microweave.errors import RegistryError
 from microweave.registry import Event, Registry, Service, Watcher
 
-__all__ = ["Breakable", "BreakableWatcher"]
+__all__ = [
+    "WAIT",
+    "Breakable",
+    "BreakableWatcher",
+    "CallLoad",
+    "HelloReply",
+    "HelloRequest",
+    "all_there",
+    "ids",
+    "next_event",
+    "start_greeter",
+    "wait_nodes",
+]
 
 
 class Breakable(Registry):
@@ -86,3 +110,111 @@ class BreakableWatcher(Watcher):
     async def aclose(self) -> None:
         self.owner._watchers.discard(self)
         await self.inner.aclose()
+
+
+# -- helpers for the engine-backed registry tests (etcd, Consul): real greeter processes ------
+
+WAIT = 15.0
+
+
+class HelloRequest(msgspec.Struct):
+    name: str
+
+
+class HelloReply(msgspec.Struct):
+    message: str
+    caller: str = ""
+    node: str = ""
+
+
+async def ids(registry: Registry, name: str = "greeter") -> set[str]:
+    """The ids of the nodes of `name` the registry returns."""
+    return {n.id for s in await registry.get_service(name) for n in s.nodes}
+
+
+async def all_there(registry: Registry, nodes: set[str]) -> bool:
+    """Exactly these greeter nodes, or False while the registry cannot answer (an outage)."""
+    with contextlib.suppress(RegistryError):
+        return await ids(registry) == nodes
+    return False
+
+
+async def next_event(watcher: Watcher, timeout: float = WAIT) -> Event:
+    return await asyncio.wait_for(anext(watcher), timeout)
+
+
+def start_greeter(tmp_path: Path, url: str, ttl: float, n: int) -> ServiceProcess:
+    """Greeter process `n` registered on the registry `url` (MICRO_REGISTRY) with `ttl`."""
+    logs = tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    return ServiceProcess(
+        SERVICES / "greeter.py",
+        ["--ttl", str(ttl)],
+        name="greeter",
+        registry=tmp_path / "unused-local-registry",
+        log_path=logs / f"greeter-{n}.log",
+        env={"MICRO_REGISTRY": url},
+    )
+
+
+async def wait_nodes(registry: Registry, count: int, procs: list[ServiceProcess]) -> set[str]:
+    """The ids once `count` greeters are registered; fails at once if one of them exits."""
+
+    async def registered() -> set[str]:
+        for proc in procs:
+            assert proc.alive(), f"greeter exited early:\n{proc.output()}"
+        found = await ids(registry)
+        return found if len(found) == count else set()
+
+    return await async_wait_until(registered, timeout=30, what=f"{count} greeters in {registry!r}")
+
+
+class CallLoad:
+    """`workers` callers calling the greeter in a loop until the block ends, so a test can see
+    what an outage does to calls: `served` per node, `failures` (reprs), `total()`. Entering
+    waits until every node in `nodes` served a few calls."""
+
+    def __init__(self, client: Client, nodes: set[str], *, workers: int = 6) -> None:
+        self.client = client
+        self.nodes = nodes
+        self.served: collections.Counter[str] = collections.Counter()
+        self.failures: list[str] = []
+        self._count = workers
+        self._stop = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+
+    def total(self) -> int:
+        return sum(self.served.values())
+
+    async def _caller(self, i: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            try:
+                reply = await self.client.call(
+                    "greeter", "Greeter.SayHello", HelloRequest(name=f"{i}-{n}"), response=HelloReply
+                )
+                self.served[reply.node] += 1
+            except Exception as exc:
+                self.failures.append(repr(exc))
+            n += 1
+            await asyncio.sleep(0.005)
+
+    async def __aenter__(self) -> CallLoad:
+        self._workers = [asyncio.create_task(self._caller(i)) for i in range(self._count)]
+        try:
+            await async_wait_until(
+                lambda: asyncio.sleep(0, all(self.served[n] >= 20 for n in self.nodes)),
+                timeout=30,
+                what="load",
+            )
+        except BaseException:
+            await self._end()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._end()
+
+    async def _end(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._workers)

@@ -10,8 +10,6 @@ fails with 404, and it re-registers).
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import json
 import signal
 import time
@@ -20,30 +18,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from engines.consul import MANAGEMENT_TOKEN, ConsulAgent
-from helpers import SERVICES, ServiceProcess, async_wait_until
+from helpers import async_wait_until
+from registry_kit import (
+    WAIT,
+    CallLoad,
+    all_there,
+    ids,
+    next_event,
+    start_greeter,
+    wait_nodes,
+)
 
 from microweave import Client
 from microweave.errors import RegistryError
-from microweave.registry import Action, Endpoint, Event, Node, Service, Value, Watcher
+from microweave.registry import Action, Endpoint, Node, Service, Value
 from microweave.registry import from_url as registry_from_url
 from microweave.registry.consul import ConsulRegistry
 from microweave.testing import capture_logs
 
-WAIT = 15.0
 StartAgent = Callable[..., ConsulAgent]
-
-
-class HelloRequest(msgspec.Struct):
-    name: str
-
-
-class HelloReply(msgspec.Struct):
-    message: str
-    caller: str = ""
-    node: str = ""
 
 
 def record(node: str = "n1", *, name: str = "greeter", color: str = "blue") -> Service:
@@ -61,43 +56,6 @@ def consul(url: str, **options: Any) -> ConsulRegistry:
     return registry
 
 
-async def ids(registry: ConsulRegistry, name: str = "greeter") -> set[str]:
-    return {n.id for s in await registry.get_service(name) for n in s.nodes}
-
-
-async def next_event(watcher: Watcher, timeout: float = WAIT) -> Event:
-    return await asyncio.wait_for(anext(watcher), timeout)
-
-
-def start_greeter(tmp_path: Path, url: str, ttl: float, n: int) -> ServiceProcess:
-    logs = tmp_path / "logs"
-    logs.mkdir(exist_ok=True)
-    return ServiceProcess(
-        SERVICES / "greeter.py",
-        ["--ttl", str(ttl)],
-        name="greeter",
-        registry=tmp_path / "unused-local-registry",
-        log_path=logs / f"greeter-{n}.log",
-        env={"MICRO_REGISTRY": url},
-    )
-
-
-async def wait_nodes(registry: ConsulRegistry, count: int, procs: list[ServiceProcess]) -> set[str]:
-    async def registered() -> set[str]:
-        for proc in procs:
-            assert proc.alive(), f"greeter exited early:\n{proc.output()}"
-        found = await ids(registry)
-        return found if len(found) == count else set()
-
-    return await async_wait_until(registered, timeout=30, what=f"{count} greeters in Consul")
-
-
-async def _all_there(registry: ConsulRegistry, nodes: set[str]) -> bool:
-    with contextlib.suppress(RegistryError):
-        return await ids(registry) == nodes
-    return False
-
-
 # -- an agent outage under load, a crash ------------------------------------------------------
 
 
@@ -105,55 +63,30 @@ async def test_agent_down_10s_under_load(consul_agents: StartAgent, tmp_path: Pa
     ttl = 3.0
     agent = consul_agents()
     procs = [start_greeter(tmp_path, agent.url, ttl, n) for n in range(2)]
-    failures: list[str] = []
-    served: collections.Counter[str] = collections.Counter()
-    stop = asyncio.Event()
     try:
         async with consul(agent.url) as lookup:
             nodes = await wait_nodes(lookup, 2, procs)
-        async with Client(registry=agent.url, timeout=10) as client:
+        async with Client(registry=agent.url, timeout=10) as client, CallLoad(client, nodes) as load:
+            await asyncio.to_thread(agent.stop)
+            before = load.total()
+            await asyncio.sleep(10)
+            during = load.total() - before
+            await asyncio.to_thread(agent.start)  # same ports, no state: every node is gone
+            back = time.monotonic()
 
-            async def caller(i: int) -> None:
-                n = 0
-                while not stop.is_set():
-                    try:
-                        reply = await client.call(
-                            "greeter", "Greeter.SayHello", HelloRequest(name=f"{i}-{n}"), response=HelloReply
-                        )
-                        served[reply.node] += 1
-                    except Exception as exc:
-                        failures.append(repr(exc))
-                    n += 1
-                    await asyncio.sleep(0.005)
-
-            workers = [asyncio.create_task(caller(i)) for i in range(6)]
-            try:
+            async with consul(agent.url) as fresh:  # what a newcomer sees
                 await async_wait_until(
-                    lambda: asyncio.sleep(0, all(served[n] >= 20 for n in nodes)), timeout=30, what="load"
+                    lambda: all_there(fresh, nodes),
+                    timeout=ttl + 10,
+                    what="nodes after the agent's return",
                 )
-                await asyncio.to_thread(agent.stop)
-                before = sum(served.values())
-                await asyncio.sleep(10)
-                during = sum(served.values()) - before
-                await asyncio.to_thread(agent.start)  # same ports, no state: every node is gone
-                back = time.monotonic()
-
-                async with consul(agent.url) as fresh:  # what a newcomer sees
-                    await async_wait_until(
-                        lambda: _all_there(fresh, nodes),
-                        timeout=ttl + 10,
-                        what="nodes after the agent's return",
-                    )
-                    seen_after = time.monotonic() - back
-                    # and they stay: their TTL checks are passed by heartbeats again
-                    await asyncio.sleep(max(0.0, back + 2 * ttl - time.monotonic()))
-                    assert await ids(fresh) == nodes
-                    assert set(agent.checks("greeter").values()) == {"passing"}
-                await asyncio.sleep(0.5)
-            finally:
-                stop.set()
-                await asyncio.gather(*workers)
-        assert failures == []
+                seen_after = time.monotonic() - back
+                # and they stay: their TTL checks are passed by heartbeats again
+                await asyncio.sleep(max(0.0, back + 2 * ttl - time.monotonic()))
+                assert await ids(fresh) == nodes
+                assert set(agent.checks("greeter").values()) == {"passing"}
+            await asyncio.sleep(0.5)
+        assert load.failures == []
         assert during > 100, f"only {during} calls served during the outage"
         assert seen_after <= ttl + 2, f"re-registered {seen_after:.1f} s after the agent returned"
         for proc in procs:  # one line each way per process, whatever the number of heartbeats
@@ -382,7 +315,7 @@ async def test_watch_after_an_agent_restart_reports_only_nodes_that_do_not_come_
             await asyncio.to_thread(agent.stop)
             await asyncio.sleep(1)  # a few failed reads
             await asyncio.to_thread(agent.start)  # back empty
-            await async_wait_until(lambda: _all_there(registry, set()), timeout=WAIT, what="the agent")
+            await async_wait_until(lambda: all_there(registry, set()), timeout=WAIT, what="the agent")
             await registry.register(record("back"), ttl=30)  # its heartbeat, within the grace
             await registry.register(record("new"), ttl=30)
             first = await next_event(watcher)

@@ -9,7 +9,6 @@ compactions and lease expiries can happen while the registry cannot see them).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import logging
@@ -18,30 +17,26 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import msgspec
 import pytest
 from engines import free_port
 from engines.etcd import ROOT_PASSWORD, EtcdServer
-from helpers import SERVICES, ServiceProcess, async_wait_until
+from helpers import async_wait_until
+from registry_kit import (
+    WAIT,
+    CallLoad,
+    all_there,
+    ids,
+    next_event,
+    start_greeter,
+    wait_nodes,
+)
 
 from microweave import Client
 from microweave.errors import ConfigurationError, RegistryError
-from microweave.registry import Action, Event, Node, Service, Watcher
+from microweave.registry import Action, Node, Service, Watcher
 from microweave.registry import from_url as registry_from_url
 from microweave.registry.etcd import EtcdRegistry
 from microweave.testing import capture_logs
-
-WAIT = 15.0
-
-
-class HelloRequest(msgspec.Struct):
-    name: str
-
-
-class HelloReply(msgspec.Struct):
-    message: str
-    caller: str = ""
-    node: str = ""
 
 
 def record(node: str = "n1", *, name: str = "greeter", color: str = "blue") -> Service:
@@ -54,14 +49,6 @@ def etcd(url: str, **options: object) -> EtcdRegistry:
     registry = registry_from_url(url, **options)
     assert isinstance(registry, EtcdRegistry)
     return registry
-
-
-async def ids(registry: EtcdRegistry, name: str = "greeter") -> set[str]:
-    return {n.id for s in await registry.get_service(name) for n in s.nodes}
-
-
-async def next_event(watcher: Watcher, timeout: float = WAIT) -> Event:
-    return await asyncio.wait_for(anext(watcher), timeout)
 
 
 class Proxy:
@@ -127,29 +114,6 @@ async def proxy(etcd_server: EtcdServer) -> AsyncIterator[Proxy]:
         await proxy.cut()
 
 
-def start_greeter(tmp_path: Path, url: str, ttl: float, n: int) -> ServiceProcess:
-    logs = tmp_path / "logs"
-    logs.mkdir(exist_ok=True)
-    return ServiceProcess(
-        SERVICES / "greeter.py",
-        ["--ttl", str(ttl)],
-        name="greeter",
-        registry=tmp_path / "unused-local-registry",
-        log_path=logs / f"greeter-{n}.log",
-        env={"MICRO_REGISTRY": url},
-    )
-
-
-async def wait_nodes(registry: EtcdRegistry, count: int, procs: list[ServiceProcess]) -> set[str]:
-    async def registered() -> set[str]:
-        for proc in procs:
-            assert proc.alive(), f"greeter exited early:\n{proc.output()}"
-        found = await ids(registry)
-        return found if len(found) == count else set()
-
-    return await async_wait_until(registered, timeout=30, what=f"{count} greeters in etcd")
-
-
 # -- outages with real service processes --------------------------------------------------------
 
 
@@ -157,57 +121,32 @@ async def test_etcd_down_10s_under_load(etcd_own: EtcdServer, tmp_path: Path) ->
     ttl = 3.0
     url = etcd_own.url("/outage")
     procs = [start_greeter(tmp_path, url, ttl, n) for n in range(2)]
-    failures: list[str] = []
-    served: collections.Counter[str] = collections.Counter()
-    stop = asyncio.Event()
     try:
         async with etcd(url) as lookup:
             nodes = await wait_nodes(lookup, 2, procs)
-        async with Client(registry=url, timeout=10) as client:
+        async with Client(registry=url, timeout=10) as client, CallLoad(client, nodes) as load:
+            with capture_logs("WARNING", logger="microweave.registry") as logs:
+                await asyncio.to_thread(etcd_own.stop)
+                before = load.total()
+                await asyncio.sleep(10)
+                during = load.total() - before
+                await asyncio.to_thread(etcd_own.start)
+                back = time.monotonic()
 
-            async def caller(i: int) -> None:
-                n = 0
-                while not stop.is_set():
-                    try:
-                        reply = await client.call(
-                            "greeter", "Greeter.SayHello", HelloRequest(name=f"{i}-{n}"), response=HelloReply
-                        )
-                        served[reply.node] += 1
-                    except Exception as exc:
-                        failures.append(repr(exc))
-                    n += 1
-                    await asyncio.sleep(0.005)
-
-            workers = [asyncio.create_task(caller(i)) for i in range(6)]
-            try:
-                await async_wait_until(
-                    lambda: asyncio.sleep(0, all(served[n] >= 20 for n in nodes)), timeout=30, what="load"
-                )
-                with capture_logs("WARNING", logger="microweave.registry") as logs:
-                    await asyncio.to_thread(etcd_own.stop)
-                    before = sum(served.values())
-                    await asyncio.sleep(10)
-                    during = sum(served.values()) - before
-                    await asyncio.to_thread(etcd_own.start)
-                    back = time.monotonic()
-
-                    async with etcd(url) as fresh:  # a new registry: what a newcomer would see
-                        visible = await async_wait_until(
-                            lambda: _all_there(fresh, nodes),
-                            timeout=ttl + 10,
-                            what="nodes after etcd's return",
-                        )
-                        assert visible
-                        seen_after = time.monotonic() - back
-                        # still there once every lease etcd extended on restart has run out: the
-                        # nodes' heartbeats reach etcd again
-                        await asyncio.sleep(max(0.0, back + ttl + 2 - time.monotonic()))
-                        assert await ids(fresh) == nodes
-                await asyncio.sleep(0.5)
-            finally:
-                stop.set()
-                await asyncio.gather(*workers)
-        assert failures == []
+                async with etcd(url) as fresh:  # a new registry: what a newcomer would see
+                    visible = await async_wait_until(
+                        lambda: all_there(fresh, nodes),
+                        timeout=ttl + 10,
+                        what="nodes after etcd's return",
+                    )
+                    assert visible
+                    seen_after = time.monotonic() - back
+                    # still there once every lease etcd extended on restart has run out: the
+                    # nodes' heartbeats reach etcd again
+                    await asyncio.sleep(max(0.0, back + ttl + 2 - time.monotonic()))
+                    assert await ids(fresh) == nodes
+            await asyncio.sleep(0.5)
+        assert load.failures == []
         # the client's watch: one line when etcd went away, one when it came back, no traceback
         watch_lines = [e["message"] for e in logs if " watch " in e["message"]]
         assert len(watch_lines) == 2, watch_lines
@@ -241,7 +180,7 @@ async def test_etcd_back_without_its_data(etcd_own: EtcdServer, tmp_path: Path) 
                 await asyncio.to_thread(etcd_own.start)
                 back = time.monotonic()
                 async with etcd(url) as fresh:
-                    await async_wait_until(lambda: _all_there(fresh, nodes), timeout=ttl + 10, what="re-put")
+                    await async_wait_until(lambda: all_there(fresh, nodes), timeout=ttl + 10, what="re-put")
                     seen_after = time.monotonic() - back
                 actions = []
                 while Action.RESYNC not in actions:
@@ -250,12 +189,6 @@ async def test_etcd_back_without_its_data(etcd_own: EtcdServer, tmp_path: Path) 
     finally:
         for proc in procs:
             proc.stop()
-
-
-async def _all_there(registry: EtcdRegistry, nodes: set[str]) -> bool:
-    with contextlib.suppress(RegistryError):
-        return await ids(registry) == nodes
-    return False
 
 
 async def test_sigkilled_node_is_gone_within_ttl_plus_1(etcd_registry_url: str, tmp_path: Path) -> None:

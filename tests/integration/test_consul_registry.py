@@ -21,15 +21,7 @@ from typing import Any
 import pytest
 from engines.consul import MANAGEMENT_TOKEN, ConsulAgent
 from helpers import async_wait_until
-from registry_kit import (
-    WAIT,
-    CallLoad,
-    all_there,
-    ids,
-    next_event,
-    start_greeter,
-    wait_nodes,
-)
+from registry_kit import WAIT, CallLoad, all_there, ids, next_event, start_greeter, wait_nodes
 
 from microweave import Client
 from microweave.errors import RegistryError

@@ -21,15 +21,7 @@ import pytest
 from engines import free_port
 from engines.etcd import ROOT_PASSWORD, EtcdServer
 from helpers import async_wait_until
-from registry_kit import (
-    WAIT,
-    CallLoad,
-    all_there,
-    ids,
-    next_event,
-    start_greeter,
-    wait_nodes,
-)
+from registry_kit import WAIT, CallLoad, all_there, ids, next_event, start_greeter, wait_nodes
 
 from microweave import Client
 from microweave.errors import ConfigurationError, RegistryError

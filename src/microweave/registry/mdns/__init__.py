@@ -18,9 +18,11 @@ such a node by asking for it at 80 % of its TTL, which is also how go-micro's no
 only answer queries, stay visible.
 
 A lookup of a service not looked up before sends one query and waits `query_wait` (0.25 s)
-for answers, as go-micro's does (100 ms); after that the tracker follows the network and
-lookups are answered from memory. Multicast stays on the network segment: it does not cross
-routers, nor container or pod network namespaces (docs/registry/mdns.md).
+for answers, as go-micro's does (100 ms), asking again halfway if the answer is missing or
+incomplete (one more half if still incomplete: lost packets; longer, up to 8 x, while answers
+keep arriving); after that the tracker follows the network and lookups are answered from
+memory. Multicast stays on the network segment: it does not cross routers, nor container
+or pod network namespaces (docs/registry/mdns.md).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ DEFAULT_TTL = 120  # go-micro's record TTL, for registrations without one
 MIN_TTL = 2  # seconds: see the module docstring
 SWEEP = 0.25  # seconds between expiry sweeps
 _TYPE_PTR, _CLASS_IN = 12, 1
+_MAX_WAITS = 8  # a lookup waits at most this many query_wait while answers keep coming
 _ANNOUNCE = (0.225, 0.225)  # pauses between the three announcements of a new record
 _GOODBYE = (0.125, 0.125)
 _FLAGS_QUERY = 0x0000
@@ -354,6 +357,7 @@ class MdnsRegistry(Registry):
         answer spans packets that may not all arrive: asked once, a lookup came back short.
         """
         half = self.options.query_wait / 2
+        until = time.monotonic() + _MAX_WAITS * self.options.query_wait
         await asyncio.sleep(half)
         missing = [n for n in asked if not self._complete(zc, n)]
         self._query([ptr_question(name) for name in missing])
@@ -362,6 +366,15 @@ class MdnsRegistry(Registry):
         if partial:
             self._query([ptr_question(name) for name in partial])
             await asyncio.sleep(half)
+        # answers still arriving (a responder busy with a burst of lookups, or a loaded CPU):
+        # wait while they flow, up to _MAX_WAITS x query_wait, rather than return short
+        while (  # noqa: ASYNC110 - polls the clock and the tracker, no event to wait on
+            self._asker is not None
+            and time.monotonic() - self._asker.last_answer < half
+            and time.monotonic() < until
+            and any(not self._complete(zc, n) for n in asked)
+        ):
+            await asyncio.sleep(half / 2)
 
     def _heard_of(self, zc: Zeroconf, question: str) -> bool:
         """Whether anyone answered the PTR `question` (zeroconf's cache holds the PTRs)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from typing import Any
 
 from zeroconf import Zeroconf
@@ -43,12 +44,14 @@ def asker_socket(address: str | None) -> socket.socket:
 
 
 class _Answers(asyncio.DatagramProtocol):
-    def __init__(self, zc: Zeroconf) -> None:
+    def __init__(self, zc: Zeroconf, asker: Asker) -> None:
         self.zc = zc
+        self.asker = asker
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if len(data) > _MAX_PACKET:
             return
+        self.asker.last_answer = time.monotonic()
         msg = DNSIncoming(data, (addr[0], addr[1]))
         if msg.valid and not msg.is_query():
             self.zc.record_manager.async_updates_from_response(msg)
@@ -61,6 +64,7 @@ class Asker:
         """One socket per address (None or []: one, where the kernel routes multicast); an
         address that takes no socket is skipped while another does."""
         self._sockets: list[socket.socket] = []
+        self.last_answer = 0.0  # time.monotonic() of the last answer: still coming while recent
         self._transports: list[asyncio.DatagramTransport] = []
         choices: list[str | None] = [*addresses] if addresses else [None]
         failure: OSError | None = None
@@ -76,7 +80,7 @@ class Asker:
         loop = asyncio.get_running_loop()
         sockets, self._sockets = self._sockets, []
         for sock in sockets:
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Answers(zc), sock=sock)
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Answers(zc, self), sock=sock)
             self._transports.append(transport)
 
     def ask(self, out: DNSOutgoing) -> None:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import signal
+import time
 from pathlib import Path
 
 from helpers import SERVICES, ServiceProcess, async_wait_until
 
 from microweave import Client
 from microweave.errors import RegistryError
-from microweave.registry import Event, Registry, Service, Watcher
+from microweave.registry import Action, Event, Registry, Service, Watcher
 
 __all__ = [
     "WAIT",
@@ -27,6 +29,7 @@ __all__ = [
     "all_there",
     "ids",
     "next_event",
+    "sigkill_seen_by_a_watcher",
     "start_greeter",
     "wait_nodes",
 ]
@@ -204,3 +207,23 @@ class CallLoad:
     async def _end(self) -> None:
         self._stop.set()
         await asyncio.gather(*self._workers)
+
+
+async def sigkill_seen_by_a_watcher(
+    registry: Registry, proc: ServiceProcess, ttl: float
+) -> tuple[str, float]:
+    """SIGKILL the greeter `proc` once a few heartbeats went by, and wait for a watcher's DELETE:
+    the node's id and the seconds from the kill to that DELETE. Checks that the DELETE names the
+    node as it was registered and that lookups no longer return it."""
+    [node] = await wait_nodes(registry, 1, [proc])
+    async with await registry.watch("greeter") as watcher:
+        await asyncio.sleep(ttl)  # a few heartbeats go by
+        proc.signal(signal.SIGKILL)
+        killed = time.monotonic()
+        event = await next_event(watcher)
+        gone_after = time.monotonic() - killed
+        assert event.action is Action.DELETE
+        assert [n.id for n in event.service.nodes] == [node]
+        assert event.service.nodes[0].address.startswith("127.0.0.1:")  # the node as it was
+        assert await ids(registry) == set()
+    return node, gone_after

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 import zlib
 from collections.abc import Callable
@@ -21,7 +20,16 @@ from typing import Any
 import pytest
 from engines.consul import MANAGEMENT_TOKEN, ConsulAgent
 from helpers import async_wait_until
-from registry_kit import WAIT, CallLoad, all_there, ids, next_event, start_greeter, wait_nodes
+from registry_kit import (
+    WAIT,
+    CallLoad,
+    all_there,
+    ids,
+    next_event,
+    sigkill_seen_by_a_watcher,
+    start_greeter,
+    wait_nodes,
+)
 
 from microweave import Client
 from microweave.errors import RegistryError
@@ -99,17 +107,7 @@ async def test_sigkilled_node_is_critical_and_not_returned_within_ttl_plus_1(
     proc = start_greeter(tmp_path, consul_server.url, ttl, 0)
     try:
         async with consul(consul_server.url) as registry:
-            [node] = await wait_nodes(registry, 1, [proc])
-            async with await registry.watch("greeter") as watcher:
-                await asyncio.sleep(ttl)  # a few heartbeats go by
-                proc.signal(signal.SIGKILL)
-                killed = time.monotonic()
-                event = await next_event(watcher)
-                gone_after = time.monotonic() - killed
-                assert event.action is Action.DELETE
-                assert [n.id for n in event.service.nodes] == [node]
-                assert event.service.nodes[0].address.startswith("127.0.0.1:")  # as it was
-                assert await ids(registry) == set()
+            node, gone_after = await sigkill_seen_by_a_watcher(registry, proc, ttl)
             # critical, not deregistered: Consul removes it only a minute or more later
             assert consul_server.checks("greeter") == {node: "critical"}
             assert [s["ServiceID"] for s in consul_server.api("GET", "/v1/catalog/service/greeter")] == [node]

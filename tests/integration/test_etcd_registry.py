@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +20,16 @@ import pytest
 from engines import free_port
 from engines.etcd import ROOT_PASSWORD, EtcdServer
 from helpers import async_wait_until
-from registry_kit import WAIT, CallLoad, all_there, ids, next_event, start_greeter, wait_nodes
+from registry_kit import (
+    WAIT,
+    CallLoad,
+    all_there,
+    ids,
+    next_event,
+    sigkill_seen_by_a_watcher,
+    start_greeter,
+    wait_nodes,
+)
 
 from microweave import Client
 from microweave.errors import ConfigurationError, RegistryError
@@ -188,17 +196,7 @@ async def test_sigkilled_node_is_gone_within_ttl_plus_1(etcd_registry_url: str, 
     proc = start_greeter(tmp_path, etcd_registry_url, ttl, 0)
     try:
         async with etcd(etcd_registry_url) as registry:
-            [node] = await wait_nodes(registry, 1, [proc])
-            async with await registry.watch("greeter") as watcher:
-                await asyncio.sleep(ttl)  # a few heartbeats go by
-                proc.signal(signal.SIGKILL)
-                killed = time.monotonic()
-                event = await next_event(watcher)
-                gone_after = time.monotonic() - killed
-                assert event.action is Action.DELETE
-                assert [n.id for n in event.service.nodes] == [node]
-                assert event.service.nodes[0].address  # the removed node, as it was registered
-                assert await ids(registry) == set()
+            _, gone_after = await sigkill_seen_by_a_watcher(registry, proc, ttl)
         assert gone_after <= ttl + 1, f"gone {gone_after:.2f} s after SIGKILL"
     finally:
         proc.stop()

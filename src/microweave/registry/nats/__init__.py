@@ -355,7 +355,7 @@ class NatsRegistry(Registry):
             return
         now = time.monotonic()
         for watcher in list(self._watchers):
-            watcher.announce(announce, now)
+            watcher.announce(announce, now, len(msg.data))
 
     async def _sweep(self) -> None:
         while self._watchers:

@@ -14,9 +14,9 @@ every node's clock restarts and the consumer gets RESYNC.
 
 Announces come from the network, up to 1 MiB each: a consumer that falls behind gets RESYNC
 past `buffer` unread events or MAX_BACKLOG bytes of them, whichever comes first. An event
-weighs the record it was made from (encoded again, once per announce and only when the
-announce is news: a heartbeat that changes nothing is not measured); every event of a
-many-node announce carries the whole weight, since they share its endpoints and metadata. A
+weighs the announce it was made from (its size on the wire; a node read by a lookup is
+measured by encoding it again); every event of a many-node announce carries the whole weight,
+since they share its endpoints and metadata. A
 node's weight is kept with its clock, so the DELETE of its expiry weighs what it held too.
 """
 
@@ -86,12 +86,13 @@ class NatsWatcher(Watcher):
 
     # -- fed by the registry ---------------------------------------------------------------------
 
-    def announce(self, announce: Announce, now: float) -> None:
+    def announce(self, announce: Announce, now: float, size: int | None = None) -> None:
+        """`size`: the announce's bytes on the wire (None: measured from the record)."""
         service = announce.service
         if self.closed or (self.service is not None and service.name != self.service):
             return
         ttl = self._default_ttl if announce.ttl is None else announce.ttl
-        size = 0  # the announce's weight: measured once, when first needed
+        size = size or 0  # 0: measured once, when first needed
         for node in service.nodes:
             one = service.with_nodes([node])
             key = (service.name, node.id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -18,9 +19,19 @@ from urllib.parse import parse_qsl, urlsplit
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from .config import Source
     from .registry import Registry
 
-__all__ = ["BackendURL", "Settings", "load_registry", "parse_url", "settings"]
+__all__ = [
+    "BackendURL",
+    "Settings",
+    "config_urls",
+    "environ",
+    "load_config_source",
+    "load_registry",
+    "parse_url",
+    "settings",
+]
 
 # scheme -> (module, class, pip extra or None)
 REGISTRIES: dict[str, tuple[str, str, str | None]] = {
@@ -32,6 +43,14 @@ REGISTRIES: dict[str, tuple[str, str, str | None]] = {
     "mdns": ("microweave.registry.mdns", "MdnsRegistry", "mdns"),
 }
 DEFAULT_REGISTRY = "local://"
+
+CONFIG_SOURCES: dict[str, tuple[str, str, str | None]] = {
+    "memory": ("microweave.config.sources.memory", "MemorySource", None),
+    "env": ("microweave.config.sources.env", "EnvSource", None),
+    "file": ("microweave.config.sources.file", "FileSource", None),
+    "etcd": ("microweave.config.sources.etcd", "EtcdSource", "etcd"),
+    "consul": ("microweave.config.sources.consul", "ConsulSource", "consul"),
+}
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,7 @@ class Settings:
     registry_address: str | None
     server_address: str | None
     tcp_address: str | None
+    config: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -68,12 +88,19 @@ class Settings:
             registry_address=env.get("MICRO_REGISTRY_ADDRESS") or None,
             server_address=env.get("MICRO_SERVER_ADDRESS") or None,
             tcp_address=env.get("MICRO_TCP_ADDRESS") or None,
+            config=env.get("MICRO_CONFIG") or None,
         )
 
 
 def settings() -> Settings:
     # Read on each use, not at import: tests and `microweave run` set the environment late.
     return Settings.from_env()
+
+
+def environ() -> Mapping[str, str]:
+    """The process environment, for what reads it by design: the `env://` config source and
+    `${VAR:default}` interpolation."""
+    return os.environ
 
 
 def _table(group: str, builtin: dict[str, tuple[str, str, str | None]]) -> dict[str, Any]:
@@ -116,3 +143,16 @@ def load_registry(url: str | None = None, **kwargs: Any) -> Registry:
     cls = _load("registry", "microweave.registries", REGISTRIES, parsed.scheme)
     registry: Registry = cls.from_url(parsed, **kwargs)
     return registry
+
+
+def config_urls(text: str) -> list[str]:
+    """MICRO_CONFIG's source URLs: separated by whitespace or ';' (',' separates etcd hosts)."""
+    return [u for u in re.split(r"[\s;]+", text) if u]
+
+
+def load_config_source(url: str, **kwargs: Any) -> Source:
+    """Build a config source from its URL (`file://settings.yaml`, `env://APP_`, `etcd://...`)."""
+    parsed = parse_url(url)
+    cls = _load("config source", "microweave.config_sources", CONFIG_SOURCES, parsed.scheme)
+    source: Source = cls.from_url(parsed, **kwargs)
+    return source

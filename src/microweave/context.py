@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = ["BaseContext", "Context", "current_context"]
 
@@ -25,15 +28,23 @@ class BaseContext:
     """What every inbound message carries, whatever delivered it: metadata and a deadline.
 
     The RPC `Context` adds the endpoint and response metadata; a broker message context sits
-    beside it with its topic and delivery attempt. Tracing keys travel in `metadata`.
+    beside it with its topic and delivery attempt. Tracing keys travel in `metadata`. `config`
+    is the serving service's live configuration (None outside a service).
     """
 
-    __slots__ = ("deadline", "metadata")
+    __slots__ = ("config", "deadline", "metadata")
 
-    def __init__(self, *, deadline: float | None = None, metadata: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        deadline: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        config: Config | None = None,
+    ) -> None:
         #: absolute `time.monotonic()` value, or None for no deadline
         self.deadline = deadline
         self.metadata: dict[str, str] = dict(metadata) if metadata else {}
+        self.config = config
 
     @property
     def caller(self) -> str:
@@ -71,10 +82,12 @@ class Context(BaseContext):
         endpoint: str = "",
         deadline: float | None = None,
         metadata: Mapping[str, str] | None = None,
+        config: Config | None = None,
     ) -> None:
         # BaseContext's fields set here too: one call less on every inbound call
         self.deadline = deadline
         self.metadata: dict[str, str] = dict(metadata) if metadata else {}
+        self.config = config
         self.service = service
         self.endpoint = endpoint
         self._response_metadata: dict[str, str] | None = None

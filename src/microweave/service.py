@@ -19,9 +19,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from ._backends import load_registry, settings
+from ._backends import config_urls, load_registry, settings
 from .client import Client
 from .codec import describe
+from .config import Config, Source
 from .errors import ConfigurationError, RegistryError
 from .lifecycle import Component, Listeners, Registration
 from .registry import Endpoint, Node, Registry, Value
@@ -104,11 +105,15 @@ class Service:
         middleware: Sequence[ServerMiddleware] = (),
         threads: int = DEFAULT_THREADS,
         transports: Sequence[ServerTransport] | None = None,
+        config: Config | Sequence[str | Source] | str | None = None,
     ) -> None:
         """`middleware` wraps every call this node serves, first outermost; `threads` sizes the
         pool that runs sync handlers (a deadline cannot stop a thread: size it for the slowest
         calls you expect at once); `transports` replaces the default gRPC + tcp listeners
-        (each listens on its own `address`, or on this service's address for its kind)."""
+        (each listens on its own `address`, or on this service's address for its kind).
+        `config` is a `Config` or its sources (URLs or `Source`s, later wins); without it,
+        MICRO_CONFIG's URLs, else `env://<NAME>_` (greeter reads GREETER_DB__PORT as db.port).
+        Handlers read it as `ctx.config`; it is read before the node listens."""
         if not name or any(c in name for c in "/ "):
             raise ConfigurationError(f"service name {name!r} must be non-empty, without '/' or spaces")
         self.name = name
@@ -144,6 +149,8 @@ class Service:
         self._owns_client = True
         self._stop_lock = asyncio.Lock()
         self.running = False
+        self._config_arg = config
+        self._config: Config | None = config if isinstance(config, Config) else None
 
     # -- what it serves ---------------------------------------------------------------
 
@@ -177,6 +184,20 @@ class Service:
         self._registry_arg = registry
         self._registry = registry if isinstance(registry, Registry) else None
         self._client, self._owns_client = None, True  # it was bound to the old registry
+
+    @property
+    def config(self) -> Config:
+        """This service's live configuration (built on first use from the `config` argument)."""
+        if self._config is None:
+            arg = self._config_arg
+            if isinstance(arg, str):
+                arg = config_urls(arg)
+            elif arg is None:
+                env = settings().config
+                prefix = "".join(c if c.isalnum() else "_" for c in self.name.upper()) + "_"
+                arg = config_urls(env) if env else [f"env://{prefix}"]
+            self._config = Config(list(arg))  # type: ignore[arg-type]
+        return self._config
 
     @property
     def client(self) -> Client:
@@ -264,6 +285,7 @@ class Service:
             middleware=middleware,
             max_message=self.max_message,
             threads=WorkerThreads(self.threads, name=f"{self.name}-worker"),
+            config=self.config,
         )
         listening = Listeners(
             self.pipeline, self._listeners(), node_id=self.node_id, grace=self.grace, advertise=_advertised
@@ -271,6 +293,7 @@ class Service:
         self.transports = [t for t, _ in listening.listeners]
         self.addresses = listening.addresses
         self.components = [
+            _Configured(self.config, owned=not isinstance(self._config_arg, Config)),
             listening,
             Registration(self.registry, self.record, ttl=self.ttl, drain_delay=self.drain_delay),
         ]
@@ -366,6 +389,25 @@ class Service:
         except (ConfigurationError, RegistryError) as exc:
             log.error("%s cannot start: %s", self.name, exc.detail)
             raise SystemExit(2) from None
+
+
+class _Configured:
+    """The service's config as a component: read first (handlers and the registry record may
+    depend on it), stopped last. A `Config` the user passed in and started is left running."""
+
+    def __init__(self, config: Config, *, owned: bool) -> None:
+        self.config = config
+        self.owned = owned
+        self._started_here = False
+
+    async def start(self) -> None:
+        if not self.config.started:
+            await self.config.start()
+            self._started_here = True
+
+    async def stop(self) -> None:
+        if self.owned or self._started_here:
+            await self.config.stop()
 
 
 def _freeze_startup_heap() -> None:

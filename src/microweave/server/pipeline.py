@@ -15,7 +15,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..codec import JSON
 from ..context import Context, _current
@@ -33,6 +33,9 @@ from ..middleware.builtin import CallChecks, Deadline
 from . import Kind, Router
 from .call import Body, Call, Target
 from .threads import WorkerThreads
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 __all__ = ["Pipeline"]
 
@@ -64,8 +67,10 @@ class Pipeline:
         middleware: Sequence[ServerMiddleware] = (),
         max_message: int = 4 * 1024 * 1024,
         threads: WorkerThreads | None = None,
+        config: Config | None = None,
     ) -> None:
         self.router = router
+        self.config = config  # what handlers see as ctx.config
         self.service = router.package
         self.max_message = max_message
         self.threads = threads or WorkerThreads(name=f"{self.service}-worker")
@@ -95,7 +100,12 @@ class Pipeline:
         """Describe one inbound call. `kind` is how the caller called (None: as the endpoint
         is, for transports whose wire does not say); `content_type` None: the endpoint's own."""
         target = self.router.targets.get(path)
-        ctx = Context(service=self.service, endpoint=target.name if target else path, deadline=deadline)
+        ctx = Context(
+            service=self.service,
+            endpoint=target.name if target else path,
+            deadline=deadline,
+            config=self.config,
+        )
         if metadata:
             ctx.metadata = metadata if type(metadata) is dict else dict(metadata)
         # positional: a dataclass built from keywords costs three times as much, on every call

@@ -1,0 +1,487 @@
+"""Config: the layers of its sources merged into one tree, kept current, read typed.
+
+Every update goes through `_apply`, synchronously, so readers never see half of one: parse the
+items that changed (one that does not parse keeps its last good value, and its key is named in
+one error line), rebuild that source's layer, merge all layers, interpolate `${VAR:default}`,
+validate every bound model. Only if all of that holds does the new tree replace the old one,
+and the bound models, watchers and hooks see the change; otherwise the whole update is
+rejected, logged once, and everything keeps the last good values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import inspect
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+from .._backends import environ, load_config_source
+from ..errors import ConfigurationError, MicroError
+from ..registry.outage import Outage
+from . import MISSING, Change, Snapshot, Source
+from .parse import ParseError, parse
+from .secret import MASK, Secret, looks_secret
+from .tree import Unset, build, flatten, interpolate, leaves, merge
+from .views import ConversionError, converter, secret_fields
+
+__all__ = ["Bound", "Config", "ConfigWatch"]
+
+log = logging.getLogger("microweave.config")
+T = TypeVar("T")
+Hook = Callable[[list[Change]], Awaitable[None] | None]
+
+
+class _Layer:
+    """What one source holds: its raw snapshot, the items parsed from it, their tree."""
+
+    __slots__ = ("loaded", "parsed", "raw", "source", "tree")
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.raw: Snapshot = {}
+        self.parsed: dict[str, Any] = {}
+        self.tree: dict[str, Any] = {}
+        self.loaded = False
+
+
+class Bound(Generic[T]):
+    """A validated instance of a model, built from the config under `prefix`, replaced by a new
+    instance (never mutated) when an update changes it and validates."""
+
+    __slots__ = ("_convert", "_value", "model", "prefix")
+
+    def __init__(self, model: type[T], prefix: str) -> None:
+        self.model = model
+        self.prefix = prefix
+        self._convert = converter(model)
+        self._value: T | None = None
+
+    @property
+    def value(self) -> T:
+        if self._value is None:
+            raise ConfigurationError(f"{self!r} is read when the config has started; start it first")
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"<Bound {getattr(self.model, '__name__', self.model)} at {self.prefix or '(root)'!r}>"
+
+
+class ConfigWatch:
+    """Changes under a prefix, in order. A watcher that falls behind does not grow without
+    bound: pending changes of the same key are folded into one (first old, last new), so it
+    holds at most one entry per key and still ends at the current values."""
+
+    def __init__(self, config: Config, prefix: str) -> None:
+        self._config = config
+        self.prefix = prefix
+        self._pending: OrderedDict[str, Change] = OrderedDict()
+        self._ready = asyncio.Event()
+        self.closed = False
+
+    def matches(self, key: str) -> bool:
+        p = self.prefix
+        return not p or key == p or key.startswith(p + ".")
+
+    def offer(self, change: Change) -> None:
+        earlier = self._pending.pop(change.key, None)
+        if earlier is not None:
+            change = Change(change.key, earlier.old, change.new, change.source)
+            if change.old == change.new:
+                return  # changed and changed back before anyone looked: nothing to say
+        self._pending[change.key] = change
+        self._ready.set()
+
+    def __aiter__(self) -> ConfigWatch:
+        return self
+
+    async def __anext__(self) -> Change:
+        while not self._pending:
+            if self.closed:
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        return self._pending.popitem(last=False)[1]
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self._ready.set()
+        self._config._watches.discard(self)
+
+    async def __aenter__(self) -> ConfigWatch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Config:
+    """Settings from `sources` (URLs or `Source` instances), later sources winning.
+
+    `secrets` names keys (globs allowed, e.g. "db.*") whose values are masked wherever the
+    config shows them, besides the fields of bound models typed `Secret` and keys named like
+    secrets (password, token, api_key, ...). `interpolate=False` leaves `${...}` as written.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[str | Source] = (),
+        *,
+        secrets: Iterable[str] = (),
+        interpolate: bool = True,
+    ) -> None:
+        if isinstance(sources, str | Source):
+            sources = [sources]
+        self._specs = list(sources)
+        self._owned: list[Source] = []
+        self.sources: tuple[Source, ...] = ()
+        self._layers: list[_Layer] = []
+        self._build_sources()  # now: a bad URL fails here, not at start
+        self._secret_globs = list(secrets)
+        self._secret_keys: set[str] = set()
+        self._secret_cache: dict[str, bool] = {}
+        self._interpolate = interpolate
+        self._flat: dict[str, Any] = {"": {}}
+        self._leaves: dict[str, Any] = {}
+        self._bound: list[Bound[Any]] = []
+        self._watches: set[ConfigWatch] = set()
+        self._hooks: list[tuple[str, Hook]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._hook_tasks: set[asyncio.Task[None]] = set()
+        self.started = False
+
+    def _build_sources(self) -> None:
+        """Sources from the specs; those built from URLs are this config's to close (and to
+        build again, so a stopped config can start again)."""
+        self._owned = []
+        built: list[Source] = []
+        for spec in self._specs:
+            if isinstance(spec, Source):
+                built.append(spec)
+            else:
+                source = load_config_source(spec)
+                self._owned.append(source)
+                built.append(source)
+        self.sources = tuple(built)
+        self._layers = [_Layer(s) for s in built]
+
+    def __repr__(self) -> str:
+        return f"<Config {', '.join(s.url for s in self.sources) or '(no sources)'}>"
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read every source in order and validate the bound models; then watch. A source
+        that cannot be read (unless optional), a document that does not parse and a model
+        that does not validate each stop the start with an error naming them."""
+        if self.started:
+            return
+        if any(layer.loaded for layer in self._layers):
+            self._build_sources()  # started before: fresh sources and layers
+        try:
+            for layer in self._layers:
+                try:
+                    snapshot = await layer.source.read()
+                except MicroError as exc:
+                    if not layer.source.optional:
+                        raise
+                    log.warning(
+                        "config %s is unreadable, empty until it answers: %s", layer.source.url, exc.detail
+                    )
+                    continue
+                self._load(layer, snapshot)
+            self._commit(self._candidate(), source="")
+        except BaseException:
+            await self._close_owned()
+            raise
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._follow(layer)) for layer in self._layers]
+        self.started = True
+
+    def _load(self, layer: _Layer, snapshot: Snapshot) -> None:
+        parsed = {}
+        for key, item in snapshot.items():
+            try:
+                parsed[key] = parse(item, root=key == "")
+            except ParseError as exc:
+                raise ConfigurationError(f"config {layer.source.url}: {key or '(document)'}: {exc}") from None
+        layer.raw, layer.parsed, layer.tree, layer.loaded = snapshot, parsed, build(parsed.items()), True
+
+    async def stop(self) -> None:
+        """Stop watching; watchers end; sources this config built are closed."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for watch in list(self._watches):
+            await watch.aclose()
+        await self._close_owned()
+        self.started = False
+
+    async def _close_owned(self) -> None:
+        for source in self._owned:
+            try:
+                await source.aclose()
+            except Exception:
+                log.exception("closing config %s failed", source.url)
+
+    async def __aenter__(self) -> Config:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _follow(self, layer: _Layer) -> None:
+        """Keep one layer current: read it until it answers (an optional source that was
+        down at start), then apply each snapshot its watch yields."""
+        source = layer.source
+        outage = Outage(f"config {source.url}", logger=log)
+        while not layer.loaded:
+            try:
+                snapshot = await source.read()
+            except MicroError as exc:
+                await asyncio.sleep(outage.failed(exc))
+                continue
+            outage.recovered()
+            layer.loaded = True
+            self._apply(layer, snapshot)
+        while True:
+            changes = source.watch()
+            if changes is None:
+                return
+            try:
+                async for snapshot in changes:
+                    self._apply(layer, snapshot)
+                    outage.recovered()
+            except Exception as exc:  # a source's bug must not end the watch for good
+                log.exception("config %s: its watch failed; restarting it", source.url)
+                await asyncio.sleep(outage.failed(exc))
+            else:
+                return
+
+    # -- updates ----------------------------------------------------------------------
+
+    def _apply(self, layer: _Layer, snapshot: Snapshot) -> None:
+        changed = [k for k in snapshot.keys() | layer.raw.keys() if snapshot.get(k) != layer.raw.get(k)]
+        if not changed:
+            return
+        url = layer.source.url
+        parsed = dict(layer.parsed)
+        bad: list[str] = []
+        for key in sorted(changed):
+            if key not in snapshot:
+                parsed.pop(key, None)
+                continue
+            try:
+                parsed[key] = parse(snapshot[key], root=key == "")
+            except ParseError as exc:
+                bad.append(f"{key or '(document)'}: {exc}")
+        # the raw snapshot is remembered even when rejected: the same bad value is not
+        # reported again, and a fixed one counts as a change
+        layer.raw = snapshot
+        if bad:
+            log.error("config %s: rejected %s; keeping the last good value", url, "; ".join(bad))
+        previous = (layer.parsed, layer.tree)
+        layer.parsed, layer.tree = parsed, build(parsed.items())
+        try:
+            candidate = self._candidate()
+        except ConfigurationError as exc:
+            layer.parsed, layer.tree = previous
+            keys = ", ".join(sorted(k or "(document)" for k in changed))
+            log.error(
+                "config %s: rejected the update of %s: %s; keeping the last good values",
+                url,
+                keys,
+                exc.detail,
+            )
+            return
+        self._commit(candidate, source=url)
+
+    def _candidate(self) -> tuple[dict[str, Any], list[Any]]:
+        """The merged, interpolated tree and every bound model's new instance, or
+        ConfigurationError saying what does not hold."""
+        tree: dict[str, Any] = {}
+        for layer in self._layers:
+            tree = merge(tree, layer.tree)
+        if self._interpolate:
+            try:
+                tree = interpolate(tree, environ().get)
+            except Unset as exc:
+                raise ConfigurationError(str(exc)) from None
+        flat = flatten(tree)
+        instances = []
+        for bound in self._bound:
+            instances.append(self._validate(bound, flat))
+        return flat, instances
+
+    def _validate(self, bound: Bound[Any], flat: Mapping[str, Any]) -> Any:
+        data = flat.get(bound.prefix, {})
+        try:
+            return bound._convert(data)
+        except ConversionError as exc:
+            raise ConfigurationError(f"{bound!r} does not validate: {exc}") from None
+
+    def _commit(self, candidate: tuple[dict[str, Any], list[Any]], *, source: str) -> None:
+        flat, instances = candidate
+        before = self._leaves
+        self._flat = flat
+        self._leaves = leaves(flat)
+        for bound, instance in zip(self._bound, instances, strict=True):
+            bound._value = instance
+        if not source:
+            return  # the first load: nothing changed for anyone yet
+        changes = [
+            Change(key, self._shown(key, before.get(key, MISSING)), self._shown(key, new), source)
+            for key, new in self._leaves.items()
+            if before.get(key, MISSING) != new
+        ]
+        changes += [
+            Change(key, self._shown(key, old), MISSING, source)
+            for key, old in before.items()
+            if key not in self._leaves
+        ]
+        if changes:
+            self._notify(changes)
+
+    def _shown(self, key: str, value: Any) -> Any:
+        if value is MISSING or not self.is_secret(key) or isinstance(value, Secret):
+            return value
+        return Secret(value if isinstance(value, str) else str(value))
+
+    def _notify(self, changes: list[Change]) -> None:
+        for watch in self._watches:
+            for change in changes:
+                if watch.matches(change.key):
+                    watch.offer(change)
+        for prefix, hook in self._hooks:
+            mine = [c for c in changes if not prefix or c.key == prefix or c.key.startswith(prefix + ".")]
+            if not mine:
+                continue
+            try:
+                result = hook(mine)
+            except Exception:
+                log.exception("config change hook %r raised", hook)
+                continue
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._hook_tasks.add(task)
+                task.add_done_callback(self._hook_done)
+
+    def _hook_done(self, task: asyncio.Future[None]) -> None:
+        self._hook_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("config change hook raised", exc_info=task.exception())
+
+    # -- reads ------------------------------------------------------------------------
+
+    def get(self, key: str, type: Any = None, default: Any = None) -> Any:
+        """The value at a dotted key (a mapping for a key with keys under it), converted to
+        `type` when given ("5432" from the environment reads as 5432); `default` when the key
+        is not there. A value that does not convert raises ConfigurationError."""
+        value = self._flat.get(key, MISSING)
+        if value is MISSING:
+            return default
+        if type is None or value.__class__ is type:
+            return value
+        if type is Secret:
+            return value if isinstance(value, Secret) else Secret(str(value))
+        try:
+            return converter(type)(value)
+        except ConversionError as exc:
+            raise ConfigurationError(f"config key {key}: {exc}") from None
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._flat
+
+    def bind(self, model: type[T], prefix: str = "") -> Bound[T]:
+        """A typed view of the subtree at `prefix`: `.value` is an instance of `model`
+        (pydantic, msgspec Struct, dataclass), swapped for a new one on every update that
+        changes it and validates. Fields typed `Secret` are masked everywhere."""
+        bound = Bound(model, prefix)
+        self._secret_keys |= secret_fields(model, prefix)
+        self._secret_cache.clear()
+        if self.started:
+            bound._value = self._validate(bound, self._flat)  # raises: not bound
+        self._bound.append(bound)
+        return bound
+
+    def watch(self, prefix: str = "") -> ConfigWatch:
+        """`async for change in config.watch("db")`: each change under the prefix, from now."""
+        watch = ConfigWatch(self, prefix)
+        self._watches.add(watch)
+        return watch
+
+    def on_change(self, hook: Hook, prefix: str = "") -> Callable[[], None]:
+        """Call `hook(changes)` after each update that changes keys under `prefix` (an async
+        hook runs as a task). Returns a function that removes the hook."""
+        entry = (prefix, hook)
+        self._hooks.append(entry)
+        return lambda: self._hooks.remove(entry) if entry in self._hooks else None
+
+    def is_secret(self, key: str) -> bool:
+        """Whether the key's value is masked: a `Secret` field of a bound model, a key given
+        in `secrets=`, or a key named like a secret; and anything under such a key."""
+        found = self._secret_cache.get(key)
+        if found is None:
+            parts = key.split(".")
+            found = any(self._one_secret(".".join(parts[: i + 1])) for i in range(len(parts)))
+            if len(self._secret_cache) < 100_000:
+                self._secret_cache[key] = found
+        return found
+
+    def _one_secret(self, key: str) -> bool:
+        return (
+            key in self._secret_keys
+            or looks_secret(key)
+            or any(fnmatch.fnmatchcase(key, glob) for glob in self._secret_globs)
+        )
+
+    def dump(self, *, reveal: bool = False) -> dict[str, Any]:
+        """The merged settings as one tree; secret values masked unless `reveal`."""
+        tree: dict[str, Any] = self._flat[""]
+        if reveal:
+            return tree
+
+        def mask(prefix: str, node: Mapping[str, Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for key, value in node.items():
+                path = f"{prefix}.{key}" if prefix else key
+                if self.is_secret(path):
+                    out[key] = MASK
+                elif isinstance(value, dict):
+                    out[key] = mask(path, value)
+                else:
+                    out[key] = value
+            return out
+
+        return mask("", tree)
+
+    # -- writes -----------------------------------------------------------------------
+
+    async def set(self, key: str, value: str, *, source: str | None = None) -> None:
+        """Write `value` at `key` in the source whose URL is `source`, else in the last
+        writable one; the change comes back through its watch like anyone else's."""
+        await self._writable(source).set(key, value)
+
+    async def delete(self, key: str, *, source: str | None = None) -> None:
+        await self._writable(source).delete(key)
+
+    def _writable(self, url: str | None) -> Source:
+        if url is not None:
+            for candidate in self.sources:
+                if candidate.url == url:
+                    return candidate
+            raise ConfigurationError(f"no config source {url}; the sources are: {self!r}")
+        for candidate in reversed(self.sources):
+            if candidate.writable:
+                return candidate
+        raise ConfigurationError(
+            f"none of the config sources can be written ({', '.join(s.url for s in self.sources)});"
+            " add an etcd:// or consul:// source"
+        )

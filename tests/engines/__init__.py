@@ -4,7 +4,8 @@ Each engine module in this package is loaded as a pytest plugin by tests/conftes
 fixtures are available everywhere. An engine runs as a child process on free 127.0.0.1 ports
 with a temporary data directory, and is stopped by PID. A module that can back a registry adds
 a factory to `REGISTRY_BACKENDS` with `@registry_backend("scheme")`; the registry conformance
-suite runs against every factory there.
+suite runs against every factory there. One that can hold configuration adds a factory to
+`CONFIG_BACKENDS` with `@config_backend("scheme")`, for the config sources' conformance suite.
 
 A binary that is missing is an error that says how to get it, never a skip: a skipped engine
 test is a feature nobody checked.
@@ -26,9 +27,11 @@ import pytest
 from helpers import REPO, LoggedProcess
 
 __all__ = [
+    "CONFIG_BACKENDS",
     "PEERS",
     "REGISTRY_BACKENDS",
     "Engine",
+    "config_backend",
     "find_binary",
     "free_port",
     "registry_backend",
@@ -49,6 +52,19 @@ REGISTRY_BACKENDS: dict[str, RegistryFactory] = {}
 def registry_backend(scheme: str) -> Callable[[RegistryFactory], RegistryFactory]:
     def add(factory: RegistryFactory) -> RegistryFactory:
         REGISTRY_BACKENDS[scheme] = factory
+        return factory
+
+    return add
+
+
+#: scheme -> async context manager factory(request) yielding a fresh, empty, writable config
+#: Source of its own (e.g. a new prefix per test)
+CONFIG_BACKENDS: dict[str, RegistryFactory] = {}
+
+
+def config_backend(scheme: str) -> Callable[[RegistryFactory], RegistryFactory]:
+    def add(factory: RegistryFactory) -> RegistryFactory:
+        CONFIG_BACKENDS[scheme] = factory
         return factory
 
     return add

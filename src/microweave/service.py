@@ -118,7 +118,8 @@ class Service:
             raise ConfigurationError(f"service name {name!r} must be non-empty, without '/' or spaces")
         self.name = name
         self.version = version
-        self.metadata = dict(metadata or {})
+        # str(): a value that is not text (a Secret: masked) never reaches the registry as itself
+        self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
         self.address = address or settings().server_address or "127.0.0.1:0"
         _split_address(self.address)
         # microweave's own transport listens beside gRPC: on the same host, a free port, unless

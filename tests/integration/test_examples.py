@@ -60,7 +60,7 @@ def _readme_block(heading: str) -> str:
 
 def test_readme_deadlines_example_runs_as_written() -> None:
     ran = subprocess.run(
-        [sys.executable, "-c", _readme_block("### 8. Deadlines and metadata")],
+        [sys.executable, "-c", _readme_block("### 9. Deadlines and metadata")],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
@@ -73,7 +73,7 @@ async def test_readme_middleware_example_wraps_every_call() -> None:
     from microweave.testing import capture_logs, serve
 
     namespace: dict[str, Any] = {}
-    exec(_readme_block("### 9. Middleware"), namespace)
+    exec(_readme_block("### 10. Middleware"), namespace)
     service = namespace["service"]
 
     @service.handler

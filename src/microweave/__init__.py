@@ -6,6 +6,7 @@ own fast transport), publish and subscribe to events and read live configuration
 
 from .client import UNSET, Client, ClientCall, Retry
 from .client.blocking import BlockingClient
+from .config import Config, Secret
 from .context import BaseContext, Context, current_context
 from .errors import (
     BadRequest,
@@ -46,6 +47,7 @@ __all__ = [
     "Client",
     "ClientCall",
     "ClientMiddleware",
+    "Config",
     "ConfigurationError",
     "Conflict",
     "ConnectionLost",
@@ -60,6 +62,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "Retry",
+    "Secret",
     "Selector",
     "ServerMiddleware",
     "Service",

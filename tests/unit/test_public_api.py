@@ -23,6 +23,8 @@ NEEDED = {
     "Selector",
     "by_version",
     "by_metadata",
+    "Config",
+    "Secret",
 }
 
 

@@ -48,6 +48,17 @@ class _Layer:
         self.loaded = False
 
 
+class _NotLoaded(dict[str, Any]):
+    """The index of a config that has not been read yet: a read says so, instead of handing
+    out defaults nobody configured (a free check: `get` does one dict lookup either way)."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raise ConfigurationError(f"config key {key!r} is read before the config has started; start it first")
+
+    def __contains__(self, key: object) -> bool:
+        return bool(self.get(str(key)))
+
+
 class Bound(Generic[T]):
     """A validated instance of a model, built from the config under `prefix`, replaced by a new
     instance (never mutated) when an update changes it and validates."""
@@ -144,7 +155,7 @@ class Config:
         self._secret_keys: set[str] = set()
         self._secret_cache: dict[str, bool] = {}
         self._interpolate = interpolate
-        self._flat: dict[str, Any] = {"": {}}
+        self._flat: dict[str, Any] = _NotLoaded()
         self._leaves: dict[str, Any] = {}
         self._bound: list[Bound[Any]] = []
         self._watches: set[ConfigWatch] = set()
@@ -444,7 +455,7 @@ class Config:
 
     def dump(self, *, reveal: bool = False) -> dict[str, Any]:
         """The merged settings as one tree; secret values masked unless `reveal`."""
-        tree: dict[str, Any] = self._flat[""]
+        tree: dict[str, Any] = self._flat.get("", {})
         if reveal:
             return tree
 

@@ -11,7 +11,6 @@ rejected, logged once, and everything keeps the last good values.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import inspect
 import logging
@@ -20,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from .._backends import environ, load_config_source
+from .._tasks import cancel_all
 from ..errors import ConfigurationError, MicroError
 from ..registry.outage import Outage
 from . import MISSING, Change, Snapshot, Source
@@ -224,11 +224,7 @@ class Config:
     async def stop(self) -> None:
         """Stop watching; watchers end; sources this config built are closed."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
         for watch in list(self._watches):
             await watch.aclose()
         await self._close_owned()

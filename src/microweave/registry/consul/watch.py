@@ -30,7 +30,6 @@ during the outage.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
@@ -38,6 +37,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from ..._tasks import cancel_all
 from ...errors import MicroError
 from .. import Action, Event, Service, Watcher
 from ..events import EventBuffer
@@ -134,11 +134,7 @@ class ConsulWatcher(Watcher):
         if self._release is not None:
             self._release.cancel()
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
         self._events.close()
 
     # -- subscribing -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ import typer
 
 from .. import __version__
 from .call import call
+from .config import config_app
 from .demo import demo
 from .describe import describe
 from .hints import registry_help
@@ -58,3 +59,4 @@ app.command("services")(services)
 app.command("describe")(describe)
 app.command("call")(call)
 app.command("demo")(demo)
+app.add_typer(config_app, name="config")

@@ -31,18 +31,23 @@ def split(key: str) -> list[str]:
 
 def build(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     """One tree from (dotted key, value) pairs; shallower keys first, so `db.port` set on its
-    own overrides the `port` inside a document stored at `db`."""
+    own overrides the `port` inside a document stored at `db`. The values are never changed:
+    a mapping is copied before a deeper key is written into it (else the override would be
+    written into the source's document and outlive the key's deletion)."""
     tree: dict[str, Any] = {}
+    mine: set[int] = {id(tree)}  # the mappings built here, free to write into
     for key, value in sorted(items, key=lambda kv: (kv[0].count(".") + bool(kv[0]), kv[0])):
         parts = split(key)
         if not parts:
             tree = merge(tree, value) if isinstance(value, dict) else tree
+            mine.add(id(tree))
             continue
         node = tree
         for part in parts[:-1]:
             child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
+            if not isinstance(child, dict) or id(child) not in mine:
+                child = node[part] = dict(child) if isinstance(child, dict) else {}
+                mine.add(id(child))
             node = child
         last = parts[-1]
         node[last] = merge(node[last], value) if isinstance(node.get(last), dict) else value

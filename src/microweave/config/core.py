@@ -357,16 +357,22 @@ class Config:
             self._notify(changes)
 
     def _shown(self, key: str, value: Any) -> Any:
-        if value is MISSING or not self.is_secret(key) or isinstance(value, Secret):
+        if value is MISSING or isinstance(value, Secret):
             return value
-        return Secret(value if isinstance(value, str) else str(value))
+        if self.is_secret(key):
+            return Secret(value if isinstance(value, str) else str(value))
+        if isinstance(value, list):  # a leaf, but its mappings may name secrets (users[].token)
+            return [self._shown(key, v) for v in value]
+        if isinstance(value, dict):
+            return {k: self._shown(f"{key}.{k}", v) for k, v in value.items()}
+        return value
 
     def _notify(self, changes: list[Change]) -> None:
         for watch in self._watches:
             for change in changes:
                 if watch.matches(change.key):
                     watch.offer(change)
-        for prefix, hook in self._hooks:
+        for prefix, hook in list(self._hooks):  # a hook may remove itself (or another)
             mine = [c for c in changes if not prefix or c.key == prefix or c.key.startswith(prefix + ".")]
             if not mine:
                 continue
@@ -455,19 +461,19 @@ class Config:
         if reveal:
             return tree
 
-        def mask(prefix: str, node: Mapping[str, Any]) -> dict[str, Any]:
+        def mask(prefix: str, node: Any) -> Any:
+            if isinstance(node, list):  # an element's keys are named as the list's own
+                return [mask(prefix, value) for value in node]
+            if not isinstance(node, dict):
+                return node
             out: dict[str, Any] = {}
             for key, value in node.items():
                 path = f"{prefix}.{key}" if prefix else key
-                if self.is_secret(path):
-                    out[key] = MASK
-                elif isinstance(value, dict):
-                    out[key] = mask(path, value)
-                else:
-                    out[key] = value
+                out[key] = MASK if self.is_secret(path) else mask(path, value)
             return out
 
-        return mask("", tree)
+        masked: dict[str, Any] = mask("", tree)
+        return masked
 
     # -- writes -----------------------------------------------------------------------
 

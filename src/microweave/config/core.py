@@ -222,9 +222,15 @@ class Config:
         layer.raw, layer.parsed, layer.tree, layer.loaded = snapshot, parsed, build(parsed.items()), True
 
     async def stop(self) -> None:
-        """Stop watching; watchers end; sources this config built are closed."""
+        """Stop watching; watchers and async hooks end; sources this config built are closed."""
         tasks, self._tasks = self._tasks, []
         await cancel_all(tasks)
+        # async hooks still running end with the config (a stopped config outlives none of
+        # its tasks); one that already raised was logged by _hook_done
+        hooks, self._hook_tasks = list(self._hook_tasks), set()
+        for hook in hooks:
+            hook.cancel()
+        await asyncio.gather(*hooks, return_exceptions=True)
         for watch in list(self._watches):
             await watch.aclose()
         await self._close_owned()

@@ -48,6 +48,17 @@ class _Layer:
         self.loaded = False
 
 
+def _depth(key: str) -> int:
+    return key.count(".") + 1 if key else 0
+
+
+def _name(key: str) -> str:
+    """A key as an error names it: a peer's key of megabytes does not become a log line."""
+    if not key:
+        return "(document)"
+    return key if len(key) <= 200 else f"{key[:200]}... ({len(key)} characters)"
+
+
 class _NotLoaded(dict[str, Any]):
     """The index of a config that has not been read yet: a read says so, instead of handing
     out defaults nobody configured (a free check: `get` does one dict lookup either way)."""
@@ -216,9 +227,9 @@ class Config:
         parsed = {}
         for key, item in snapshot.items():
             try:
-                parsed[key] = parse(item, root=key == "")
+                parsed[key] = parse(item, root=key == "", depth=_depth(key))
             except ParseError as exc:
-                raise ConfigurationError(f"config {layer.source.url}: {key or '(document)'}: {exc}") from None
+                raise ConfigurationError(f"config {layer.source.url}: {_name(key)}: {exc}") from None
         layer.raw, layer.parsed, layer.tree, layer.loaded = snapshot, parsed, build(parsed.items()), True
 
     async def stop(self) -> None:
@@ -292,9 +303,9 @@ class Config:
                 parsed.pop(key, None)
                 continue
             try:
-                parsed[key] = parse(snapshot[key], root=key == "")
+                parsed[key] = parse(snapshot[key], root=key == "", depth=_depth(key))
             except ParseError as exc:
-                bad.append(f"{key or '(document)'}: {exc}")
+                bad.append(f"{_name(key)}: {exc}")
         # the raw snapshot is remembered even when rejected: the same bad value is not
         # reported again, and a fixed one counts as a change
         layer.raw = snapshot
@@ -306,7 +317,7 @@ class Config:
             candidate = self._candidate()
         except ConfigurationError as exc:
             layer.parsed, layer.tree = previous
-            keys = ", ".join(sorted(k or "(document)" for k in changed))
+            keys = ", ".join(sorted(_name(k) for k in changed))
             log.error(
                 "config %s: rejected the update of %s: %s; keeping the last good values",
                 url,

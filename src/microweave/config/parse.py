@@ -35,8 +35,10 @@ def format_of(name: str) -> str | None:
     return None
 
 
-def parse(item: Item, *, root: bool) -> Any:
-    """The value of `item`; a document at a source's root must be a mapping."""
+def parse(item: Item, *, root: bool, depth: int = 0) -> Any:
+    """The value of `item`; a document at a source's root must be a mapping. `depth` is how
+    deep the item's key already sits (`a.b.c`: 3): the key's levels count towards MAX_DEPTH,
+    or a key of thousands of levels would build a tree no merge can walk."""
     fmt, data = item.format, item.data
     if fmt == "value":
         value = data
@@ -46,7 +48,9 @@ def parse(item: Item, *, root: bool) -> Any:
         if len(data) > MAX_DOCUMENT:
             raise ParseError(f"{len(data)} bytes, more than a config document may be ({MAX_DOCUMENT})")
         value = _decode(fmt, data)
-    _check_shape(value)
+    if depth > MAX_DEPTH:
+        raise ParseError(f"the key is nested more than {MAX_DEPTH} levels deep")
+    _check_shape(value, depth)
     if root and fmt != "value" and fmt != "text" and not isinstance(value, dict):
         raise ParseError(f"the document is a {type(value).__name__}, not a mapping of keys")
     return value
@@ -83,11 +87,11 @@ def _decode(fmt: str, data: bytes) -> Any:
     raise ParseError(f"unknown format {fmt!r}")
 
 
-def _check_shape(value: Any) -> None:
+def _check_shape(value: Any, depth: int = 0) -> None:
     """Refuse a value with more than MAX_NODES parts or deeper than MAX_DEPTH, counting a
     part each time it is reached (so shared YAML aliases count as often as they expand)."""
     nodes = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
+    stack: list[tuple[Any, int]] = [(value, depth)]
     while stack:
         current, depth = stack.pop()
         nodes += 1

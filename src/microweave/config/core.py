@@ -36,13 +36,18 @@ Hook = Callable[[list[Change]], Awaitable[None] | None]
 
 
 class _Layer:
-    """What one source holds: its raw snapshot, the items parsed from it, their tree."""
+    """What one source holds: its raw snapshot, the items parsed from it, their tree.
 
-    __slots__ = ("loaded", "parsed", "raw", "source", "tree")
+    `raw` is the last snapshot seen (the same one again is nothing new); `accepted` the last
+    one whose update was committed: what the next update is compared with, so the keys of a
+    rejected update are parsed again with the next one instead of being forgotten."""
+
+    __slots__ = ("accepted", "loaded", "parsed", "raw", "source", "tree")
 
     def __init__(self, source: Source) -> None:
         self.source = source
         self.raw: Snapshot = {}
+        self.accepted: Snapshot = {}
         self.parsed: dict[str, Any] = {}
         self.tree: dict[str, Any] = {}
         self.loaded = False
@@ -230,7 +235,8 @@ class Config:
                 parsed[key] = parse(item, root=key == "", depth=_depth(key))
             except ParseError as exc:
                 raise ConfigurationError(f"config {layer.source.url}: {_name(key)}: {exc}") from None
-        layer.raw, layer.parsed, layer.tree, layer.loaded = snapshot, parsed, build(parsed.items()), True
+        layer.raw = layer.accepted = snapshot
+        layer.parsed, layer.tree, layer.loaded = parsed, build(parsed.items()), True
 
     async def stop(self) -> None:
         """Stop watching; watchers and async hooks end; sources this config built are closed."""
@@ -292,9 +298,13 @@ class Config:
     # -- updates ----------------------------------------------------------------------
 
     def _apply(self, layer: _Layer, snapshot: Snapshot) -> None:
-        changed = [k for k in snapshot.keys() | layer.raw.keys() if snapshot.get(k) != layer.raw.get(k)]
+        if snapshot == layer.raw:
+            return  # seen already (a spurious yield, or the same rejected update again)
+        layer.raw = snapshot
+        accepted = layer.accepted
+        changed = [k for k in snapshot.keys() | accepted.keys() if snapshot.get(k) != accepted.get(k)]
         if not changed:
-            return
+            return  # back to what was committed
         url = layer.source.url
         parsed = dict(layer.parsed)
         bad: list[str] = []
@@ -306,9 +316,8 @@ class Config:
                 parsed[key] = parse(snapshot[key], root=key == "", depth=_depth(key))
             except ParseError as exc:
                 bad.append(f"{_name(key)}: {exc}")
-        # the raw snapshot is remembered even when rejected: the same bad value is not
-        # reported again, and a fixed one counts as a change
-        layer.raw = snapshot
+        # a key that does not parse keeps its last good value; committed with the rest of the
+        # update, so the same bad item is not reported again
         if bad:
             log.error("config %s: rejected %s; keeping the last good value", url, "; ".join(bad))
         previous = (layer.parsed, layer.tree)
@@ -325,6 +334,7 @@ class Config:
                 exc.detail,
             )
             return
+        layer.accepted = snapshot
         self._commit(candidate, source=url)
 
     def _candidate(self) -> tuple[dict[str, Any], list[Any]]:

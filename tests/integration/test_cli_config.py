@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cli_helpers import CliProcess, assert_clean, cli, registry_env
+from cli_helpers import CliProcess, assert_clean, cli, registry_env, wait_for_service
 from engines import free_port
 from engines.etcd import EtcdServer
 
@@ -269,3 +269,29 @@ def test_watch_sees_a_set_from_another_process(
     assert f"db.port: 7000 -> 7002  ({url})" in out, out
     assert f"db.password: (unset) -> **********  ({url})" in out, out
     assert "etcd-pw-2-never-shown" not in out and "Traceback" not in out, out
+
+
+# -- microweave run --config -----------------------------------------------------------
+
+CONFIGURED = "tests/integration/services/configured.py"
+
+
+def test_run_config_gives_the_service_its_sources(tmp_path: Path, settings: str, env: dict[str, str]) -> None:
+    argv = ("run", CONFIGURED, "--config", settings, "--config", "env://APP_")
+    with CliProcess(*argv, env=env, log=tmp_path / "run.log") as service:
+        wait_for_service("configured", env=env, process=service)
+        called = cli("call", "configured", "Settings.Get", '{"key": "db.port"}', env=env)
+        assert called.returncode == 0, called
+        assert json.loads(called.stdout) == {"value": "6000", "sources": [settings, "env://APP_"]}
+        called = cli("call", "configured", "Settings.Get", '{"key": "greeting"}', env=env)
+        assert json.loads(called.stdout)["value"] == "Hello"
+
+
+def test_run_config_over_sources_named_in_code_is_an_error(settings: str, env: dict[str, str]) -> None:
+    in_code = {**env, "CONFIGURED_IN_CODE": settings}
+    done = cli("run", CONFIGURED, "--config", "env://APP_", env=in_code, timeout=30)
+    assert done.returncode == 2, done
+    assert "configured names its config sources in code" in done.stderr, done.stderr
+    assert_clean(done.stdout + done.stderr)
+    done = cli("run", CONFIGURED, "--config", "file://my settings.yaml", env=env, timeout=30)
+    assert done.returncode == 2 and "%20" in done.stderr, done

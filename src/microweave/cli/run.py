@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Annotated
 
 import typer
@@ -58,10 +59,33 @@ def run(
             callback=lambda v: None if v is None else _check_address(v),
         ),
     ] = None,
+    config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config",
+            metavar="URL",
+            help="A config source of the service (repeat: later wins), e.g. --config file://app.yaml "
+            "--config etcd://127.0.0.1:2379/config/app; sets MICRO_CONFIG, so a service that names "
+            "its sources in code (Service(config=...)) is an error. See docs/config.md.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a service; SIGTERM or Ctrl-C deregisters it, drains in-flight calls and exits 0."""
     with reporting_errors():
+        if config and any(c.isspace() or c == ";" for url in config for c in url):
+            raise CliError("--config: a URL cannot hold spaces or ';'", hint="write a space as %20", code=2)
+        if config:
+            # the service reads MICRO_CONFIG when its code names no sources: set it before
+            # the target is imported (its module may bind models to the config at import)
+            os.environ["MICRO_CONFIG"] = " ".join(config)
         service = load_service(target)
+        if config and service._config_arg is not None:
+            raise CliError(
+                f"--config: {service.name} names its config sources in code (Service(config=...))",
+                hint="drop --config, or the config= argument (then MICRO_CONFIG and --config apply)",
+                code=2,
+            )
         url = registry_url(ctx, registry)
         if url is not None:
             service.registry = open_registry(url)  # fails here, before anything listens

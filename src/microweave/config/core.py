@@ -53,6 +53,15 @@ class _Layer:
         self.loaded = False
 
 
+def _copy(value: Any) -> Any:
+    """A copy of a tree's mappings and lists (leaves are shared: a Secret is not copyable)."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
 def _depth(key: str) -> int:
     return key.count(".") + 1 if key else 0
 
@@ -486,7 +495,8 @@ class Config:
         """The merged settings as one tree; secret values masked unless `reveal`."""
         tree: dict[str, Any] = self._flat.get("", {})
         if reveal:
-            return tree
+            copied: dict[str, Any] = _copy(tree)  # the caller's to change: not the live tree
+            return copied
 
         def mask(prefix: str, node: Any) -> Any:
             if isinstance(node, list):  # an element's keys are named as the list's own

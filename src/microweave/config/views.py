@@ -9,6 +9,7 @@ the field and the problem, never the value: it may be a secret.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -57,9 +58,18 @@ def converter(tp: Any) -> Callable[[Any], Any]:
         try:
             return msgspec.convert(data, tp, strict=False, dec_hook=_dec_hook)
         except msgspec.ValidationError as exc:
-            raise ConversionError(str(exc)) from None
+            raise ConversionError(_unquoted(str(exc))) from None
 
     return msgspec_convert
+
+
+# msgspec quotes the value it refused in a few messages ("Invalid enum value 'x' - at `$.mode`",
+# the same for a Literal or a tag): the value may be a secret, so it is cut out
+_QUOTED_VALUE = re.compile(r"^(Invalid (?:enum )?value)\b(?:.*(?= - at `)|.*)", re.DOTALL)
+
+
+def _unquoted(message: str) -> str:
+    return _QUOTED_VALUE.sub(r"\1", message)
 
 
 def _mentions_secret(annotation: Any) -> bool:

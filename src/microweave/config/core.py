@@ -356,6 +356,10 @@ class Config:
             try:
                 tree = interpolate(tree, environ().get)
             except Unset as exc:
+                if self.is_secret(exc.key):  # the ${...} may be part of the secret itself
+                    raise ConfigurationError(
+                        f"{exc.key}: names a variable that is not set and has no default"
+                    ) from None
                 raise ConfigurationError(str(exc)) from None
         flat = flatten(tree)
         instances = []

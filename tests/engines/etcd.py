@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from engines import Engine, find_binary, free_port, registry_backend, run
+from engines import Engine, config_backend, find_binary, free_port, registry_backend, run
 
 __all__ = ["EtcdServer", "make_certificates"]
 
@@ -231,3 +231,17 @@ async def etcd_backend(request: pytest.FixtureRequest, **options: Any) -> AsyncI
     url = request.getfixturevalue("etcd_registry_url")
     async with from_url(url, **options) as registry:
         yield registry
+
+
+@config_backend("etcd")
+@contextlib.asynccontextmanager
+async def etcd_config_backend(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """An etcd config source on the session's etcd, under a prefix of this test's own."""
+    from microweave._backends import load_config_source
+
+    server: EtcdServer = request.getfixturevalue("etcd_server")
+    source = load_config_source(server.url(f"/config-{uuid.uuid4().hex[:12]}"))
+    try:
+        yield source
+    finally:
+        await source.aclose()

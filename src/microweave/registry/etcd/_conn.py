@@ -29,7 +29,7 @@ from ...errors import ConfigurationError, RegistryError
 from ..memory import WATCH_BUFFER
 from ..url_options import unknown_options
 
-__all__ = ["Connection", "Options", "rpc"]
+__all__ = ["REGISTRY_OPTIONS", "Connection", "Options", "rpc"]
 
 T = TypeVar("T")
 
@@ -37,6 +37,10 @@ DEFAULT_PREFIX = "/micro/registry"
 DEFAULT_PORT = 2379
 CALL_TIMEOUT = 5.0  # seconds one unary call may take before the registry counts as unreachable
 MAX_MESSAGE = 64 << 20  # largest response accepted (a lookup of thousands of nodes fits)
+#: the options a registry URL takes (a config source takes others: see `Options.parse`)
+REGISTRY_OPTIONS = frozenset(
+    {"ttl", "username", "password", "tls", "ca", "cert", "key", "timeout", "watch_buffer"}
+)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -62,16 +66,25 @@ class Options:
         return f"etcd://{','.join(self.hosts)}{self.prefix}"
 
     @classmethod
-    def parse(cls, url: BackendURL, kwargs: dict[str, Any]) -> Options:
+    def parse(
+        cls,
+        url: BackendURL,
+        kwargs: dict[str, Any],
+        *,
+        default_prefix: str = DEFAULT_PREFIX,
+        known: frozenset[str] = REGISTRY_OPTIONS,
+    ) -> Options:
+        """The options of a URL. `default_prefix` and `known` (the option names accepted;
+        others are refused) let another user of the connection, the etcd config source, take
+        its own; options it knows that are not fields here stay in the URL for it to read."""
         # `user:password@host` works as username= and password= (which win); it is never shown
         userinfo = {h.rpartition("@")[0] for h in url.hosts if "@" in h}
         bare = [h.rpartition("@")[2] for h in url.hosts]
         hosts = tuple(_host(h) for h in bare) or (f"127.0.0.1:{DEFAULT_PORT}",)
-        prefix = "/" + url.path.strip("/") if url.path.strip("/") else DEFAULT_PREFIX
+        prefix = "/" + url.path.strip("/") if url.path.strip("/") else default_prefix
         public = f"etcd://{','.join(hosts)}{prefix}"
         credentials = _credentials(public, userinfo)
         query = {**credentials, **url.query, **{k: v for k, v in kwargs.items() if v is not None}}
-        known = {"ttl", "username", "password", "tls", "ca", "cert", "key", "timeout", "watch_buffer"}
         unknown = unknown_options(query, known)
         for host in hosts:
             _check_port(public, host)
@@ -283,13 +296,14 @@ class Connection:
         elif "authentication failed" in text or "invalid user" in text or "auth token" in text:
             hint, status = "check the username and password given for it", 401
         elif code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in text:
-            hint, status = "the etcd user needs read/write permission on the registry prefix", 403
+            status = 403
+            hint = f"the etcd user needs read/write permission on the prefix {self.options.prefix}"
         elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in text:
             # kept 503: a cache keeps serving what it has while someone cleans the prefix up
             hint = (
-                f"the answer is larger than a registry response may be ({_size(MAX_MESSAGE)}): "
-                "the prefix holds more, or bigger, records than nodes register; remove what "
-                "does not belong there"
+                f"the answer is larger than an etcd response may be ({_size(MAX_MESSAGE)}): "
+                f"the prefix {self.options.prefix} holds more, or bigger, values than belong "
+                "there (records of nodes, or settings); remove what does not belong there"
             )
         elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             hint = "is etcd running there and reachable? (with TLS: tls=true and the right CA)"

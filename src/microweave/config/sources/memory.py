@@ -45,7 +45,8 @@ class MemorySource(Source):
         self._bump()
 
     async def set(self, key: str, value: str) -> None:
-        self.put(key, value, "text")
+        # as in etcd and Consul: the root ("") holds a document, any other key a KV leaf
+        self.put(key, value, "yaml" if key == "" else "text")
 
     async def delete(self, key: str) -> None:
         if self._items.pop(key, None) is not None:

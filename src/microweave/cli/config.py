@@ -29,7 +29,6 @@ from ..config import MISSING, Change, Config, Secret
 from ..config.secret import MASK
 from ..errors import ConfigurationError, Unavailable
 from ..service import run_async
-from .options import JsonFlag
 from .output import CliError, err, fail, print_error, reporting_errors
 
 __all__ = ["config_app", "masked", "render"]
@@ -57,12 +56,13 @@ SourceOption = Annotated[
         "--source",
         "-s",
         metavar="URL",
-        help=f"A config source (repeat: later sources win): one of {_schemes()} "
+        help=f"A config source (repeat: later sources win): one of {_schemes()}; "
         "e.g. -s file://settings.yaml -s env://APP_ -s etcd://127.0.0.1:2379/config/app. "
         "Default: $MICRO_CONFIG. Options of each: docs/config.md.",
         show_default=False,
     ),
 ]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")]
 RevealFlag = Annotated[
     bool, typer.Option("--reveal", help="Show secret values (password, token, ...) instead of masking them.")
 ]
@@ -260,6 +260,10 @@ async def _until_signalled(work: Awaitable[T]) -> T | None:
         stopped.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+            if stop.is_set():
+                # stopping already: a second signal (Ctrl-C twice, or `timeout` signalling the
+                # process and then its group) must not break the loop's shutdown into a traceback
+                signal.signal(sig, signal.SIG_IGN)
 
 
 async def _watch(urls: list[str], prefix: str, reveal: bool, as_json: bool) -> None:

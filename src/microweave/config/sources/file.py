@@ -12,6 +12,12 @@ and renames it over the old one, and a Kubernetes ConfigMap volume (which swaps 
 symlink), replace the inode an inotify watch is attached to, and network and container
 filesystems may send no events at all. A stat per half second costs nothing measurable.
 
+A stamp is only as fine as the filesystem's timestamps (one kernel tick; a second on ext3, NFS
+or HFS+; two on FAT): an edit of the same size made within the same tick as the one read
+leaves the stamp unchanged. So, as git does with its "racy" index entries, a file whose mtime
+is within RACY seconds of when it was read is read again at each check until it is older, and
+compared by content.
+
 A file that disappears or cannot be read keeps its last good values (a deploy is probably
 replacing it); one warning says so, and its contents are read again once it is back.
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,9 @@ from ..parse import MAX_DOCUMENT, format_of
 __all__ = ["FileSource"]
 
 log = logging.getLogger("microweave.config")
+
+#: how close to its read a file's mtime must be for an unchanged stamp not to be trusted
+RACY = 2.0
 
 _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
@@ -63,6 +73,8 @@ class FileSource(Source):
         self.interval = interval
         self.optional = optional
         self._seen: tuple[int, ...] | None = None
+        self._data: bytes | None = None  # what the last read found
+        self._read_at = 0  # when (wall clock, ns), to tell a racy stamp
 
     @classmethod
     def from_url(cls, url: BackendURL, **kwargs: Any) -> FileSource:
@@ -92,15 +104,21 @@ class FileSource(Source):
         st = self.path.stat()  # follows symlinks: a swapped target is a new stamp
         return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
 
-    def _read_now(self) -> tuple[tuple[int, ...], bytes]:
+    def _read_now(self) -> tuple[tuple[int, ...], bytes, int]:
         stamp = self._stamp()
+        read_at = time.time_ns()  # before the read: an edit after it is a later mtime
         with self.path.open("rb") as fh:
             data = fh.read(MAX_DOCUMENT + 1)  # more than that is refused by the parser
-        return stamp, data
+        return stamp, data, read_at
+
+    def _racy(self) -> bool:
+        """Whether the stamp seen could hide a later edit within the same timestamp tick."""
+        return self._seen is not None and self._seen[3] + int(RACY * 1e9) > self._read_at
 
     async def read(self) -> Snapshot:
         try:
-            self._seen, data = await asyncio.to_thread(self._read_now)
+            self._seen, data, self._read_at = await asyncio.to_thread(self._read_now)
+            self._data = data
         except FileNotFoundError:
             raise Unavailable(
                 f"{self.url}: no such file (in {Path.cwd()}); create it, fix the path, or add ?optional=true"
@@ -118,9 +136,12 @@ class FileSource(Source):
             await asyncio.sleep(self.interval)
             try:
                 stamp = await asyncio.to_thread(self._stamp)
-                if stamp == self._seen:
+                if stamp == self._seen and not self._racy():
                     continue
+                before = self._data
                 snapshot = await self.read()
+                if stamp == self._seen and self._data == before and not gone:
+                    continue  # a racy stamp, read again: the same content
             except (OSError, Unavailable) as exc:
                 if not gone:  # one warning per disappearance; the last good values stay
                     log.warning(

@@ -122,8 +122,8 @@ def _load(kind: str, group: str, builtin: dict[str, tuple[str, str, str | None]]
     try:
         return getattr(importlib.import_module(module), name)
     except ImportError as exc:
-        if extra is None:
-            raise
+        if extra is None or (exc.name or "").startswith("microweave"):
+            raise  # our own module is broken or missing: not a driver to install
         raise ConfigurationError(
             f"the {scheme} {kind} needs a driver that is not installed ({exc.name}); "
             f'run: pip install "microweave[{extra}]" (from a checkout: .venv/bin/pip install -e ".[{extra}]")'

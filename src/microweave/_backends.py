@@ -122,7 +122,7 @@ def _load(kind: str, group: str, builtin: dict[str, tuple[str, str, str | None]]
     try:
         return getattr(importlib.import_module(module), name)
     except ImportError as exc:
-        if extra is None or (exc.name or "").startswith("microweave"):
+        if extra is None or (exc.name or "").partition(".")[0] == "microweave":
             raise  # our own module is broken or missing: not a driver to install
         raise ConfigurationError(
             f"the {scheme} {kind} needs a driver that is not installed ({exc.name}); "

@@ -14,6 +14,7 @@ Writes come from a separate connection (a second EtcdSource, or etcdctl), as an 
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 import uuid
@@ -223,3 +224,61 @@ async def test_an_unreachable_etcd_at_start_is_a_clear_error_or_with_optional_pi
             await async_wait_until(picked_up, timeout=WAIT, what="the value once etcd is up")
         finally:
             await asyncio.to_thread(server.stop)
+
+
+async def test_a_watch_from_a_compacted_revision_reads_everything_again(
+    writer: tuple[str, Source], etcd_server: EtcdServer
+) -> None:
+    url, other = writer
+    source = load_config_source(url)
+    assert isinstance(source, EtcdSource)
+    try:
+        await other.set("x", "1")
+        assert (await source.read())["x"].data == b"1"
+        await other.set("x", "2")  # after the read: the watch must bring it
+        await other.set("y", "3")
+        revision = json.loads(etcd_server.ctl("get", "nothing", "--write-out=json"))["header"]["revision"]
+        etcd_server.ctl("compact", str(revision))  # the watch's start is gone
+        with capture_logs("WARNING", logger="microweave.config") as logs:
+            changes = source.watch()
+            async with asyncio.timeout(WAIT):
+                snapshot = await anext(changes)
+            await changes.aclose()  # type: ignore[attr-defined]
+        assert {k: v.data for k, v in snapshot.items()} == {"x": b"2", "y": b"3"}
+        assert any("compacted" in e["message"] for e in logs), logs
+    finally:
+        await source.aclose()
+
+
+async def test_what_a_prefix_can_make_the_source_hold_is_bounded(
+    writer: tuple[str, Source], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from microweave.config.sources import etcd
+
+    monkeypatch.setattr(etcd, "MAX_KEYS", 3)
+    url, other = writer
+    for key in ("a", "b", "c"):
+        await other.set(key, "1")
+    with capture_logs("WARNING", logger="microweave.config") as logs:
+        async with Config([url]) as config:
+            watch = config.watch()
+            await other.set("d", "1")  # one key too many: refused, the last good values stay
+            await async_wait_until(
+                lambda: _true(any("more than a config source takes" in e["message"] for e in logs)),
+                timeout=WAIT,
+                what="the warning",
+            )
+            assert config.get("d") is None and config.get("a") == "1"
+            await other.delete("d")
+            await other.set("a", "2")
+            async with asyncio.timeout(WAIT):
+                change = await anext(watch)
+            assert (change.key, change.new) == ("a", "2")
+    with pytest.raises(Unavailable, match="more than a config source takes"):
+        await other.set("d", "1")
+        async with Config([url]):
+            pass
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -49,7 +49,11 @@ _PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
 
 
 class _Broken(Exception):
-    """The watch stream ended, was cancelled, or its start was compacted away."""
+    """The watch stream ended or was cancelled."""
+
+
+class _Compacted(Exception):
+    """The revisions the watch was to start from were compacted away."""
 
 
 class EtcdSource(Source):
@@ -186,6 +190,10 @@ class EtcdSource(Source):
                     yield snapshot
                 while True:
                     yield await self._next(call)
+            except _Compacted as exc:  # etcd is there, the changes since our read are not
+                log.warning("config %s", exc)
+                reread = True
+                await asyncio.sleep(outage.backoff.next())
             except (Unavailable, RegistryError, grpc.aio.AioRpcError, TimeoutError, _Broken) as exc:
                 if isinstance(exc, grpc.aio.AioRpcError):
                     exc = self._conn.error("watching", exc)  # one line, no gRPC debug dump
@@ -221,7 +229,7 @@ class EtcdSource(Source):
         if reply is grpc.aio.EOF:
             raise _Broken(f"{self.url}: the watch stream ended")
         if reply.compact_revision:
-            raise _Broken(
+            raise _Compacted(
                 f"{self.url}: changes after revision {start - 1} were compacted away; reading again"
             )
         if reply.canceled:

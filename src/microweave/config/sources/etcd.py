@@ -80,7 +80,9 @@ class EtcdSource(Source):
         """`kwargs` (username, password, tls, ca, cert, key, timeout, optional) win over the
         URL's query; pass secrets this way to keep them out of URLs and process lists."""
         options = Options.parse(url, kwargs, default_prefix=DEFAULT_PREFIX, known=KNOWN)
-        optional = kwargs.get("optional", url.query.get("optional", False))
+        optional = kwargs.get("optional")
+        if optional is None:
+            optional = url.query.get("optional", False)
         return cls(options, optional=_flag(options.public, "optional", optional))
 
     # -- keys -------------------------------------------------------------------------------

@@ -567,3 +567,51 @@ async def test_reprs_show_no_values() -> None:
         assert "memory://m" in repr(config)
         assert config.dump()["plain"] == MASK
         assert config.dump()["db"]["password"] == MASK
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "aws.secret_access_key",  # AWS_SECRET_ACCESS_KEY from the environment
+        "django.secret_key",  # Django's SECRET_KEY
+        "jwt.signing_key",
+        "storage.encryption_key",
+        "kms.master_key",
+        "oauth.client_secret",
+        "db.password",
+        "api_key",
+        "github.access_token",
+    ],
+)
+async def test_common_secret_names_are_masked(key: str) -> None:
+    source = MemorySource()
+    source.put(key, SECRET)
+    async with Config([source]) as config:
+        assert config.is_secret(key)
+        assert SECRET not in repr(config.dump())
+
+
+@pytest.mark.parametrize("key", ["api.key", "db.port", "keyboard.layout", "monkey", "tokens_per_second"])
+async def test_ordinary_names_are_not_masked(key: str) -> None:
+    source = MemorySource()
+    source.put(key, "shown")
+    async with Config([source]) as config:
+        assert not config.is_secret(key)
+        assert "shown" in repr(config.dump())
+
+
+async def test_a_bound_model_with_secrets_can_be_copied_but_not_pickled() -> None:
+    import copy
+    import pickle
+
+    source = MemorySource({"db": {"host": "h", "port": 1, "password": SECRET}})
+    async with Config([source]) as config:
+        for model in (DatabaseP, DatabaseM, DatabaseD):
+            value = config.bind(model, "db").value
+            copied = copy.deepcopy(value)
+            assert copied.password.reveal() == SECRET and SECRET not in repr(copied)
+        db = config.bind(DatabaseD, "db").value
+        assert dataclasses.asdict(db)["password"].reveal() == SECRET
+        assert config.bind(DatabaseP, "db").value.model_copy(deep=True).password.reveal() == SECRET
+        with pytest.raises(TypeError, match="not pickled"):
+            pickle.dumps(db)

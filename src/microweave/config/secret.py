@@ -18,7 +18,9 @@ MASK: Final = "**********"
 
 # key names whose values `config dump` masks even when no model declared them Secret
 _SECRET_NAMES = re.compile(
-    r"(pass(word|wd|phrase)?|secret|token|api[_-]?key|private[_-]?key|credentials?|auth)$", re.IGNORECASE
+    r"(pass(word|wd|phrase)?|secret|token|credentials?|auth"
+    r"|(api|private|secret|secret[_-]?access|access|signing|encryption|master)[_-]?key)$",
+    re.IGNORECASE,
 )
 
 

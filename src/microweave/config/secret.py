@@ -62,6 +62,12 @@ class Secret:
     def __bool__(self) -> bool:
         return bool(self._value)
 
+    def __copy__(self) -> Secret:
+        return self  # immutable: a copy is itself (copy.deepcopy, dataclasses.asdict, model_copy)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
+        return self
+
     def __reduce__(self) -> Any:
         raise TypeError("a Secret is not pickled: it would leave the process in the clear")
 

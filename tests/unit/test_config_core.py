@@ -615,3 +615,22 @@ async def test_a_bound_model_with_secrets_can_be_copied_but_not_pickled() -> Non
         assert config.bind(DatabaseP, "db").value.model_copy(deep=True).password.reveal() == SECRET
         with pytest.raises(TypeError, match="not pickled"):
             pickle.dumps(db)
+
+
+async def test_an_empty_key_cannot_take_the_place_of_the_root(caplog: pytest.LogCaptureFixture) -> None:
+    """`"": {...}` in a document, or a key `.` or `a..b`, named the root (or nothing): dump()
+    showed only what the attacker put there, and a model bound at the root read it."""
+    source = MemorySource()
+    source.put("", '"": {x: 1}\ndb: {port: 5432}\n', "yaml")
+    with pytest.raises(ConfigurationError, match="empty"):
+        async with Config([source]):
+            pass
+    source = MemorySource({"db": {"port": 1}})
+    async with Config([source]) as config:
+        for key in (".", "a..b", "a."):
+            source.put(key, 2)
+            await eventually(lambda: len(config_errors(caplog)) == 1, f"the rejection of {key!r}")
+            await source.delete(key)
+            caplog.clear()
+        assert config.dump() == {"db": {"port": 1}}
+        assert set(config._flat) == {"", "db", "db.port"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from microweave.config import Item
-from microweave.config.parse import MAX_DEPTH, MAX_DOCUMENT, MAX_NODES, ParseError, parse
+from microweave.config.parse import MAX_DEPTH, MAX_DOCUMENT, MAX_NODES, ParseError, check_key, parse
 
 SECRET = "hunter2-not-in-errors"
 
@@ -152,3 +152,21 @@ def test_text_leaves_stay_text_unless_json() -> None:
     assert parse(Item("", "text"), root=False) == ""
     assert parse(Item("{}", "yaml"), root=True) == {}
     assert parse(Item("", "yaml"), root=False) is None
+
+
+def test_an_empty_key_is_refused() -> None:
+    rejected(Item('"": {x: 1}\ndb: {port: 1}\n', "yaml"), "a key is empty")
+    rejected(Item('{"db": {"": 1}}', "json"), "a key is empty")
+
+
+@pytest.mark.parametrize("key", [".", "a..b", "a.", ".a"])
+def test_a_source_key_with_an_empty_level_is_refused(key: str) -> None:
+    with pytest.raises(ParseError, match="empty level"):
+        check_key(key)
+
+
+def test_a_source_keys_depth() -> None:
+    assert check_key("") == 0
+    assert check_key("db.port") == 2
+    with pytest.raises(ParseError, match="nested more than"):
+        check_key(".".join(["k"] * (MAX_DEPTH + 1)))

@@ -23,7 +23,7 @@ from .._tasks import cancel_all
 from ..errors import ConfigurationError, MicroError
 from ..registry.outage import Outage
 from . import MISSING, Change, Snapshot, Source
-from .parse import ParseError, parse
+from .parse import ParseError, check_key, parse
 from .secret import MASK, Secret, looks_secret
 from .tree import Unset, build, flatten, interpolate, leaves, merge
 from .views import ConversionError, converter, secret_fields
@@ -60,10 +60,6 @@ def _copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_copy(v) for v in value]
     return value
-
-
-def _depth(key: str) -> int:
-    return key.count(".") + 1 if key else 0
 
 
 def _name(key: str) -> str:
@@ -241,7 +237,7 @@ class Config:
         parsed = {}
         for key, item in snapshot.items():
             try:
-                parsed[key] = parse(item, root=key == "", depth=_depth(key))
+                parsed[key] = parse(item, root=key == "", depth=check_key(key))
             except ParseError as exc:
                 raise ConfigurationError(f"config {layer.source.url}: {_name(key)}: {exc}") from None
         layer.raw = layer.accepted = snapshot
@@ -322,7 +318,7 @@ class Config:
                 parsed.pop(key, None)
                 continue
             try:
-                parsed[key] = parse(snapshot[key], root=key == "", depth=_depth(key))
+                parsed[key] = parse(snapshot[key], root=key == "", depth=check_key(key))
             except ParseError as exc:
                 bad.append(f"{_name(key)}: {exc}")
         # a key that does not parse keeps its last good value; committed with the rest of the

@@ -15,7 +15,7 @@ import msgspec
 
 from . import Item
 
-__all__ = ["MAX_DEPTH", "MAX_DOCUMENT", "MAX_NODES", "ParseError", "format_of", "parse"]
+__all__ = ["MAX_DEPTH", "MAX_DOCUMENT", "MAX_NODES", "ParseError", "check_key", "format_of", "parse"]
 
 MAX_DOCUMENT: Final = 4 << 20
 MAX_NODES: Final = 200_000
@@ -33,6 +33,20 @@ def format_of(name: str) -> str | None:
         if name.lower().endswith(suffix):
             return fmt
     return None
+
+
+def check_key(key: str) -> int:
+    """How many levels a source's dotted key has ("" is the root: 0). A key with an empty
+    level ("a..b", ".") would name the root or a key with no name; one deeper than MAX_DEPTH
+    would build a tree no merge can walk: both are refused."""
+    if not key:
+        return 0
+    parts = key.split(".")
+    if not all(parts):
+        raise ParseError("the key has an empty level")
+    if len(parts) > MAX_DEPTH:
+        raise ParseError(f"the key is nested more than {MAX_DEPTH} levels deep")
+    return len(parts)
 
 
 def parse(item: Item, *, root: bool, depth: int = 0) -> Any:
@@ -103,6 +117,8 @@ def _check_shape(value: Any, depth: int = 0) -> None:
             for key, child in current.items():
                 if not isinstance(key, str):
                     raise ParseError(f"a key is a {type(key).__name__}, not text")
+                if not key:  # "" would stand for the root in the flattened tree
+                    raise ParseError("a key is empty")
                 stack.append((child, depth + 1))
         elif isinstance(current, list):
             stack.extend((child, depth + 1) for child in current)

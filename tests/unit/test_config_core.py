@@ -634,3 +634,52 @@ async def test_an_empty_key_cannot_take_the_place_of_the_root(caplog: pytest.Log
             caplog.clear()
         assert config.dump() == {"db": {"port": 1}}
         assert set(config._flat) == {"", "db", "db.port"}
+
+
+class _Flaky(MemorySource):
+    """A source built from a URL that cannot be read until `up`, and is useless once closed
+    (as an etcd or Consul client is)."""
+
+    up = False
+
+    def __init__(self) -> None:
+        super().__init__({"a": 1}, name="flaky")
+        self.closed = False
+
+    async def read(self) -> Any:
+        from microweave.errors import Unavailable
+
+        if self.closed:
+            raise RuntimeError("read after aclose")
+        if not _Flaky.up:
+            raise Unavailable("memory://flaky is down")
+        return await super().read()
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_start_that_failed_can_be_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed start closes the sources it built; the next start builds fresh ones rather
+    than reading closed ones (a service retried after its etcd came back)."""
+    import microweave.config.core as core
+
+    built: list[_Flaky] = []
+
+    def load(url: str, **kwargs: Any) -> _Flaky:
+        built.append(_Flaky())
+        return built[-1]
+
+    monkeypatch.setattr(core, "load_config_source", load)
+    monkeypatch.setattr(_Flaky, "up", False)
+    config = Config(["memory://flaky"])
+    with pytest.raises(Exception, match="down"):
+        await config.start()
+    assert built[-1].closed
+    monkeypatch.setattr(_Flaky, "up", True)
+    await config.start()
+    try:
+        assert config.get("a") == 1
+        assert not config.sources[0].closed  # type: ignore[attr-defined]
+    finally:
+        await config.stop()

@@ -199,6 +199,7 @@ class Config:
                 built.append(source)
         self.sources = tuple(built)
         self._layers = [_Layer(s) for s in built]
+        self._fresh = True  # not started with yet: a failed start closed what it built
 
     def __repr__(self) -> str:
         return f"<Config {', '.join(s.url for s in self.sources) or '(no sources)'}>"
@@ -211,8 +212,9 @@ class Config:
         that does not validate each stop the start with an error naming them."""
         if self.started:
             return
-        if any(layer.loaded for layer in self._layers):
-            self._build_sources()  # started before: fresh sources and layers
+        if not self._fresh:
+            self._build_sources()  # started before (even if it failed): fresh sources and layers
+        self._fresh = False
         try:
             for layer in self._layers:
                 try:

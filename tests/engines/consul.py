@@ -7,6 +7,9 @@
   default-deny mode with a management token), stopped at teardown; each can be stopped and
   started again on the same ports, an outage as its clients see it. A -dev agent keeps no
   state across a restart: it comes back empty, as after losing its data.
+- `consul_persistent` (function): a one-server agent with a data directory, which keeps its
+  KV across a restart (the config source's outage test).
+- the `consul` config backend: a config source on `consul_server` under a fresh prefix.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import json
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engines import Engine, find_binary, free_port, registry_backend
+from engines import Engine, config_backend, find_binary, free_port, registry_backend
 from microweave.registry.consul import ConsulRegistry
 
 __all__ = ["MANAGEMENT_TOKEN", "ConsulAgent"]
@@ -33,15 +37,31 @@ def consul_binary() -> str:
 
 
 class ConsulAgent(Engine):
-    """A -dev agent on its own ports; `url` is the registry URL of it (no token)."""
+    """A -dev agent on its own ports (with `data_dir`: a server that keeps its data across a
+    restart); `url` is the registry URL of it (no token)."""
 
-    def __init__(self, log_dir: Path, *, acl: bool = False) -> None:
+    def __init__(self, log_dir: Path, *, acl: bool = False, data_dir: Path | None = None) -> None:
         self.http_port = free_port()
         self.acl = acl
+        self.data_dir = data_dir
+        # -dev forgets everything on a restart; a one-server cluster with a data directory
+        # keeps its KV (raft_multiplier=1: elects itself again in about a second, not five)
+        mode = (
+            ["-dev"]
+            if data_dir is None
+            else [
+                "-server",
+                "-bootstrap-expect=1",
+                "-data-dir",
+                str(data_dir),
+                "-hcl",
+                "performance { raft_multiplier = 1 }",
+            ]
+        )
         argv = [
             consul_binary(),
             "agent",
-            "-dev",
+            *mode,
             "-node",
             "t",
             "-bind",
@@ -106,6 +126,14 @@ class ConsulAgent(Engine):
         """Service ID -> the status of its TTL check, straight from the agent."""
         return {c["ServiceID"]: c["Status"] for c in self.api("GET", f"/v1/health/checks/{service}")}
 
+    def kv_put(self, key: str, value: bytes) -> None:
+        """Store a raw value in the KV store (as `consul kv put` does), checked."""
+        request = urllib.request.Request(f"http://{self.address}/v1/kv/{key}", data=value, method="PUT")
+        if self.acl:
+            request.add_header("X-Consul-Token", MANAGEMENT_TOKEN)
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.read().strip() == b"true", f"PUT {key} was not stored"
+
     def purge(self) -> None:
         """Deregister every service the agent holds (Consul's own is not among them)."""
         for service_id in self.api("GET", "/v1/agent/services"):
@@ -137,6 +165,32 @@ def consul_agents(tmp_path: Path) -> Iterator[Any]:
     finally:
         for agent in started:
             agent.stop()
+
+
+@pytest.fixture
+def consul_persistent(tmp_path: Path) -> Iterator[ConsulAgent]:
+    """A one-server Consul of this test's own with a data directory: stopped and started
+    again it comes back with its KV, as a production agent does after an outage."""
+    agent = ConsulAgent(tmp_path, data_dir=tmp_path / "consul-data")
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+@config_backend("consul")
+@contextlib.asynccontextmanager
+async def consul_config_backend(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """A Consul config source on the session's agent, under a prefix of this test's own."""
+    from microweave._backends import load_config_source
+
+    agent: ConsulAgent = request.getfixturevalue("consul_server")
+    source = load_config_source(f"{agent.url}/config-{uuid.uuid4().hex[:12]}")
+    try:
+        yield source
+    finally:
+        await source.aclose()
 
 
 @registry_backend("consul")

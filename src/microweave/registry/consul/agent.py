@@ -111,7 +111,8 @@ class Agent:
     ) -> Reply:
         """One request; `what` says in errors what it was for. A status outside `ok` raises.
 
-        `wait` makes it a blocking query (the agent answers when the index moves or after
+        `body`: bytes are sent as they are (a KV value), anything else as JSON. `wait` makes
+        it a blocking query (the agent answers when the index moves or after
         `wait` seconds). Retries apply to unreachable agents and transient statuses only.
         After a failure, with nothing else under way, the connection pools are closed (they
         open again on the next request): nothing is worth pooling while the agent is away or
@@ -138,7 +139,8 @@ class Agent:
     ) -> Reply:
         attempts = 1 + (self.retries if retries is None else retries)
         backoff = Backoff(0.1, 1.0)
-        data = json.dumps(body).encode() if body is not None else None
+        # bytes go as they are (a KV value); anything else is a JSON body
+        data = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
         timeout = self.timeout + (wait * 17 / 16 if wait else 0)  # the agent adds wait/16 jitter
         last: Exception | None = None
         for attempt in range(attempts):
@@ -205,7 +207,7 @@ class Agent:
     def _too_big(self, path: str) -> str:
         return (
             f"{self.url}: the answer to {path.split('?')[0]} is larger than max_response="
-            f"{self.max_response} bytes; raise it in the registry URL if that is expected"
+            f"{self.max_response} bytes; raise it in the consul:// URL if that is expected"
         )
 
     async def aclose(self) -> None:
@@ -223,7 +225,7 @@ def path(*parts: str) -> str:
 def _refused(url: str, what: str, reply: Reply) -> RegistryError:
     detail = reply.text() or "no detail"
     if reply.status in (401, 403):
-        hint = "check the ACL token (?token= in the registry URL, or CONSUL_HTTP_TOKEN)"
+        hint = "check the ACL token (?token= in the consul:// URL, or CONSUL_HTTP_TOKEN)"
         refused = f"the Consul agent refused it ({reply.status} {detail})"
         return RegistryError(f"{url}: cannot {what}: {refused}; {hint}", code=reply.status)
     # a request the agent rejects is not fixed by waiting: its own code, so nobody retries it

@@ -378,7 +378,8 @@ class Config:
         self._flat = flat
         self._leaves = leaves(flat)
         for bound, instance in zip(self._bound, instances, strict=True):
-            bound._value = instance
+            if bound._value is None or instance != bound._value:  # unchanged: keep the instance
+                bound._value = instance
         if not source:
             return  # the first load: nothing changed for anyone yet
         changes = [

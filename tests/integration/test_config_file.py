@@ -271,3 +271,17 @@ def test_env_source_in_a_fresh_process(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["5433", "pw-value", "**********"]
+
+
+async def test_a_fifo_or_directory_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """Reading a FIFO blocks until someone writes to it: a worker thread stuck for good, and a
+    process that cannot exit. Only regular files are read."""
+    fifo = tmp_path / "settings.yaml"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    for path in (fifo, folder):
+        with pytest.raises(Exception, match=r"not a regular file|Is a directory"):
+            await asyncio.wait_for(Config([FileSource(path)]).start(), 30)
+        async with Config([FileSource(path, optional=True, interval=POLL)]) as config:
+            assert config.dump() == {}

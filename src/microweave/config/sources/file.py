@@ -25,8 +25,10 @@ replacing it); one warning says so, and its contents are read again once it is b
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import stat
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -105,11 +107,15 @@ class FileSource(Source):
         return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
 
     def _read_now(self) -> tuple[tuple[int, ...], bytes, int]:
-        stamp = self._stamp()
         read_at = time.time_ns()  # before the read: an edit after it is a later mtime
-        with self.path.open("rb") as fh:
+        # non-blocking open, and regular files only: reading a FIFO (or a device) would block
+        # a worker thread until someone writes to it, and the process could not exit
+        with open(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
             data = fh.read(MAX_DOCUMENT + 1)  # more than that is refused by the parser
-        return stamp, data, read_at
+        return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns), data, read_at
 
     def _racy(self) -> bool:
         """Whether the stamp seen could hide a later edit within the same timestamp tick."""

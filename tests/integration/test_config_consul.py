@@ -207,8 +207,15 @@ async def test_a_wrong_token_is_a_clear_403_naming_the_url_without_the_token(
         assert caught.value.code == 403, caught.value
         assert public in detail and "check the ACL token" in detail, detail
         assert wrong not in detail and wrong not in repr(caught.value)
-    monkeypatch.setenv("CONSUL_HTTP_TOKEN", MANAGEMENT_TOKEN)  # the environment's token
+    monkeypatch.delenv("CONSUL_HTTP_TOKEN")
     agent.kv_put(f"{key[1:]}/feature", b"on")
+    # no token: Consul leaves out of a listing what the token may not read, without a word
+    with capture_logs("WARNING", logger="microweave.config") as logs:
+        async with Config([public]) as config:
+            assert config.get("feature") is None
+    assert len(logs) == 1 and "check the token" in logs[0]["message"], logs
+    assert public in logs[0]["message"]
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", MANAGEMENT_TOKEN)  # the environment's token
     async with Config([public]) as config:
         assert config.get("feature") == "on"
         assert MANAGEMENT_TOKEN not in repr(config.sources[0]) and MANAGEMENT_TOKEN not in repr(config)

@@ -121,6 +121,7 @@ class ConsulSource(Source):
         self.index = 0
         #: blocking queries sent (a test counts them: no busy loop)
         self.queries = 0
+        self._warned = False  # an empty prefix the token may not read: said once
 
     @classmethod
     def from_url(cls, url: BackendURL, **kwargs: Any) -> ConsulSource:
@@ -219,7 +220,27 @@ class ConsulSource(Source):
         )
         snapshot = self._snapshot(reply.body if reply.status == 200 else b"")
         self.index = max(reply.index, 1)  # Consul's docs: an index of 0 must not be reused
+        if reply.status == 404 and not self._warned:
+            await self._check_access()
         return snapshot
+
+    async def _check_access(self) -> None:
+        """Consul drops keys a token may not read from a listing without a word, so a
+        forgotten or too weak token reads as an empty prefix: when the prefix looks empty,
+        ask for its own key, which says 403 instead (logged once: not an error, as a policy
+        may grant `<prefix>/` alone and the prefix may be empty indeed)."""
+        try:
+            await self._call("GET", self._path(""), "read the prefix key", ok={200, 404})
+        except Unavailable as exc:
+            if exc.code not in (401, 403):
+                raise
+            self._warned = True
+            log.warning(
+                "config %s: nothing under the prefix that this ACL token may read (the agent"
+                " refuses it the prefix key: %s); check the token (?token= or CONSUL_HTTP_TOKEN)",
+                self.url,
+                exc.code,
+            )
 
     async def _call(
         self,

@@ -85,13 +85,19 @@ class ConsulSource(Source):
         retries: int = 2,
         optional: bool = False,
     ) -> None:
+        _, at, address = address.rpartition("@")
         host, sep, port = address.rpartition(":")
         if not sep:
             host, port = address, str(DEFAULT_PORT)
         prefix = prefix.strip("/") or DEFAULT_PREFIX
         self.url = f"consul://{host}:{port}/{prefix}"  # never the token
-        if not port.isdigit() or not host:
-            raise ConfigurationError(f"{self.url}: the address must be host:port")
+        if at:
+            raise ConfigurationError(
+                f"{self.url}: credentials in the address are not read; give the ACL token as"
+                " ?token= or CONSUL_HTTP_TOKEN"
+            )
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(f"{self.url}: the address must be host:port (a port from 1 to 65535)")
         if any(not part or part in (".", "..") for part in prefix.split("/")):
             raise ConfigurationError(f"{self.url}: the prefix has an empty, '.' or '..' level")
         for name, value, low, high in (
@@ -128,7 +134,7 @@ class ConsulSource(Source):
         """`kwargs` (token, timeout, wait, max_response, retries, optional) win over the URL's
         query; pass a token this way to keep it out of URLs and process lists."""
         address = url.hosts[0] if url.hosts else f"127.0.0.1:{DEFAULT_PORT}"
-        public = f"consul://{address}{url.path}"
+        public = f"consul://{address.rpartition('@')[2]}{url.path}"
         if len(url.hosts) > 1:
             raise ConfigurationError(f"{public}: consul:// takes one agent address, not a list")
         for key, value in url.query.items():

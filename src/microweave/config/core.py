@@ -1,11 +1,11 @@
 """Config: the layers of its sources merged into one tree, kept current, read typed.
 
 Every update goes through `_apply`, synchronously, so readers never see half of one: parse the
-items that changed (one that does not parse keeps its last good value, and its key is named in
-one error line), rebuild that source's layer, merge all layers, interpolate `${VAR:default}`,
-validate every bound model. Only if all of that holds does the new tree replace the old one,
-and the bound models, watchers and hooks see the change; otherwise the whole update is
-rejected, logged once, and everything keeps the last good values.
+items that changed, rebuild that source's layer, merge all layers, interpolate `${VAR:default}`,
+validate every bound model. Only what holds replaces the old tree, and the bound models,
+watchers and hooks see the change. An item that does not parse, or whose value does not
+validate, is rejected on its own: it keeps its last good value, one error line names the
+source and the key, and the other keys of the same update still arrive.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .._backends import environ, load_config_source
 from .._tasks import cancel_all
 from ..errors import ConfigurationError, MicroError
 from ..registry.outage import Outage
-from . import MISSING, Change, Snapshot, Source
+from . import MISSING, Change, Item, Snapshot, Source
 from .parse import ParseError, check_key, parse
 from .secret import MASK, Secret, looks_secret
 from .tree import Unset, build, flatten, interpolate, leaves, merge
@@ -38,19 +38,27 @@ Hook = Callable[[list[Change]], Awaitable[None] | None]
 class _Layer:
     """What one source holds: its raw snapshot, the items parsed from it, their tree.
 
-    `raw` is the last snapshot seen (the same one again is nothing new); `accepted` the last
-    one whose update was committed: what the next update is compared with, so the keys of a
-    rejected update are parsed again with the next one instead of being forgotten."""
+    `raw` is the last snapshot seen (the same one again is nothing new); `accepted` the items
+    committed, key by key: what the next update is compared with, so a rejected key is tried
+    again with the next update instead of being forgotten."""
 
-    __slots__ = ("accepted", "loaded", "parsed", "raw", "source", "tree")
+    __slots__ = ("accepted", "loaded", "parsed", "raw", "rejected", "source", "tree")
 
     def __init__(self, source: Source) -> None:
         self.source = source
         self.raw: Snapshot = {}
         self.accepted: Snapshot = {}
+        #: key -> the item last rejected there (None: its removal), so it is logged once
+        self.rejected: dict[str, Item | None] = {}
         self.parsed: dict[str, Any] = {}
         self.tree: dict[str, Any] = {}
         self.loaded = False
+
+
+#: past this many changed keys in one update that does not hold, the update is rejected as a
+#: whole instead of key by key (each try rebuilds and validates the whole config)
+_ONE_BY_ONE = 64
+_GONE = object()
 
 
 def _copy(value: Any) -> Any:
@@ -305,44 +313,95 @@ class Config:
     # -- updates ----------------------------------------------------------------------
 
     def _apply(self, layer: _Layer, snapshot: Snapshot) -> None:
+        """Commit what holds of a source's new snapshot, key by key.
+
+        Keys that changed against what was last accepted are parsed; together they usually
+        validate and are committed at once. If not, each is tried in turn on top of those that
+        held, so one bad key (a typo in etcd) holds back only itself: the others arrive, and
+        the bad one keeps its last good value until it is fixed, or until a later change makes
+        it fit. A rejection is logged once per bad item, not again with every later update."""
         if snapshot == layer.raw:
-            return  # seen already (a spurious yield, or the same rejected update again)
+            return  # seen already (a spurious yield, or the same update again)
         layer.raw = snapshot
         accepted = layer.accepted
-        changed = [k for k in snapshot.keys() | accepted.keys() if snapshot.get(k) != accepted.get(k)]
+        changed = sorted(k for k in snapshot.keys() | accepted.keys() if snapshot.get(k) != accepted.get(k))
         if not changed:
             return  # back to what was committed
         url = layer.source.url
-        parsed = dict(layer.parsed)
-        bad: list[str] = []
-        for key in sorted(changed):
+        parsed: dict[str, Any] = {}
+        for key in changed:
             if key not in snapshot:
-                parsed.pop(key, None)
                 continue
             try:
                 parsed[key] = parse(snapshot[key], root=key == "", depth=check_key(key))
             except ParseError as exc:
-                bad.append(f"{_name(key)}: {exc}")
-        # a key that does not parse keeps its last good value; committed with the rest of the
-        # update, so the same bad item is not reported again
-        if bad:
-            log.error("config %s: rejected %s; keeping the last good value", url, "; ".join(bad))
-        previous = (layer.parsed, layer.tree)
-        layer.parsed, layer.tree = parsed, build(parsed.items())
-        try:
-            candidate = self._candidate()
-        except ConfigurationError as exc:
-            layer.parsed, layer.tree = previous
-            keys = ", ".join(sorted(_name(k) for k in changed))
-            log.error(
-                "config %s: rejected the update of %s: %s; keeping the last good values",
-                url,
-                keys,
-                exc.detail,
-            )
+                self._reject(layer, key, snapshot[key], str(exc))
+        keys = [k for k in changed if k in parsed or k not in snapshot]
+        if not keys:
             return
-        layer.accepted = snapshot
+        candidate = self._attempt(layer, snapshot, keys, parsed)
+        if isinstance(candidate, str):
+            if len(keys) == 1 or len(keys) > _ONE_BY_ONE:
+                for key in keys:
+                    self._reject(layer, key, snapshot.get(key), candidate)
+                return
+            taken: list[str] = []
+            for key in keys:
+                attempt = self._attempt(layer, snapshot, [*taken, key], parsed)
+                if isinstance(attempt, str):
+                    self._reject(layer, key, snapshot.get(key), attempt)
+                else:
+                    taken.append(key)
+                    candidate = attempt
+            if not taken:
+                return
+            keys = taken
+        assert not isinstance(candidate, str)
+        self._accept(layer, snapshot, keys, parsed)
         self._commit(candidate, source=url)
+
+    def _attempt(
+        self, layer: _Layer, snapshot: Snapshot, keys: list[str], parsed: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[Any]] | str:
+        """The config with `keys` of the snapshot taken into the layer: the candidate, or why
+        it does not hold. The layer is left as it was."""
+        previous = (layer.parsed, layer.tree)
+        trial = dict(layer.parsed)
+        for key in keys:
+            if key in parsed:
+                trial[key] = parsed[key]
+            else:
+                trial.pop(key, None)
+        layer.parsed, layer.tree = trial, build(trial.items())
+        try:
+            return self._candidate()
+        except ConfigurationError as exc:
+            return exc.detail
+        finally:
+            layer.parsed, layer.tree = previous
+
+    def _accept(self, layer: _Layer, snapshot: Snapshot, keys: list[str], parsed: dict[str, Any]) -> None:
+        accepted = dict(layer.accepted)
+        for key in keys:
+            if key in parsed:
+                layer.parsed[key] = parsed[key]
+                accepted[key] = snapshot[key]
+            else:
+                layer.parsed.pop(key, None)
+                accepted.pop(key, None)
+            layer.rejected.pop(key, None)
+        layer.parsed = dict(layer.parsed)
+        layer.tree = build(layer.parsed.items())
+        layer.accepted = accepted
+
+    def _reject(self, layer: _Layer, key: str, item: Item | None, why: str) -> None:
+        """Log a rejected item once: the same item rejected again (it is retried with each
+        update of its source) says nothing new."""
+        if layer.rejected.get(key, _GONE) == item:
+            return
+        layer.rejected[key] = item
+        what = f"the removal of {_name(key)}" if item is None else _name(key)
+        log.error("config %s: rejected %s: %s; keeping the last good value", layer.source.url, what, why)
 
     def _candidate(self) -> tuple[dict[str, Any], list[Any]]:
         """The merged, interpolated tree and every bound model's new instance, or

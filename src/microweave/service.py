@@ -23,7 +23,7 @@ from ._backends import config_urls, load_registry, settings
 from .client import Client
 from .codec import describe
 from .config import Config, Source
-from .errors import ConfigurationError, RegistryError
+from .errors import ConfigurationError, MicroError
 from .lifecycle import Component, Listeners, Registration
 from .registry import Endpoint, Node, Registry, Value
 from .registry import Service as ServiceRecord
@@ -381,13 +381,13 @@ class Service:
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT (blocking); uses uvloop when it is installed. A setup
-        error (bad configuration, a registry it cannot use) ends the process with its message
-        and exit code 2, not a traceback."""
+        error (bad configuration, a registry or config source it cannot use) ends the process
+        with its message and exit code 2, not a traceback."""
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
             run_async(self.serve())
-        except (ConfigurationError, RegistryError) as exc:
+        except MicroError as exc:  # only start() raises these: stop() logs what it meets
             log.error("%s cannot start: %s", self.name, exc.detail)
             raise SystemExit(2) from None
 

@@ -97,13 +97,16 @@ class Bound(Generic[T]):
     def __init__(self, model: type[T], prefix: str) -> None:
         self.model = model
         self.prefix = prefix
-        self._convert = converter(model)
+        self._convert = converter(model, prefix)
         self._value: T | None = None
 
     @property
     def value(self) -> T:
         if self._value is None:
-            raise ConfigurationError(f"{self!r} is read when the config has started; start it first")
+            raise ConfigurationError(
+                f"{self!r} is read before its config has started: read it in handlers, or after"
+                " `await config.start()` (a Service starts its config before it listens)"
+            )
         return self._value
 
     def __repr__(self) -> str:
@@ -503,7 +506,7 @@ class Config:
         if type is Secret:
             return value if isinstance(value, Secret) else Secret(str(value))
         try:
-            return converter(type)(value)
+            return converter(type, key)(value)
         except ConversionError as exc:
             raise ConfigurationError(f"config key {key}: {exc}") from None
 

@@ -87,4 +87,4 @@ class Secret:
             return value
         if isinstance(value, str):
             return cls(value)
-        raise ValueError("a secret must be text")
+        raise ValueError("a secret must be text (quote it in YAML)")

@@ -22,7 +22,8 @@ class Unset(LookupError):
         self.name = name
 
 
-_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
+# ${NAME}, ${NAME:default}, and the shell's ${NAME:-default} meaning the same
+_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-?([^}]*))?\}")
 
 
 def split(key: str) -> list[str]:

@@ -29,7 +29,7 @@ def _dec_hook(tp: Any, value: Any) -> Any:
     if tp is Secret:
         if isinstance(value, str):
             return Secret(value)
-        raise msgspec.ValidationError("a secret must be text")
+        raise msgspec.ValidationError("a secret must be text (quote it in YAML)")
     raise NotImplementedError
 
 
@@ -37,8 +37,9 @@ def _is_pydantic(tp: Any) -> bool:
     return isinstance(tp, type) and hasattr(tp, "model_validate") and hasattr(tp, "model_fields")
 
 
-def converter(tp: Any) -> Callable[[Any], Any]:
-    """A function that turns config data into an instance of `tp`, or raises ConversionError."""
+def converter(tp: Any, key: str = "") -> Callable[[Any], Any]:
+    """A function that turns config data into an instance of `tp`, or raises ConversionError
+    naming the config key of the field at fault (`key` is where the data sits)."""
     if _is_pydantic(tp):
         from pydantic import ValidationError
 
@@ -47,8 +48,9 @@ def converter(tp: Any) -> Callable[[Any], Any]:
                 return tp.model_validate(data)
             except ValidationError as exc:
                 problems = exc.errors(include_input=False, include_url=False, include_context=False)
+                where = [".".join(p for p in (key, *map(str, e["loc"])) if p) for e in problems[:5]]
                 text = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in problems[:5]
+                    f"{w or '(root)'}: {e['msg']}" for w, e in zip(where, problems, strict=False)
                 )
                 raise ConversionError(text) from None
 
@@ -58,7 +60,10 @@ def converter(tp: Any) -> Callable[[Any], Any]:
         try:
             return msgspec.convert(data, tp, strict=False, dec_hook=_dec_hook)
         except msgspec.ValidationError as exc:
-            raise ConversionError(_unquoted(str(exc))) from None
+            text = _unquoted(str(exc))
+            # msgspec says where as `$.port`: name the config key, `db.port`
+            text = text.replace("`$.", f"`{key}." if key else "`").replace("`$`", f"`{key or '(root)'}`")
+            raise ConversionError(text) from None
 
     return msgspec_convert
 
@@ -74,6 +79,11 @@ def _unquoted(message: str) -> str:
 
 def _mentions_secret(annotation: Any) -> bool:
     if annotation is Secret:
+        return True
+    # pydantic's own secret types: masked by the config as well as by pydantic
+    if getattr(annotation, "__module__", "").startswith("pydantic") and getattr(
+        annotation, "__name__", ""
+    ) in ("SecretStr", "SecretBytes"):
         return True
     return any(_mentions_secret(arg) for arg in typing.get_args(annotation))
 

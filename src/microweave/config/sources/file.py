@@ -126,9 +126,12 @@ class FileSource(Source):
             self._seen, data, self._read_at = await asyncio.to_thread(self._read_now)
             self._data = data
         except FileNotFoundError:
-            raise Unavailable(
-                f"{self.url}: no such file (in {Path.cwd()}); create it, fix the path, or add ?optional=true"
-            ) from None
+            todo = (
+                "it is read once it appears"
+                if self.optional
+                else "create it, fix the path, or add ?optional=true"
+            )
+            raise Unavailable(f"{self.url}: no such file (in {Path.cwd()}); {todo}") from None
         except OSError as exc:
             raise Unavailable(f"{self.url}: cannot read it: {exc.strerror}") from None
         return {"": Item(data, self.format)}

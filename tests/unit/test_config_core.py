@@ -537,8 +537,6 @@ async def test_a_config_restarts_after_stop(monkeypatch: pytest.MonkeyPatch) -> 
     source = MemorySource({"a": 1})
     monkeypatch.setenv("MWTEST_RESTART_X", "5")
     config = Config([source, "env://MWTEST_RESTART_"])
-    bound_calls: list[list[Change]] = []
-    config.on_change(bound_calls.append)
     await config.start()
     assert config.get("x", int) == 5
     await config.stop()

@@ -308,3 +308,36 @@ def test_run_config_over_sources_named_in_code_is_an_error(settings: str, env: d
     assert_clean(done.stdout + done.stderr)
     done = cli("run", CONFIGURED, "--config", "file://my settings.yaml", env=env, timeout=30)
     assert done.returncode == 2 and "%20" in done.stderr, done
+
+
+DSN_PASSWORD = "dsnpw-4e21-never-shown"
+SERVICE_WITH_SECRET_FIELD = """\
+import msgspec
+from microweave import Secret, Service
+
+
+class Database(msgspec.Struct):
+    dsn: Secret  # an ordinary name: only the model says it is secret
+    port: int = 5432
+
+
+service = Service("dsn-user", config=["{url}"])
+database = service.config.bind(Database, "db")
+"""
+
+
+def test_service_masks_its_secret_fields_and_secret_adds_keys(tmp_path: Path, env: dict[str, str]) -> None:
+    path = tmp_path / "dsn.yaml"
+    path.write_text(f"db:\n  dsn: {DSN_PASSWORD}\n  port: 1\nlink: postgres://app:{PASSWORD}@db:5432/x\n")
+    target = tmp_path / "dsn_service.py"
+    target.write_text(SERVICE_WITH_SECRET_FIELD.format(url=f"file://{path}"))
+    plain = _ok("dump", "-s", f"file://{path}", env=env)
+    assert DSN_PASSWORD in plain  # nothing says db.dsn is secret: shown (this test can fail)
+    assert PASSWORD not in plain and "postgres://app:**********@db:5432/x" in plain  # a URL's password
+    for args in (["dump", "--service", str(target)], ["get", "db", "--service", str(target), "--json"]):
+        out = _ok(*args, env=env)
+        assert DSN_PASSWORD not in out and "**********" in out, out
+    by_glob = _ok("dump", "-s", f"file://{path}", "--secret", "db.*", env=env)
+    assert DSN_PASSWORD not in by_glob and "port: '**********'" in by_glob
+    revealed = _ok("dump", "--service", str(target), "--reveal", env=env)
+    assert DSN_PASSWORD in revealed and PASSWORD in revealed

@@ -26,7 +26,7 @@ from rich.markup import escape
 
 from .._backends import CONFIG_SOURCES, _table, config_urls, settings
 from ..config import MISSING, Change, Config, Secret
-from ..config.secret import MASK
+from ..config.secret import MASK, mask_credentials
 from ..errors import ConfigurationError, Unavailable
 from ..service import run_async
 from .output import CliError, err, fail, print_error, reporting_errors
@@ -66,6 +66,26 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of YA
 RevealFlag = Annotated[
     bool, typer.Option("--reveal", help="Show secret values (password, token, ...) instead of masking them.")
 ]
+ServiceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--service",
+        metavar="TARGET",
+        help="Read the config as this service does (a file or module:attr, as for `microweave run`): "
+        "its sources unless --source is given, its Secret fields masked, its bound models validated.",
+        show_default=False,
+    ),
+]
+SecretOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--secret",
+        metavar="KEY",
+        help="Mask this key too (repeat; globs such as db.* work). Keys named like passwords and "
+        "tokens are always masked.",
+        show_default=False,
+    ),
+]
 _HOW = (
     "give sources with --source URL (repeat for layers: -s file://settings.yaml -s env://APP_), "
     "or set MICRO_CONFIG='file://settings.yaml env://APP_'"
@@ -81,6 +101,20 @@ def source_urls(given: list[str] | None) -> list[str]:
     if not urls:
         raise CliError("no config sources", hint=_HOW, code=2)
     return urls
+
+
+def open_config(source: list[str] | None, service: str | None, secret: list[str] | None) -> Config:
+    """The config a command reads: the service's own (its sources, models and secrets) with
+    --service, else one of the --source/MICRO_CONFIG sources; --secret adds masked keys."""
+    if service is None:
+        return Config(source_urls(source), secrets=secret or ())
+    from .target import load_service
+
+    found = load_service(service).config
+    if not source and not secret:
+        return found
+    urls = list(source) if source else [s.url for s in found.sources]
+    return Config(urls, secrets=[*(secret or ()), *found.secrets])
 
 
 # -- what is printed -----------------------------------------------------------------
@@ -101,6 +135,8 @@ def masked(config: Config, key: str, value: Any, *, reveal: bool = False) -> Any
         }
     if isinstance(value, list | tuple):
         return [masked(config, key, v, reveal=reveal) for v in value]
+    if isinstance(value, str) and not reveal:
+        return mask_credentials(value)
     return value
 
 
@@ -166,8 +202,7 @@ def config_errors() -> Iterator[None]:
             raise typer.Exit(1) from None
 
 
-async def _read(urls: list[str], key: str, reveal: bool) -> tuple[Any, list[str]]:
-    config = Config(urls)
+async def _read(config: Config, key: str, reveal: bool) -> tuple[Any, list[str]]:
     async with config:
         value = config.get(key, default=MISSING)
         where = [s.url for s in config.sources]
@@ -183,12 +218,16 @@ KeyArgument = Annotated[
 
 @config_app.command("get")
 def get(
-    key: KeyArgument, source: SourceOption = None, json_: JsonFlag = False, reveal: RevealFlag = False
+    key: KeyArgument,
+    source: SourceOption = None,
+    json_: JsonFlag = False,
+    reveal: RevealFlag = False,
+    service: ServiceOption = None,
+    secret: SecretOption = None,
 ) -> None:
     """Print the merged value at KEY (a mapping as YAML, or JSON with --json); secrets masked."""
     with config_errors():
-        urls = source_urls(source)
-        value, where = run_async(_read(urls, key, reveal))
+        value, where = run_async(_read(open_config(source, service, secret), key, reveal))
         if value is MISSING:
             raise CliError(
                 f"no config key {key!r} in {', '.join(where)}",
@@ -198,11 +237,16 @@ def get(
 
 
 @config_app.command("dump")
-def dump(source: SourceOption = None, json_: JsonFlag = False, reveal: RevealFlag = False) -> None:
+def dump(
+    source: SourceOption = None,
+    json_: JsonFlag = False,
+    reveal: RevealFlag = False,
+    service: ServiceOption = None,
+    secret: SecretOption = None,
+) -> None:
     """Print the whole merged config (YAML, or JSON with --json); secrets masked unless --reveal."""
     with config_errors():
-        urls = source_urls(source)
-        tree, where = run_async(_read(urls, "", reveal))
+        tree, where = run_async(_read(open_config(source, service, secret), "", reveal))
         print(render(tree, as_json=json_))
         err.print(f"[dim]merged from {escape(', '.join(where))} (later wins)[/]")
 
@@ -266,8 +310,7 @@ async def _until_signalled(work: Awaitable[T]) -> T | None:
                 signal.signal(sig, signal.SIG_IGN)
 
 
-async def _watch(urls: list[str], prefix: str, reveal: bool, as_json: bool) -> None:
-    config = Config(urls)
+async def _watch(config: Config, prefix: str, reveal: bool, as_json: bool) -> None:
     async with config, config.watch(prefix) as changes:
         where = ", ".join(s.url for s in config.sources)
         err.print(f"watching {escape(prefix or '(everything)')} in {escape(where)}; Ctrl-C to stop")
@@ -283,10 +326,12 @@ def watch(
     source: SourceOption = None,
     json_: Annotated[bool, typer.Option("--json", help="One JSON object per change.")] = False,
     reveal: RevealFlag = False,
+    service: ServiceOption = None,
+    secret: SecretOption = None,
 ) -> None:
     """Print each change as it comes (key: old -> new  (source)); Ctrl-C stops."""
     # the config's own reports (a rejected update, an outage and its end) go to stderr
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     with config_errors():
-        urls = source_urls(source)
-        run_async(_until_signalled(_watch(urls, prefix, reveal, json_)))
+        config = open_config(source, service, secret)
+        run_async(_until_signalled(_watch(config, prefix, reveal, json_)))

@@ -24,7 +24,7 @@ from ..errors import ConfigurationError, MicroError
 from ..registry.outage import Outage
 from . import MISSING, Change, Item, Snapshot, Source
 from .parse import ParseError, check_key, parse
-from .secret import MASK, Secret, looks_secret
+from .secret import MASK, Secret, looks_secret, mask_credentials
 from .tree import Unset, build, flatten, interpolate, leaves, merge
 from .views import ConversionError, converter, secret_fields
 
@@ -538,6 +538,12 @@ class Config:
         self._hooks.append(entry)
         return lambda: self._hooks.remove(entry) if entry in self._hooks else None
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The keys and globs declared secret: `secrets=` and bound models' `Secret` fields
+        (names that look like secrets are masked besides these)."""
+        return (*self._secret_globs, *sorted(self._secret_keys))
+
     def is_secret(self, key: str) -> bool:
         """Whether the key's value is masked: a `Secret` field of a bound model, a key given
         in `secrets=`, or a key named like a secret; and anything under such a key."""
@@ -557,7 +563,8 @@ class Config:
         )
 
     def dump(self, *, reveal: bool = False) -> dict[str, Any]:
-        """The merged settings as one tree; secret values masked unless `reveal`."""
+        """The merged settings as one tree; secret values, and the passwords of URLs in any
+        value, masked unless `reveal`."""
         tree: dict[str, Any] = self._flat.get("", {})
         if reveal:
             copied: dict[str, Any] = _copy(tree)  # the caller's to change: not the live tree
@@ -566,6 +573,8 @@ class Config:
         def mask(prefix: str, node: Any) -> Any:
             if isinstance(node, list):  # an element's keys are named as the list's own
                 return [mask(prefix, value) for value in node]
+            if isinstance(node, str):
+                return mask_credentials(node)
             if not isinstance(node, dict):
                 return node
             out: dict[str, Any] = {}

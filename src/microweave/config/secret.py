@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-__all__ = ["MASK", "Secret", "looks_secret"]
+__all__ = ["MASK", "Secret", "looks_secret", "mask_credentials"]
 
 MASK: Final = "**********"
 
@@ -22,6 +22,16 @@ _SECRET_NAMES = re.compile(
     r"|(api|private|secret|secret[_-]?access|access|signing|encryption|master)[_-]?key)$",
     re.IGNORECASE,
 )
+
+
+# scheme://user:PASSWORD@host: the password part of a URL's userinfo
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)([^\s@/]+)(@)")
+
+
+def mask_credentials(text: str) -> str:
+    """`postgres://app:hunter2@db/x` shown as `postgres://app:**********@db/x`: a URL's
+    password is masked wherever a value is shown, whatever its key is called."""
+    return _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", text) if "@" in text else text
 
 
 def looks_secret(key: str) -> bool:

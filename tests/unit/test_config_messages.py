@@ -5,6 +5,7 @@ passwords are masked in dumps, and a bound view read too early says what to do."
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 import pydantic
@@ -109,3 +110,95 @@ def test_a_secret_that_is_not_text_says_to_quote_it() -> None:
 
     with pytest.raises(ConfigurationError, match="quote it"):
         asyncio.run(start())
+
+
+# -- what a slow or hostile update may cost ------------------------------------------------
+
+
+def test_an_item_repr_never_shows_its_data() -> None:
+    from microweave.config import Item
+
+    assert "hunter2" not in repr(Item(b"password: hunter2", "yaml"))
+    assert "hunter2" not in repr(Item("hunter2", "text"))
+
+
+async def test_a_nan_read_again_is_not_a_change() -> None:
+    source = MemorySource()
+    source.put("", "ratio: .nan\n", "yaml")
+    async with Config([source]) as config:
+        seen: list[list[str]] = []
+        config.on_change(lambda changes: seen.append([c.key for c in changes]))
+        source.put("", "ratio: .nan\nother: 1\n", "yaml")
+        await eventually_value(lambda: config.get("other") == 1)
+        assert seen == [["other"]]
+
+
+async def eventually_value(check: Any, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    limit = loop.time() + timeout
+    while not check():
+        assert loop.time() < limit, "timed out"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_slow_async_hook_runs_one_call_at_a_time_with_changes_folded() -> None:
+    source = MemorySource({"n": 0})
+    release = asyncio.Event()
+    calls: list[list[tuple[str, Any, Any]]] = []
+    running = 0
+    most = 0
+
+    async def slow(changes: list[Any]) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        calls.append([(c.key, c.old, c.new) for c in changes])
+        await release.wait()
+        running -= 1
+
+    async with Config([source]) as config:
+        config.on_change(slow)
+        for i in range(1, 101):
+            source.put("n", i)
+            await asyncio.sleep(0)  # each update applied on its own
+        await eventually_value(lambda: config.get("n") == 100)
+        assert len(config._hook_tasks) == 1  # one task, not one per update
+        release.set()
+        await eventually_value(lambda: running == 0 and len(calls) == 2)
+    assert most == 1
+    first, folded = calls
+    assert folded == [("n", first[0][2], 100)]  # everything after the first call, as one change
+
+
+async def test_a_large_document_is_parsed_off_the_event_loop(tmp_path: Any) -> None:
+    """A document that takes long to parse (deep YAML flow nesting) must not stop the loop:
+    a ticker keeps running while it is parsed. Compared as a ratio within this test: the
+    longest pause of the ticker against the whole time the update took."""
+    import os
+    import time
+
+    path = tmp_path / "big.yaml"
+    path.write_text("a: 1\n")
+    slow = "a: [" + ("[" * 40 + "]" * 40 + ",") * 1500 + "]\n"  # ~120 KB, slow to scan
+    async with Config([f"file://{path}?interval=0.05"]) as config:
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.002)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        ticking = asyncio.ensure_future(ticker())
+        started = time.perf_counter()
+        new = tmp_path / "big.tmp"
+        new.write_text(slow)
+        os.replace(new, path)
+        await eventually_value(lambda: isinstance(config.get("a"), list), timeout=60)
+        took = time.perf_counter() - started
+        stop.set()
+        await ticking
+    assert took > 0 and max(gaps) < took / 2, (max(gaps), took)

@@ -73,6 +73,11 @@ class Item(NamedTuple):
     data: Any
     format: str
 
+    def __repr__(self) -> str:
+        # never the data: it may hold a secret (a password in a document, a token leaf)
+        size = f"{len(self.data)} bytes" if isinstance(self.data, bytes | str) else type(self.data).__name__
+        return f"Item(format={self.format!r}, {size})"
+
 
 #: dotted key ("" is the source's root) -> its item
 Snapshot = dict[str, Item]

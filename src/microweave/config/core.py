@@ -42,7 +42,7 @@ class _Layer:
     committed, key by key: what the next update is compared with, so a rejected key is tried
     again with the next update instead of being forgotten."""
 
-    __slots__ = ("accepted", "loaded", "parsed", "raw", "rejected", "source", "tree")
+    __slots__ = ("accepted", "loaded", "parsed", "preparsed", "raw", "rejected", "source", "tree")
 
     def __init__(self, source: Source) -> None:
         self.source = source
@@ -50,6 +50,8 @@ class _Layer:
         self.accepted: Snapshot = {}
         #: key -> the item last rejected there (None: its removal), so it is logged once
         self.rejected: dict[str, Item | None] = {}
+        #: key -> (item, its value or ParseError), parsed on a thread just before `_apply`
+        self.preparsed: dict[str, tuple[Item, Any]] = {}
         self.parsed: dict[str, Any] = {}
         self.tree: dict[str, Any] = {}
         self.loaded = False
@@ -59,6 +61,27 @@ class _Layer:
 #: whole instead of key by key (each try rebuilds and validates the whole config)
 _ONE_BY_ONE = 64
 _GONE = object()
+#: documents larger than this (bytes) are parsed on a thread, off the event loop
+_BIG_DOCUMENT = 64 << 10
+
+
+def _differs(old: Any, new: Any) -> bool:
+    # NaN differs from itself: a NaN read again is not a change
+    return bool(old != new) and not (old != old and new != new)
+
+
+def _size(item: Item) -> int:
+    return len(item.data) if isinstance(item.data, bytes | str) else 0
+
+
+def _parse_all(items: Mapping[str, Item]) -> dict[str, tuple[Item, Any]]:
+    out: dict[str, tuple[Item, Any]] = {}
+    for key, item in items.items():
+        try:
+            out[key] = (item, parse(item, root=key == "", depth=check_key(key)))
+        except ParseError as exc:
+            out[key] = (item, exc)
+    return out
 
 
 def _copy(value: Any) -> Any:
@@ -159,6 +182,44 @@ class ConfigWatch:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class _OneAtATime:
+    """An async hook run one call at a time: changes that arrive while it runs wait, folded
+    per key (first old, last new), and are handed over in one call when it is done. A hook
+    slower than the updates thus holds one task and one entry per key, not a task per update."""
+
+    def __init__(
+        self, hook: Callable[[list[Change]], Awaitable[None]], tasks: set[asyncio.Task[None]]
+    ) -> None:
+        self.hook = hook
+        self._tasks = tasks
+        self._pending: OrderedDict[str, Change] = OrderedDict()
+        self._running: asyncio.Task[None] | None = None
+
+    def __call__(self, changes: list[Change]) -> None:
+        for change in changes:
+            earlier = self._pending.pop(change.key, None)
+            if earlier is not None:
+                change = Change(change.key, earlier.old, change.new, change.source)
+            self._pending[change.key] = change
+        if self._running is None:
+            self._running = asyncio.get_running_loop().create_task(self._run())
+            self._tasks.add(self._running)
+
+    async def _run(self) -> None:
+        try:
+            while self._pending:
+                batch = list(self._pending.values())
+                self._pending.clear()
+                try:
+                    await self.hook(batch)
+                except Exception:
+                    log.exception("config change hook %r raised", self.hook)
+        finally:
+            if self._running is not None:
+                self._tasks.discard(self._running)
+            self._running = None
 
 
 class Config:
@@ -298,14 +359,14 @@ class Config:
                 continue
             outage.recovered()
             layer.loaded = True
-            self._apply(layer, snapshot)
+            await self._apply_parsed(layer, snapshot)
         while True:
             changes = source.watch()
             if changes is None:
                 return
             try:
                 async for snapshot in changes:
-                    self._apply(layer, snapshot)
+                    await self._apply_parsed(layer, snapshot)
                     outage.recovered()
             except Exception as exc:  # a source's bug must not end the watch for good
                 log.exception("config %s: its watch failed; restarting it", source.url)
@@ -314,6 +375,21 @@ class Config:
                 return
 
     # -- updates ----------------------------------------------------------------------
+
+    async def _apply_parsed(self, layer: _Layer, snapshot: Snapshot) -> None:
+        """`_apply`, with large changed documents parsed on a thread first: a hostile or huge
+        YAML document takes seconds to parse, and the event loop serves calls meanwhile."""
+        big = {
+            key: item
+            for key, item in snapshot.items()
+            if layer.accepted.get(key) != item and _size(item) > _BIG_DOCUMENT
+        }
+        if big:
+            layer.preparsed = await asyncio.to_thread(_parse_all, big)
+        try:
+            self._apply(layer, snapshot)
+        finally:
+            layer.preparsed = {}
 
     def _apply(self, layer: _Layer, snapshot: Snapshot) -> None:
         """Commit what holds of a source's new snapshot, key by key.
@@ -336,6 +412,12 @@ class Config:
             if key not in snapshot:
                 continue
             try:
+                early = layer.preparsed.get(key)
+                if early is not None and early[0] == snapshot[key]:
+                    if isinstance(early[1], ParseError):
+                        raise early[1]
+                    parsed[key] = early[1]
+                    continue
                 parsed[key] = parse(snapshot[key], root=key == "", depth=check_key(key))
             except ParseError as exc:
                 self._reject(layer, key, snapshot[key], str(exc))
@@ -447,7 +529,7 @@ class Config:
         changes = [
             Change(key, self._shown(key, before.get(key, MISSING)), self._shown(key, new), source)
             for key, new in self._leaves.items()
-            if before.get(key, MISSING) != new
+            if _differs(before.get(key, MISSING), new)
         ]
         changes += [
             Change(key, self._shown(key, old), MISSING, source)
@@ -532,8 +614,11 @@ class Config:
         return watch
 
     def on_change(self, hook: Hook, prefix: str = "") -> Callable[[], None]:
-        """Call `hook(changes)` after each update that changes keys under `prefix` (an async
-        hook runs as a task). Returns a function that removes the hook."""
+        """Call `hook(changes)` after each update that changes keys under `prefix`. An async
+        hook runs as a task, one call at a time: changes that come meanwhile are handed over
+        together when it returns. Returns a function that removes the hook."""
+        if inspect.iscoroutinefunction(hook):
+            hook = _OneAtATime(hook, self._hook_tasks)
         entry = (prefix, hook)
         self._hooks.append(entry)
         return lambda: self._hooks.remove(entry) if entry in self._hooks else None

@@ -85,6 +85,9 @@ def _decode(fmt: str, data: bytes) -> Any:
         if fmt == "yaml":
             import yaml
 
+            # the pure-Python loader, never libyaml's CSafeLoader: that one is faster, but its
+            # recursive composer overflows the C stack on deeply nested input (a segfault of the
+            # whole process; tests/unit/test_config_parse.py has such a document)
             return yaml.safe_load(data)
     except UnicodeDecodeError:
         raise ParseError("not UTF-8 text") from None

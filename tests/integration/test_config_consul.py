@@ -10,144 +10,77 @@
 - ACL: a wrong token is a clear 403 naming the URL, never the token; CONSUL_HTTP_TOKEN works.
 - A -dev agent restarted comes back empty with a lower index: the watch resets and follows.
 
-Writes come from a separate source (its own connections), as an operator's do.
+Writes come from a separate source (its own connections), as an operator's do. The scenarios
+etcd shows too are in tests/config_kit.py; this file gives them Consul.
 """
 
 from __future__ import annotations
 
 import asyncio
-import statistics
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import msgspec
 import pytest
+from config_kit import (
+    WAIT,
+    App,
+    eventually,
+    fresh_prefix,
+    next_change,
+    prefix_is_bounded,
+    service_rides_out_an_outage,
+    unreachable_at_start,
+    updates_reach_a_bound_model_in_order,
+)
+from config_kit import writer as writing_to
 from engines.consul import MANAGEMENT_TOKEN, ConsulAgent
-from helpers import async_wait_until
 
-from microweave import Client, Context, Service
 from microweave._backends import load_config_source
 from microweave.config import Config, Source
 from microweave.config.sources.consul import ConsulSource
 from microweave.errors import Unavailable
 from microweave.testing import capture_logs
 
-WAIT = 30.0
-
-
-class App(msgspec.Struct):
-    n: int = 0
-    name: str = ""
-
-
-def prefix() -> str:
-    return f"/config-{uuid.uuid4().hex[:12]}"
-
 
 @pytest.fixture
 async def writer(consul_server: ConsulAgent) -> AsyncIterator[tuple[str, Source]]:
     """A config URL on the session's agent, and a source of its own that writes there."""
-    url = consul_server.url + prefix()
-    source = load_config_source(url)
-    try:
-        yield url, source
-    finally:
-        await source.aclose()
+    async with writing_to(consul_server.url + fresh_prefix()) as written:
+        yield written
+
+
+def putter(agent: ConsulAgent, prefix: str) -> Callable[[str, str], None]:
+    """Writes a key under `prefix` through the agent's KV API, as an operator does."""
+
+    def put(key: str, text: str) -> None:
+        agent.kv_put(f"{prefix[1:]}/{key}", text.encode())
+
+    return put
+
+
+def queries(source: Source) -> int:
+    assert isinstance(source, ConsulSource)
+    return source.queries
 
 
 async def test_100_updates_at_10_per_second_reach_a_bound_model_in_order(
     writer: tuple[str, Source],
 ) -> None:
-    url, other = writer
-    arrived: list[tuple[float, App]] = []
-    async with Config([url]) as config:
-        app = config.bind(App, "app")
-        config.on_change(lambda changes: arrived.append((time.monotonic(), app.value)), "app")
-        written: list[float] = []
-        start = time.monotonic()
-        for i in range(1, 101):
-            await asyncio.sleep(max(0.0, start + i * 0.1 - time.monotonic()))  # 10/s, no drift
-            written.append(time.monotonic())  # the write leaves (its round trip counts)
-            await other.set("app.n", str(i))
-
-        async def final() -> bool:
-            return app.value.n == 100
-
-        await async_wait_until(final, timeout=WAIT, interval=0.005, what="the 100th update")
-        source = config.sources[0]
-        assert isinstance(source, ConsulSource)
-        queries = source.queries
-    values = [value.n for _, value in arrived]
-    assert values == list(range(1, 101)), values  # each one, in order, none twice
+    line, made = await updates_reach_a_bound_model_in_order(*writer, measure=queries)
     # one blocking query per update (and a few spare): no polling, no busy loop
-    assert queries <= 110, queries
-    latency = [at - written[value.n - 1] for at, value in arrived]
-    print(
-        f"\nconsul config: 100 updates at 10/s; write sent -> bound model swapped: median"
-        f" {statistics.median(latency) * 1000:.1f} ms, max {max(latency) * 1000:.1f} ms;"
-        f" the final value {latency[-1] * 1000:.1f} ms after its write; {queries} blocking queries"
-    )
-
-
-class GetRequest(msgspec.Struct):
-    key: str
-
-
-class GetReply(msgspec.Struct):
-    value: str | None
-
-
-class Settings:
-    async def get(self, req: GetRequest, ctx: Context) -> GetReply:
-        value = ctx.config.get(req.key)
-        return GetReply(value=None if value is None else str(value))
+    assert made <= 110, made
+    print(f"\nconsul config: {line}; {made} blocking queries")
 
 
 async def test_a_service_keeps_its_values_through_a_10_s_outage_and_sees_later_updates(
     consul_persistent: ConsulAgent, registry_dir: Any
 ) -> None:
     agent = consul_persistent
-    key = prefix()
-    agent.kv_put(f"{key[1:]}/greeting", b"hello")
-    service = Service("configured-consul", config=[agent.url + key], drain_delay=0, grace=2)
-    service.handler(Settings)
-
-    async def greeting(client: Client) -> str | None:
-        reply = await client.call(
-            "configured-consul", "Settings.Get", GetRequest("greeting"), response=GetReply
-        )
-        return reply.value
-
-    with capture_logs("DEBUG", logger="microweave.config") as logs:
-        async with service, Client(timeout=10) as client:
-            assert await greeting(client) == "hello"
-            await asyncio.to_thread(agent.stop)
-            down = time.monotonic()
-            answers = []
-            while time.monotonic() - down < 10:
-                answers.append(await greeting(client))
-                await asyncio.sleep(0.5)
-            assert answers and set(answers) == {"hello"}, answers
-            await asyncio.to_thread(agent.start)
-            back = time.monotonic()
-            await asyncio.to_thread(agent.kv_put, f"{key[1:]}/greeting", b"hello again")
-
-            async def updated() -> bool:
-                return await greeting(client) == "hello again"
-
-            await async_wait_until(updated, timeout=WAIT, interval=0.05, what="the update after the outage")
-            print(
-                f"\nafter Consul came back, the next update was served within {time.monotonic() - back:.1f} s"
-            )
-    warnings = [e["message"] for e in logs if e["level"] == "WARNING"]
-    assert len([m for m in warnings if "unreachable" in m]) == 1, warnings
-    assert len([m for m in warnings if "reachable again" in m]) == 1, warnings
-    retries = [e for e in logs if "still unreachable" in e["message"]]
+    key = fresh_prefix()
     # backoff: 0.1 s doubling to 5 s is a few dozen attempts in 10 s at most; a busy loop is thousands
-    assert len(retries) < 40, len(retries)
-    assert not [e for e in logs if e["level"] in ("ERROR", "CRITICAL")]
+    await service_rides_out_an_outage(
+        "Consul", agent.url + key, putter(agent, key), agent.stop, agent.start, 40
+    )
 
 
 async def test_a_malformed_value_and_one_failing_the_model_are_rejected_the_bound_view_stays(
@@ -166,11 +99,10 @@ async def test_a_malformed_value_and_one_failing_the_model_are_rejected_the_boun
         with capture_logs("ERROR", logger="microweave.config") as errors:
             for key, bad in (("app", b'{"n": 5'), ("app.n", b"not-a-number")):
                 await other.set(key, bad.decode())
-
-                async def logged(count: int = len(errors) + 1) -> bool:
-                    return len(errors) >= count
-
-                await async_wait_until(logged, timeout=WAIT, interval=0.01, what=f"the error for {key}")
+                count = len(errors) + 1
+                await eventually(
+                    lambda n=count: len(errors) >= n, f"the error for {key}", WAIT, interval=0.01
+                )
                 assert app.value is good and config.get("app.n") == "1"
                 if key == "app":
                     await other.delete(key)  # back to what was accepted: no change
@@ -194,7 +126,7 @@ async def test_a_wrong_token_is_a_clear_403_naming_the_url_without_the_token(
     consul_agents: Callable[..., ConsulAgent], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     agent = consul_agents(acl=True)
-    key = prefix()
+    key = fresh_prefix()
     public = agent.url + key
     wrong = "0badc0de-dead-4bad-8bad-00000000beef"
     for url, env in ((f"{public}?token={wrong}", None), (public, wrong)):
@@ -221,15 +153,14 @@ async def test_a_wrong_token_is_a_clear_403_naming_the_url_without_the_token(
         assert MANAGEMENT_TOKEN not in repr(config.sources[0]) and MANAGEMENT_TOKEN not in repr(config)
         watch = config.watch()
         await config.set("feature", "off")
-        async with asyncio.timeout(WAIT):
-            assert (await anext(watch)).new == "off"
+        assert (await next_change(watch)).new == "off"
 
 
 async def test_an_agent_that_comes_back_empty_with_a_lower_index_is_followed(
     consul_agents: Callable[..., ConsulAgent],
 ) -> None:
     agent = consul_agents()  # -dev: a restart forgets everything, its index starts again
-    key = prefix()
+    key = fresh_prefix()
     for i in range(20):
         agent.kv_put(f"unrelated/{i}", b"x")  # the index climbs well above a fresh agent's
     agent.kv_put(f"{key[1:]}/greeting", b"hello")
@@ -240,11 +171,9 @@ async def test_an_agent_that_comes_back_empty_with_a_lower_index_is_followed(
         await asyncio.to_thread(agent.stop)
         await asyncio.to_thread(agent.start)
         await asyncio.to_thread(agent.kv_put, f"{key[1:]}/greeting", b"after the restart")
-
-        async def followed() -> bool:
-            return config.get("greeting") == "after the restart"
-
-        await async_wait_until(followed, timeout=WAIT, what="the value written after the restart")
+        await eventually(
+            lambda: config.get("greeting") == "after the restart", "the value after the restart", WAIT
+        )
         assert source.index < before, (source.index, before)
 
 
@@ -252,27 +181,19 @@ async def test_an_unreachable_agent_at_start_is_a_clear_error_or_with_optional_p
     tmp_path: Any,
 ) -> None:
     agent = ConsulAgent(tmp_path)  # its ports are chosen; it is not started yet
-    key = prefix()
-    with pytest.raises(Unavailable) as caught:
-        async with Config([f"{agent.url}{key}?token=tok-in-url&timeout=1&retries=0"]):
-            pass
-    detail = caught.value.detail
-    assert caught.value.code == 503 and agent.url + key in detail and "tok-in-url" not in detail
-    assert "is `consul agent` running" in detail, detail
-    config = Config([f"{agent.url}{key}?optional=true&timeout=1"])
-    assert isinstance(config.sources[0], ConsulSource) and config.sources[0].optional
-    async with config:
-        assert config.get("greeting", default="none") == "none"
-        try:
-            await asyncio.to_thread(agent.start)
-            await asyncio.to_thread(agent.kv_put, f"{key[1:]}/greeting", b"hi")
-
-            async def picked_up() -> bool:
-                return config.get("greeting") == "hi"
-
-            await async_wait_until(picked_up, timeout=WAIT, what="the value once Consul is up")
-        finally:
-            await asyncio.to_thread(agent.stop)
+    key = fresh_prefix()
+    await unreachable_at_start(
+        "Consul",
+        failing=f"{agent.url}{key}?token=tok-in-url&timeout=1&retries=0",
+        public=agent.url + key,
+        hidden="tok-in-url",
+        hint="is `consul agent` running",
+        optional=f"{agent.url}{key}?optional=true&timeout=1",
+        kind=ConsulSource,
+        put=putter(agent, key),
+        start=agent.start,
+        stop=agent.stop,
+    )
 
 
 async def test_what_a_prefix_can_make_the_source_hold_is_bounded(
@@ -281,28 +202,7 @@ async def test_what_a_prefix_can_make_the_source_hold_is_bounded(
     from microweave.config.sources import consul
 
     monkeypatch.setattr(consul, "MAX_KEYS", 3)
-    url, other = writer
-    for key in ("a", "b", "c"):
-        await other.set(key, "1")
-    with capture_logs("WARNING", logger="microweave.config") as logs:
-        async with Config([url]) as config:
-            watch = config.watch()
-            await other.set("d", "1")  # one key too many: refused, the last good values stay
-
-            async def warned() -> bool:
-                return any("more than a config source takes" in e["message"] for e in logs)
-
-            await async_wait_until(warned, timeout=WAIT, what="the warning")
-            assert config.get("d") is None and config.get("a") == "1"
-            await other.delete("d")
-            await other.set("a", "2")
-            async with asyncio.timeout(WAIT):
-                change = await anext(watch)
-            assert (change.key, change.new) == ("a", "2")
-    with pytest.raises(Unavailable, match="more than a config source takes"):
-        await other.set("d", "1")
-        async with Config([url]):
-            pass
+    await prefix_is_bounded(*writer)
 
 
 async def test_keys_map_folders_are_ignored_and_the_prefix_key_is_a_document(
@@ -345,8 +245,7 @@ async def test_an_index_ahead_of_the_agent_is_reset_as_consuls_docs_ask(writer: 
         source.index += 1_000_000  # ahead of anything the agent will reach soon
         await other.set("greeting", "hello")
         changes = source.watch()
-        async with asyncio.timeout(WAIT):
-            snapshot = await anext(changes)
+        snapshot = await next_change(changes)
         await changes.aclose()  # type: ignore[attr-defined]
         assert snapshot["greeting"].data == b"hello"
         assert 0 < source.index < 1_000_000

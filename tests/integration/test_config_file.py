@@ -12,13 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pydantic
 import pytest
+from config_kit import eventually
 
 from microweave.config import Config
 from microweave.config.sources.env import EnvSource
@@ -31,17 +29,6 @@ POLL = 0.02  # the file source's stat interval in these tests
 class Db(pydantic.BaseModel):
     host: str
     port: int
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    limit = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > limit:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def polls(n: int = 10) -> None:

@@ -8,24 +8,13 @@ changed or because an update of its own keys was rejected.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-import msgspec
 import pytest
+from config_kit import App, settle
 
 from microweave.config import Config
 from microweave.config.sources.memory import MemorySource
-
-
-class App(msgspec.Struct):
-    n: int = 0
-    name: str = ""
-
-
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
 
 
 async def test_an_unrelated_change_or_a_rejected_item_keeps_the_bound_instance(

@@ -11,13 +11,12 @@ import asyncio
 import dataclasses
 import enum
 import logging
-import time
-from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
 import pydantic
 import pytest
+from config_kit import eventually, settle
 
 from microweave.config import MISSING, Change, Config, Secret
 from microweave.config.secret import MASK
@@ -25,24 +24,6 @@ from microweave.config.sources.memory import MemorySource
 from microweave.errors import ConfigurationError
 
 SECRET = "hunter2-do-not-log"
-
-
-async def eventually(check: Callable[[], Any], what: str = "condition", timeout: float = 5.0) -> Any:
-    """Poll until `check()` is truthy (updates reach the config through a watch task)."""
-    limit = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > limit:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-async def settle() -> None:
-    """Let the watch tasks run: a few loop turns are enough for a memory source."""
-    for _ in range(20):
-        await asyncio.sleep(0)
 
 
 def config_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

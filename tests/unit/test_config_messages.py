@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pydantic
 import pytest
+from config_kit import eventually
 
 from microweave.config import Config, Secret
 from microweave.config.secret import mask_credentials
@@ -129,16 +130,8 @@ async def test_a_nan_read_again_is_not_a_change() -> None:
         seen: list[list[str]] = []
         config.on_change(lambda changes: seen.append([c.key for c in changes]))
         source.put("", "ratio: .nan\nother: 1\n", "yaml")
-        await eventually_value(lambda: config.get("other") == 1)
+        await eventually(lambda: config.get("other") == 1, "the update")
         assert seen == [["other"]]
-
-
-async def eventually_value(check: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    limit = loop.time() + timeout
-    while not check():
-        assert loop.time() < limit, "timed out"
-        await asyncio.sleep(0.005)
 
 
 async def test_a_slow_async_hook_runs_one_call_at_a_time_with_changes_folded() -> None:
@@ -161,10 +154,10 @@ async def test_a_slow_async_hook_runs_one_call_at_a_time_with_changes_folded() -
         for i in range(1, 101):
             source.put("n", i)
             await asyncio.sleep(0)  # each update applied on its own
-        await eventually_value(lambda: config.get("n") == 100)
+        await eventually(lambda: config.get("n") == 100, "the 100th update")
         assert len(config._hook_tasks) == 1  # one task, not one per update
         release.set()
-        await eventually_value(lambda: running == 0 and len(calls) == 2)
+        await eventually(lambda: running == 0 and len(calls) == 2, "the folded call")
     assert most == 1
     first, folded = calls
     assert folded == [("n", first[0][2], 100)]  # everything after the first call, as one change
@@ -197,7 +190,7 @@ async def test_a_large_document_is_parsed_off_the_event_loop(tmp_path: Any) -> N
         new = tmp_path / "big.tmp"
         new.write_text(slow)
         os.replace(new, path)
-        await eventually_value(lambda: isinstance(config.get("a"), list), timeout=60)
+        await eventually(lambda: isinstance(config.get("a"), list), "the large document", timeout=60)
         took = time.perf_counter() - started
         stop.set()
         await ticking

@@ -209,6 +209,29 @@ async def _read(config: Config, key: str, reveal: bool) -> tuple[Any, list[str]]
         return (MISSING if value is MISSING else masked(config, key, value, reveal=reveal)), where
 
 
+def _show(
+    key: str,
+    source: list[str] | None,
+    service: str | None,
+    secret: list[str] | None,
+    *,
+    reveal: bool,
+    as_json: bool,
+) -> list[str]:
+    """What get and dump share: print the merged value at `key` ("" is the whole config) as a
+    service with those sources reads it, masked unless `reveal`; returns the sources' URLs. A
+    key that is not there is an error naming the sources (the whole config always is)."""
+    where: list[str]
+    value, where = run_async(_read(open_config(source, service, secret), key, reveal))
+    if value is MISSING:
+        raise CliError(
+            f"no config key {key!r} in {', '.join(where)}",
+            hint="list the keys there are with `microweave config dump`",
+        )
+    print(render(value, as_json=as_json))
+    return where
+
+
 # -- commands ------------------------------------------------------------------------
 
 KeyArgument = Annotated[
@@ -227,13 +250,7 @@ def get(
 ) -> None:
     """Print the merged value at KEY (a mapping as YAML, or JSON with --json); secrets masked."""
     with config_errors():
-        value, where = run_async(_read(open_config(source, service, secret), key, reveal))
-        if value is MISSING:
-            raise CliError(
-                f"no config key {key!r} in {', '.join(where)}",
-                hint="list the keys there are with `microweave config dump`",
-            )
-        print(render(value, as_json=json_))
+        _show(key, source, service, secret, reveal=reveal, as_json=json_)
 
 
 @config_app.command("dump")
@@ -246,8 +263,7 @@ def dump(
 ) -> None:
     """Print the whole merged config (YAML, or JSON with --json); secrets masked unless --reveal."""
     with config_errors():
-        tree, where = run_async(_read(open_config(source, service, secret), "", reveal))
-        print(render(tree, as_json=json_))
+        where = _show("", source, service, secret, reveal=reveal, as_json=json_)
         err.print(f"[dim]merged from {escape(', '.join(where))} (later wins)[/]")
 
 

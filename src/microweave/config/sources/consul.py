@@ -44,7 +44,7 @@ import msgspec
 from ..._backends import BackendURL, environ
 from ...errors import ConfigurationError, RegistryError, Unavailable
 from ...registry.consul.agent import Agent
-from ...registry.outage import Outage
+from ...registry.outage import Backoff, Outage
 from .. import Item, Snapshot, Source
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "MAX_KEYS", "ConsulSource"]
@@ -128,6 +128,9 @@ class ConsulSource(Source):
         #: blocking queries sent (a test counts them: no busy loop)
         self.queries = 0
         self._warned = False  # an empty prefix the token may not read: said once
+        self._last_query = 0.0  # when the last blocking query began (monotonic)
+        self._resetting = False  # the last query reset the index
+        self._resets = Backoff(MIN_QUERY_INTERVAL, 5.0)
 
     @classmethod
     def from_url(cls, url: BackendURL, **kwargs: Any) -> ConsulSource:
@@ -307,10 +310,19 @@ class ConsulSource(Source):
                 await asyncio.sleep(agent.backoff.next() if agent.down else refused.failed(exc))
 
     async def _next(self) -> Snapshot:
-        """The snapshot after the next blocking query that moves the index."""
+        """The snapshot after the next blocking query that moves the index.
+
+        Queries begin at least MIN_QUERY_INTERVAL apart whatever comes back: an agent that
+        answers at once (no index, an index moving for nothing) cannot drive a busy loop, and
+        a prefix under churn is read at most that often, each answer holding all the changes
+        since the last. An index that goes backwards again right after a reset (a broken agent,
+        not one that came back empty) is reset with a growing delay."""
         while True:
+            gap = self._last_query + MIN_QUERY_INTERVAL - time.monotonic()
+            if gap > 0:
+                await asyncio.sleep(gap)
             index = self.index
-            began = time.monotonic()
+            self._last_query = time.monotonic()
             self.queries += 1
             params = {"recurse": "", "index": str(index), "wait": f"{round(self.wait * 1000)}ms"}
             reply = await self._call(
@@ -320,14 +332,15 @@ class ConsulSource(Source):
             if reply.index < index:
                 # the agent lost its state (or another server answered): read from scratch
                 self.index = 0
+                if self._resetting:
+                    await asyncio.sleep(self._resets.next())
+                self._resetting = True
                 return await self.read()
+            self._resetting = False
+            self._resets.reset()
             if reply.index > index:
                 self.index = reply.index
                 return snapshot
-            # the index did not move: the wait ran out, or a query that does not block
-            spent = time.monotonic() - began
-            if spent < MIN_QUERY_INTERVAL:
-                await asyncio.sleep(MIN_QUERY_INTERVAL - spent)
 
     async def aclose(self) -> None:
         await self._agent.aclose()

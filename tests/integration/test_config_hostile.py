@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from microweave import Client, Context, Service
 from microweave._backends import load_config_source
 
@@ -48,15 +50,21 @@ async def _calls_in(client: Client, seconds: float, until: Callable[[], bool] = 
     return done
 
 
-async def test_a_flooded_etcd_prefix_leaves_the_service_serving_and_the_config_converges(
-    etcd_server: Any, registry_dir: Any
+@pytest.mark.parametrize("engine", ["etcd", "consul"])
+async def test_a_flooded_prefix_leaves_the_service_serving_and_the_config_converges(
+    engine: str, request: pytest.FixtureRequest, registry_dir: Any
 ) -> None:
     """3,000 keys under the prefix, then thousands of writes a second to it. The etcd source
     yielded a full snapshot per watch response, each costing the config a rebuild of every
     key on the event loop: calls waited behind rebuilds (a few per second got through) and the
     config fell ever further behind (after the flood it had not caught up a minute later).
-    Coalesced, calls keep a fair part of their idle rate and the last write arrives."""
-    url = etcd_server.url(f"/hostile-{uuid.uuid4().hex[:12]}")
+    Coalesced and paced, calls keep a fair part of their idle rate and the last write arrives
+    (Consul's blocking queries coalesce by themselves, spaced 50 ms apart: the same holds)."""
+    prefix = f"hostile-{uuid.uuid4().hex[:12]}"
+    if engine == "etcd":
+        url = request.getfixturevalue("etcd_server").url(f"/{prefix}")
+    else:
+        url = f"{request.getfixturevalue('consul_server').url}/{prefix}"
     filler = load_config_source(url)
     try:
         gate = asyncio.Semaphore(64)
@@ -85,14 +93,14 @@ async def test_a_flooded_etcd_prefix_leaves_the_service_serving_and_the_config_c
                 writer.kill()
                 await writer.wait()
         ratio = busy / idle
-        print(f"\netcd flood: {idle} calls idle, {busy} under the flood ({ratio:.2f})")
+        print(f"\n{engine} flood: {idle} calls idle, {busy} under the flood ({ratio:.2f})")
         began = time.monotonic()
         while service.config.get("churn.last") != "final":
             assert time.monotonic() - began < 30, "the config never caught up with the flood"
             await asyncio.sleep(0.05)
         caught_up = time.monotonic() - began
         assert service.config.get("k2999.v") == "2999"
-    print(f"etcd flood: caught up {caught_up:.2f} s after the last write")
+    print(f"{engine} flood: caught up {caught_up:.2f} s after the last write")
     # before: about 0.001 (75 calls against 65,000); after, about 0.15 with the writer and
     # etcd busy on the same two cores
     assert ratio >= 0.03, f"{busy} calls under the flood against {idle} idle: the loop is starved"

@@ -11,7 +11,11 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from aiohttp import web
 
+from microweave._backends import load_config_source
+from microweave.config import Config
 from microweave.config.sources.consul import ConsulSource
+from microweave.config.sources.etcd import EtcdSource
+from microweave.config.sources.memory import MemorySource
 
 VALUE = b'[{"Key":"p/a","Value":"MQ=="}]'
 
@@ -96,3 +100,36 @@ async def test_an_agent_whose_index_misbehaves_is_no_busy_loop(
     # 20 queries a second plus a read after each reset, and slack for a slow machine
     assert requests <= 2 * 20 * window + 5, f"{requests} requests in {window} s: a busy loop"
     assert "Traceback" not in caplog.text
+
+
+EVIL = "evil\nERROR:microweave.config:forged line\x1b[31m"
+
+
+async def test_a_key_with_control_characters_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """A key holding a newline and a terminal escape (anyone who can write a key can choose
+    its name) was written as it is into the rejection line: a forged log line, a recoloured
+    terminal. The line shows such a key escaped."""
+    caplog.set_level(logging.DEBUG, logger="microweave")
+    memory = MemorySource()
+    async with Config([memory]):
+        memory.put(EVIL, "{bad", "text")
+        for _ in range(100):
+            if "rejected" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
+    rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert rejected, caplog.text
+    assert all("\n" not in line and "\x1b" not in line for line in rejected), rejected
+
+
+def test_etcd_and_consul_keys_with_control_characters_are_no_settings() -> None:
+    """Under the prefix, such a key is ignored (counted in the read's warning), as a key that
+    is not UTF-8 is: it reaches no log line, no `config watch` output, no terminal."""
+    etcd = load_config_source("etcd://127.0.0.1:1/p")
+    consul = ConsulSource("127.0.0.1:1", "p")
+    assert isinstance(etcd, EtcdSource)
+    for name in (EVIL, "a\x00b", "tab\there", "bell\x07"):
+        assert etcd._dotted(b"/p/" + name.encode()) is None
+        assert consul._dotted("p/" + name) is None
+    assert etcd._dotted("/p/db/pört".encode()) == consul._dotted("p/db/pört") == "db.pört"
+    assert etcd._dotted(b"/p/a b") == consul._dotted("p/a b") == "a b"

@@ -97,7 +97,9 @@ def _name(key: str) -> str:
     """A key as an error names it: a peer's key of megabytes does not become a log line."""
     if not key:
         return "(document)"
-    return key if len(key) <= 200 else f"{key[:200]}... ({len(key)} characters)"
+    shown = key if len(key) <= 200 else f"{key[:200]}... ({len(key)} characters)"
+    # a newline or a terminal escape in a peer's key would forge log lines: shown escaped
+    return shown if shown.isprintable() else shown.encode("unicode_escape").decode("ascii")
 
 
 class _NotLoaded(dict[str, Any]):

@@ -168,8 +168,8 @@ class ConsulSource(Source):
         if not key.startswith(self.prefix + "/"):
             return None
         parts = key[len(self.prefix) + 1 :].split("/")
-        if not all(parts) or any("." in part for part in parts):
-            return None
+        if not all(parts) or any("." in part or not part.isprintable() for part in parts):
+            return None  # a control character would reach log lines and terminals as it is
         return ".".join(parts)
 
     def _path(self, key: str) -> str:
@@ -215,7 +215,7 @@ class ConsulSource(Source):
         if ignored:
             log.warning(
                 "config %s: ignored %d key(s) under the prefix that name no setting"
-                " (an empty level, a '.' in a name)",
+                " (an empty level, a '.' in a name, a control character)",
                 self.url,
                 ignored,
             )

@@ -99,8 +99,8 @@ class EtcdSource(Source):
             parts = key[len(self._dir) :].decode().split("/")
         except UnicodeDecodeError:
             return None
-        if not all(parts) or any("." in part for part in parts):
-            return None
+        if not all(parts) or any("." in part or not part.isprintable() for part in parts):
+            return None  # a control character would reach log lines and terminals as it is
         return ".".join(parts)
 
     def _key(self, key: str) -> bytes:
@@ -151,7 +151,7 @@ class EtcdSource(Source):
         if ignored:
             log.warning(
                 "config %s: ignored %d key(s) under the prefix that name no setting"
-                " (an empty level, a '.' in a name, not UTF-8)",
+                " (an empty level, a '.' in a name, a control character, not UTF-8)",
                 self.url,
                 ignored,
             )

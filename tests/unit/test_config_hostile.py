@@ -133,3 +133,21 @@ def test_etcd_and_consul_keys_with_control_characters_are_no_settings() -> None:
         assert consul._dotted("p/" + name) is None
     assert etcd._dotted("/p/db/pört".encode()) == consul._dotted("p/db/pört") == "db.pört"
     assert etcd._dotted(b"/p/a b") == consul._dotted("p/a b") == "a b"
+
+
+async def test_a_document_key_with_control_characters_cannot_forge_log_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The reason of a rejection may quote a key from inside a document (an unset ${VAR}
+    names where it is): escaped as well."""
+    caplog.set_level(logging.DEBUG, logger="microweave")
+    memory = MemorySource()
+    async with Config([memory]):
+        memory.put("", '"evil\\nERROR:microweave.config:forged\\u001b[31m": ${UNSET_HOSTILE_VAR_1}\n', "yaml")
+        for _ in range(100):
+            if "rejected" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
+    rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert rejected, caplog.text
+    assert all("\n" not in line and "\x1b" not in line for line in rejected), rejected

@@ -97,9 +97,13 @@ def _name(key: str) -> str:
     """A key as an error names it: a peer's key of megabytes does not become a log line."""
     if not key:
         return "(document)"
-    shown = key if len(key) <= 200 else f"{key[:200]}... ({len(key)} characters)"
-    # a newline or a terminal escape in a peer's key would forge log lines: shown escaped
-    return shown if shown.isprintable() else shown.encode("unicode_escape").decode("ascii")
+    return _printable(key if len(key) <= 200 else f"{key[:200]}... ({len(key)} characters)")
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters escaped: a newline or a terminal escape in a peer's key
+    (or in a reason quoting a key inside its document) would forge log lines."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 class _NotLoaded(dict[str, Any]):
@@ -488,7 +492,9 @@ class Config:
             return
         layer.rejected[key] = item
         what = f"the removal of {_name(key)}" if item is None else _name(key)
-        log.error("config %s: rejected %s: %s; keeping the last good value", layer.source.url, what, why)
+        log.error(
+            "config %s: rejected %s: %s; keeping the last good value", layer.source.url, what, _printable(why)
+        )
 
     def _candidate(self) -> tuple[dict[str, Any], list[Any]]:
         """The merged, interpolated tree and every bound model's new instance, or

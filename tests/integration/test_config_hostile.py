@@ -104,3 +104,36 @@ async def test_a_flooded_prefix_leaves_the_service_serving_and_the_config_conver
     # before: about 0.001 (75 calls against 65,000); after, about 0.15 with the writer and
     # etcd busy on the same two cores
     assert ratio >= 0.03, f"{busy} calls under the flood against {idle} idle: the loop is starved"
+
+
+@pytest.mark.parametrize("engine", ["etcd", "consul"])
+async def test_a_writer_of_a_shared_prefix_cannot_read_the_environment(
+    engine: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """`${VAR}` is expanded only in sources this host controls: a value written to etcd or
+    Consul that names the service's environment stays as written, while the same text in a
+    file is expanded."""
+    from microweave import Config
+
+    monkeypatch.setenv("MW_HOSTILE_SECRET", "env-secret-5c1e")
+    if engine == "etcd":
+        url = request.getfixturevalue("etcd_server").url(f"/hostile-{uuid.uuid4().hex[:8]}")
+    else:
+        url = f"{request.getfixturevalue('consul_server').url}/hostile-{uuid.uuid4().hex[:8]}"
+    writer = load_config_source(url)
+    try:
+        await writer.set("greeting", "hello ${MW_HOSTILE_SECRET}")
+        path = tmp_path / "own.yaml"
+        path.write_text("mine: ${MW_HOSTILE_SECRET}\n")
+        async with Config([f"file://{path}", url]) as config:
+            assert config.get("mine") == "env-secret-5c1e"  # this host's own file: expanded
+            assert config.get("greeting") == "hello ${MW_HOSTILE_SECRET}"
+            assert config.dump()["greeting"] == "hello ${MW_HOSTILE_SECRET}"
+    finally:
+        await writer.delete("greeting")
+        await writer.aclose()
+
+
+def test_the_etcd_password_is_not_in_the_options_repr() -> None:
+    source = load_config_source("etcd://root:hunter2-opt@127.0.0.1:2379/p")
+    assert "hunter2-opt" not in repr(source) and "hunter2-opt" not in repr(source.options)  # type: ignore[attr-defined]

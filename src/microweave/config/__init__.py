@@ -107,6 +107,10 @@ class Source(abc.ABC):
     scheme: ClassVar[str] = ""
     #: whether `set()` and `delete()` write to it (etcd, Consul, memory)
     writable: ClassVar[bool] = False
+    #: whether its values may name the process environment, `${VAR:default}`: yes for what
+    #: this host controls (files, env, memory), no for shared engines (etcd, Consul), whose
+    #: writers would otherwise read the service's environment out through its settings
+    interpolates: ClassVar[bool] = True
 
     #: how the source is named in logs and errors: its URL without credentials
     url: str = ""

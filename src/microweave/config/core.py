@@ -500,17 +500,19 @@ class Config:
         """The merged, interpolated tree and every bound model's new instance, or
         ConfigurationError saying what does not hold."""
         tree: dict[str, Any] = {}
-        for layer in self._layers:
-            tree = merge(tree, layer.tree)
-        if self._interpolate:
-            try:
-                tree = interpolate(tree, environ().get)
-            except Unset as exc:
-                if self.is_secret(exc.key):  # the ${...} may be part of the secret itself
-                    raise ConfigurationError(
-                        f"{exc.key}: names a variable that is not set and has no default"
-                    ) from None
-                raise ConfigurationError(str(exc)) from None
+        try:
+            for layer in self._layers:
+                # only sources this host controls may name its environment: a writer of a
+                # shared etcd or Consul prefix must not read ${AWS_SECRET_ACCESS_KEY} out
+                # through a value that a handler echoes
+                own = self._interpolate and layer.source.interpolates
+                tree = merge(tree, interpolate(layer.tree, environ().get) if own else layer.tree)
+        except Unset as exc:
+            if self.is_secret(exc.key):  # the ${...} may be part of the secret itself
+                raise ConfigurationError(
+                    f"{exc.key}: names a variable that is not set and has no default"
+                ) from None
+            raise ConfigurationError(str(exc)) from None
         flat = flatten(tree)
         instances = []
         for bound in self._bound:

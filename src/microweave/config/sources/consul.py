@@ -72,6 +72,7 @@ _entries = msgspec.json.Decoder(list[_Entry])
 class ConsulSource(Source):
     scheme = "consul"
     writable = True
+    interpolates = False  # a shared engine: its writers must not read our environment
 
     def __init__(
         self,

@@ -61,6 +61,7 @@ class _Compacted(Exception):
 class EtcdSource(Source):
     scheme = "etcd"
     writable = True
+    interpolates = False  # a shared engine: its writers must not read our environment
 
     def __init__(self, options: Options, *, optional: bool = False) -> None:
         self.options = options

@@ -16,7 +16,7 @@ import asyncio
 import ipaddress
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -53,7 +53,7 @@ class Options:
     prefix: str
     ttl: float | None
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)  # never in a repr, a traceback's locals, a log
     tls: bool
     ca: str | None
     cert: str | None

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
+from config_kit import eventually
 
 from microweave._backends import load_config_source
 from microweave.config import Config
@@ -113,10 +114,12 @@ async def test_a_key_with_control_characters_cannot_forge_log_lines(caplog: pyte
     memory = MemorySource()
     async with Config([memory]):
         memory.put(EVIL, "{bad", "text")
-        for _ in range(100):
-            if "rejected" in caplog.text:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: "rejected" in caplog.text, "the rejection line")
+    assert_escaped(caplog)
+
+
+def assert_escaped(caplog: pytest.LogCaptureFixture) -> None:
+    """Every rejection line is one line, with no terminal escape in it."""
     rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
     assert rejected, caplog.text
     assert all("\n" not in line and "\x1b" not in line for line in rejected), rejected
@@ -144,10 +147,5 @@ async def test_a_document_key_with_control_characters_cannot_forge_log_lines(
     memory = MemorySource()
     async with Config([memory]):
         memory.put("", '"evil\\nERROR:microweave.config:forged\\u001b[31m": ${UNSET_HOSTILE_VAR_1}\n', "yaml")
-        for _ in range(100):
-            if "rejected" in caplog.text:
-                break
-            await asyncio.sleep(0.01)
-    rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
-    assert rejected, caplog.text
-    assert all("\n" not in line and "\x1b" not in line for line in rejected), rejected
+        await eventually(lambda: "rejected" in caplog.text, "the rejection line")
+    assert_escaped(caplog)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["unknown_options"]
+from ..errors import ConfigurationError
+
+__all__ = ["typed_options", "unknown_options"]
 
 
 def unknown_options(given: Iterable[str], known: Iterable[str]) -> str | None:
@@ -23,3 +26,23 @@ def unknown_options(given: Iterable[str], known: Iterable[str]) -> str | None:
         close = difflib.get_close_matches(name, names, n=1)
         parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
     return ", ".join(parts)
+
+
+def typed_options(
+    public: str, query: dict[str, str], given: dict[str, Any], types: dict[str, type]
+) -> dict[str, Any]:
+    """`given` (keyword arguments, which win) completed from the URL's `query`, each value
+    converted to its type in `types`; an unknown option or a value that does not convert is a
+    ConfigurationError naming `public` (the URL without credentials)."""
+    out = dict(given)
+    for key, value in query.items():
+        if key not in types:
+            known = ", ".join(sorted(types))
+            raise ConfigurationError(f"{public}: unknown option {key!r}; known: {known}")
+        if out.get(key) is not None:
+            continue
+        try:
+            out[key] = types[key](value)
+        except ValueError:
+            raise ConfigurationError(f"{public}: {key}={value!r} is not a {types[key].__name__}") from None
+    return out

@@ -45,6 +45,7 @@ from ..._backends import BackendURL, environ
 from ...errors import ConfigurationError, RegistryError, Unavailable
 from ...registry.consul.agent import Agent
 from ...registry.outage import Backoff, Outage
+from ...registry.url_options import typed_options
 from .. import Item, Snapshot, Source
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "MAX_KEYS", "ConsulSource"]
@@ -141,21 +142,7 @@ class ConsulSource(Source):
         public = f"consul://{address.rpartition('@')[2]}{url.path}"
         if len(url.hosts) > 1:
             raise ConfigurationError(f"{public}: consul:// takes one agent address, not a list")
-        for key, value in url.query.items():
-            if key in kwargs and kwargs[key] is not None:
-                continue
-            if key in ("token", "optional"):
-                kwargs[key] = value
-            elif key in _OPTIONS:
-                try:
-                    kwargs[key] = _OPTIONS[key](value)
-                except ValueError:
-                    raise ConfigurationError(
-                        f"{public}: {key}={value!r} is not a {_OPTIONS[key].__name__}"
-                    ) from None
-            else:
-                known = ", ".join(sorted([*_OPTIONS, "token", "optional"]))
-                raise ConfigurationError(f"{public}: unknown option {key!r}; known: {known}")
+        kwargs = typed_options(public, url.query, kwargs, {**_OPTIONS, "token": str, "optional": str})
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         kwargs["optional"] = _flag(public, kwargs.get("optional", False))
         return cls(address, url.path or DEFAULT_PREFIX, **kwargs)

@@ -36,6 +36,7 @@ from ..._backends import BackendURL
 from ...errors import ConfigurationError, RegistryError
 from .. import Registry, Service, Watcher, merge_nodes
 from ..outage import Outage
+from ..url_options import typed_options
 from .agent import Agent, path
 from .encoding import registration
 from .watch import CONSUL, ConsulWatcher, query, read_service, versions
@@ -121,20 +122,8 @@ class ConsulRegistry(Registry):
             )
         if url.path not in ("", "/"):
             raise ConfigurationError(f"consul://{','.join(url.hosts)}{url.path}: Consul URLs have no path")
-        for key, value in url.query.items():
-            if key == "token":
-                kwargs.setdefault("token", value)
-            elif key in _OPTIONS:
-                if key not in kwargs:
-                    try:
-                        kwargs[key] = _OPTIONS[key](value)
-                    except ValueError:
-                        raise ConfigurationError(
-                            f"{key}={value!r} in the consul:// URL is not a {_OPTIONS[key].__name__}"
-                        ) from None
-            else:
-                known = ", ".join(sorted([*_OPTIONS, "token"]))
-                raise ConfigurationError(f"unknown option {key!r} in the consul:// URL; known: {known}")
+        public = f"consul://{','.join(url.hosts)}"  # the token is never in the address
+        kwargs = typed_options(public, url.query, kwargs, {**_OPTIONS, "token": str})
         return cls(url.hosts[0] if url.hosts else f"127.0.0.1:{DEFAULT_PORT}", **kwargs)
 
     def __repr__(self) -> str:

@@ -6,6 +6,7 @@ with a temporary data directory, and is stopped by PID. A module that can back a
 a factory to `REGISTRY_BACKENDS` with `@registry_backend("scheme")`; the registry conformance
 suite runs against every factory there. One that can hold configuration adds a factory to
 `CONFIG_BACKENDS` with `@config_backend("scheme")`, for the config sources' conformance suite.
+One that can carry events adds a factory to `BROKER_BACKENDS` with `@broker_backend("scheme")`.
 
 A binary that is missing is an error that says how to get it, never a skip: a skipped engine
 test is a feature nobody checked.
@@ -27,10 +28,12 @@ import pytest
 from helpers import REPO, LoggedProcess
 
 __all__ = [
+    "BROKER_BACKENDS",
     "CONFIG_BACKENDS",
     "PEERS",
     "REGISTRY_BACKENDS",
     "Engine",
+    "broker_backend",
     "config_backend",
     "find_binary",
     "free_port",
@@ -65,6 +68,20 @@ CONFIG_BACKENDS: dict[str, RegistryFactory] = {}
 def config_backend(scheme: str) -> Callable[[RegistryFactory], RegistryFactory]:
     def add(factory: RegistryFactory) -> RegistryFactory:
         CONFIG_BACKENDS[scheme] = factory
+        return factory
+
+    return add
+
+
+#: scheme -> async context manager factory(request) yielding the URL (a str) of a broker for
+#: this test alone: a fresh server, or a fresh namespace on a shared one (then the test keeps
+#: to names of its own)
+BROKER_BACKENDS: dict[str, RegistryFactory] = {}
+
+
+def broker_backend(scheme: str) -> Callable[[RegistryFactory], RegistryFactory]:
+    def add(factory: RegistryFactory) -> RegistryFactory:
+        BROKER_BACKENDS[scheme] = factory
         return factory
 
     return add

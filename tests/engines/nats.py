@@ -2,12 +2,14 @@
 
 go-micro's NATS registry protocol has fixed subjects and no prefix, so two tests sharing a
 server would see each other's nodes: each test (and each conformance case) gets its own server.
-It is ready in a few hundredths of a second, so that costs little.
+It is ready in a few hundredths of a second, so that costs little. `jetstream_engine` is one
+with JetStream on and a store of its own, which keeps its streams across a restart.
 """
 
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from engines import Engine, find_binary, free_port, registry_backend
+from engines import Engine, broker_backend, find_binary, free_port, registry_backend
 
 NATSCLI_VERSION = "0.5.1"  # keep in step with scripts/peers/natscli
 
@@ -63,6 +65,23 @@ def nats_engine(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
 
 
+@contextlib.contextmanager
+def jetstream_server(log_dir: Path) -> Iterator[NatsServer]:
+    """A nats-server with JetStream on, its store in a new directory under `log_dir`: stop()
+    and start() it again and its streams and their messages are still there."""
+    store = tempfile.mkdtemp(prefix="js-", dir=log_dir)
+    with nats_server(log_dir, extra=["-js", "-sd", store]) as server:
+        yield server
+
+
+@pytest.fixture
+def jetstream_engine(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server with JetStream of this test's own (stop()/start() it for an outage that
+    keeps its streams)."""
+    with jetstream_server(tmp_path) as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def nats_cli() -> str:
     """The `nats` CLI built by scripts/peers/natscli (an error saying so when it is missing)."""
@@ -80,4 +99,20 @@ async def nats_backend(request: pytest.FixtureRequest, **options: Any) -> AsyncI
             yield registry
 
 
-__all__ = ["NatsServer", "nats_server"]
+@broker_backend("nats")
+@contextlib.asynccontextmanager
+async def nats_broker_backend(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The URL of a fresh nats-server of this test's own (core NATS only)."""
+    with nats_server(request.getfixturevalue("tmp_path")) as server:
+        yield server.url
+
+
+@broker_backend("nats+jetstream")
+@contextlib.asynccontextmanager
+async def jetstream_broker_backend(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The URL (scheme nats+jetstream) of a fresh nats-server with JetStream of this test's own."""
+    with jetstream_server(request.getfixturevalue("tmp_path")) as server:
+        yield f"nats+jetstream://{server.address}"
+
+
+__all__ = ["NatsServer", "jetstream_server", "nats_server"]

@@ -4,12 +4,14 @@ Services that register themselves, find each other, call each other over gRPC (a
 own fast transport), publish and subscribe to events and read live configuration.
 """
 
+from .broker import Broker, Event
 from .client import UNSET, Client, ClientCall, Retry
 from .client.blocking import BlockingClient
 from .config import Config, Secret
-from .context import BaseContext, Context, current_context
+from .context import BaseContext, Context, MessageContext, current_context
 from .errors import (
     BadRequest,
+    BrokerError,
     Cancelled,
     ConfigurationError,
     Conflict,
@@ -42,6 +44,8 @@ __all__ = [
     "BadRequest",
     "BaseContext",
     "BlockingClient",
+    "Broker",
+    "BrokerError",
     "Call",
     "Cancelled",
     "Client",
@@ -52,8 +56,10 @@ __all__ = [
     "Conflict",
     "ConnectionLost",
     "Context",
+    "Event",
     "Forbidden",
     "InternalServerError",
+    "MessageContext",
     "MicroError",
     "NotDelivered",
     "NotFound",

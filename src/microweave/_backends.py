@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from .broker import Broker
     from .config import Source
     from .registry import Registry
 
@@ -27,6 +28,7 @@ __all__ = [
     "Settings",
     "config_urls",
     "environ",
+    "load_broker",
     "load_config_source",
     "load_registry",
     "parse_url",
@@ -43,6 +45,17 @@ REGISTRIES: dict[str, tuple[str, str, str | None]] = {
     "mdns": ("microweave.registry.mdns", "MdnsRegistry", "mdns"),
 }
 DEFAULT_REGISTRY = "local://"
+
+BROKERS: dict[str, tuple[str, str, str | None]] = {
+    "memory": ("microweave.broker.memory", "MemoryBroker", None),
+    "direct": ("microweave.broker.direct", "DirectBroker", None),
+    "nats": ("microweave.broker.nats", "NatsBroker", "nats"),
+    "nats+jetstream": ("microweave.broker.jetstream", "JetStreamBroker", "nats"),
+    "rabbitmq": ("microweave.broker.rabbitmq", "RabbitMQBroker", "rabbitmq"),
+    "amqp": ("microweave.broker.rabbitmq", "RabbitMQBroker", "rabbitmq"),
+    "redis": ("microweave.broker.redis", "RedisBroker", "redis"),
+}
+DEFAULT_BROKER = "direct://"
 
 CONFIG_SOURCES: dict[str, tuple[str, str, str | None]] = {
     "memory": ("microweave.config.sources.memory", "MemorySource", None),
@@ -79,6 +92,8 @@ class Settings:
     server_address: str | None
     tcp_address: str | None
     config: str | None = None
+    broker: str | None = None
+    broker_address: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -89,6 +104,8 @@ class Settings:
             server_address=env.get("MICRO_SERVER_ADDRESS") or None,
             tcp_address=env.get("MICRO_TCP_ADDRESS") or None,
             config=env.get("MICRO_CONFIG") or None,
+            broker=env.get("MICRO_BROKER") or None,
+            broker_address=env.get("MICRO_BROKER_ADDRESS") or None,
         )
 
 
@@ -143,6 +160,21 @@ def load_registry(url: str | None = None, **kwargs: Any) -> Registry:
     cls = _load("registry", "microweave.registries", REGISTRIES, parsed.scheme)
     registry: Registry = cls.from_url(parsed, **kwargs)
     return registry
+
+
+def load_broker(url: str | None = None, **kwargs: Any) -> Broker:
+    """Build a broker from a URL, else MICRO_BROKER(+_ADDRESS), else `direct://` (no server)."""
+    env = settings()
+    if url is None:
+        url = env.broker or DEFAULT_BROKER
+        if "://" not in url:  # go-micro style: MICRO_BROKER=nats
+            url = f"{url}://"
+        if env.broker_address and url.endswith("://"):
+            url += env.broker_address
+    parsed = parse_url(url)
+    cls = _load("broker", "microweave.brokers", BROKERS, parsed.scheme)
+    broker: Broker = cls.from_url(parsed, **kwargs)
+    return broker
 
 
 def config_urls(text: str) -> list[str]:

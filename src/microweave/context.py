@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    from .broker import Event
     from .config import Config
 
-__all__ = ["BaseContext", "Context", "current_context"]
+__all__ = ["BaseContext", "Context", "MessageContext", "current_context"]
 
 # Metadata keys on the wire (lowercase: gRPC and HTTP/2 require it; go-micro matches case-insensitively).
 FROM_SERVICE: Final = "micro-from-service"
@@ -109,6 +110,67 @@ class Context(BaseContext):
             f"time_remaining={left if left is None else round(left, 3)})"
         )
 
+
+class MessageContext(Context):
+    """One event a subscriber serves: its topic, id, headers and delivery attempt, beside what
+    every call has (`endpoint` is the subscriber's name; `metadata` its headers, lowercased, so
+    a call made from the subscriber carries the publisher's trace context on).
+
+    In `ack="manual"` mode the subscriber settles the event with `ack()` or `nack()`."""
+
+    __slots__ = ("event",)
+
+    def __init__(
+        self,
+        event: Event,
+        *,
+        service: str = "",
+        endpoint: str = "",
+        config: Config | None = None,
+    ) -> None:
+        self.deadline = None
+        self.metadata = {k.lower(): v for k, v in event.headers.items()}
+        self.config = config
+        self.service = service
+        self.endpoint = endpoint
+        self._response_metadata = None
+        self.event = event
+
+    @property
+    def topic(self) -> str:
+        return self.event.topic
+
+    @property
+    def id(self) -> str:
+        return self.event.id
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.event.headers
+
+    @property
+    def attempt(self) -> int:
+        return self.event.attempt
+
+    @property
+    def queue(self) -> str | None:
+        return self.event.queue
+
+    async def ack(self) -> None:
+        await self.event.ack()
+
+    async def nack(self, *, requeue: bool = True, delay: float | None = None) -> None:
+        await self.event.nack(requeue=requeue, delay=delay)
+
+    def propagated_metadata(self) -> dict[str, str]:
+        """The trace context and user keys go on; the event's own headers do not."""
+        return {k: v for k, v in self.metadata.items() if k not in _INTERNAL and k not in _EVENT_HEADERS}
+
+    def __repr__(self) -> str:
+        return f"MessageContext(topic={self.topic!r}, id={self.id!r}, attempt={self.attempt})"
+
+
+_EVENT_HEADERS: Final = frozenset({"micro-topic", "micro-id", "content-type"})
 
 _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar("microweave_context", default=None)
 

@@ -17,6 +17,7 @@
     │   ├── NotDelivered                 the request never reached a handler: safe to retry elsewhere
     │   └── ConnectionLost               the connection broke mid-call: the handler may have run
     ├── RegistryError               503                     registry unreadable or unwritable
+    ├── BrokerError                 503                     broker unreachable, a publish not confirmed
     └── ConfigurationError          (local only)           bad URL, unknown scheme, missing driver
 
 A remote error reaches the caller as the subclass its code maps to, with the remote `id` (the
@@ -43,6 +44,7 @@ import grpc
 
 __all__ = [
     "BadRequest",
+    "BrokerError",
     "Cancelled",
     "ConfigurationError",
     "Conflict",
@@ -172,6 +174,13 @@ class ConnectionLost(Unavailable):
 
 
 class RegistryError(MicroError):
+    default_code = 503
+
+
+class BrokerError(MicroError):
+    """The broker could not take a message or a subscription (down, refused, not confirmed);
+    the detail names its URL without credentials."""
+
     default_code = 503
 
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import MicroError, RegistryError
+
+if TYPE_CHECKING:
+    from .broker import Broker, Event, Subscription
+    from .broker.subscriber import Subscriber
 from .registry import Registry
 from .registry import Service as ServiceRecord
 from .registry.cache import unavailable
@@ -23,7 +27,7 @@ from .registry.outage import Outage
 from .server.pipeline import Pipeline
 from .transport import ServerTransport, local
 
-__all__ = ["ABORT_FLUSH", "Component", "Listeners", "Registration"]
+__all__ = ["ABORT_FLUSH", "Component", "Listeners", "Registration", "Subscriptions"]
 
 log = logging.getLogger("microweave.service")
 
@@ -90,6 +94,53 @@ class Listeners:
         count = self.pipeline.abort(f"node {self.node_id} stopped after its grace of {self.grace:g}s")
         if count:
             log.warning("grace of %gs is over: cancelling %d calls still running", self.grace, count)
+
+
+class Subscriptions:
+    """The service's broker subscribers: subscribed once the node listens (a `direct://` event
+    arrives over its transports), before it registers; on the way down, unsubscribed after it
+    left the registry, with running handlers given the grace (what they did not settle, an
+    at-least-once broker redelivers to another member of the group)."""
+
+    def __init__(
+        self, broker: Callable[[], Broker], pipeline: Pipeline, subscribers: list[Subscriber], *, grace: float
+    ) -> None:
+        self._broker = broker  # built only when there is something to subscribe
+        self.pipeline = pipeline
+        self.subscribers = subscribers
+        self.grace = grace
+        self.subscriptions: list[Subscription] = []
+
+    async def start(self) -> None:
+        if not self.subscribers:
+            return
+        broker = self._broker()
+        try:
+            for subscriber in self.subscribers:
+                self.subscriptions.append(
+                    await broker.subscribe(
+                        subscriber.topic,
+                        self._handler(subscriber, broker.scheme),
+                        queue=subscriber.queue,
+                        ack=subscriber.ack,
+                        max_in_flight=subscriber.max_in_flight,
+                    )
+                )
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _handler(self, subscriber: Subscriber, transport: str) -> Callable[[Event], Awaitable[None]]:
+        deliver = self.pipeline.deliver
+
+        async def handle(event: Event) -> None:
+            await deliver(subscriber, event, transport=transport)
+
+        return handle
+
+    async def stop(self) -> None:
+        subscriptions, self.subscriptions = self.subscriptions, []
+        await asyncio.gather(*(s.unsubscribe(grace=self.grace) for s in subscriptions))
 
 
 class Registration:

@@ -20,11 +20,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._backends import config_urls, load_registry, settings
+from .broker import DEFAULT_MAX_IN_FLIGHT, Broker
+from .broker.subscriber import describe_subscriber
 from .client import Client
 from .codec import describe
 from .config import Config, Source
 from .errors import ConfigurationError, MicroError
-from .lifecycle import Component, Listeners, Registration
+from .lifecycle import Component, Listeners, Registration, Subscriptions
 from .registry import Endpoint, Node, Registry, Value
 from .registry import Service as ServiceRecord
 from .server import Kind, Router
@@ -33,6 +35,7 @@ from .server.threads import DEFAULT_THREADS, WorkerThreads
 from .transport import ServerTransport
 
 if TYPE_CHECKING:
+    from .broker import AckMode
     from .middleware import ServerMiddleware
 
 __all__ = ["Service"]
@@ -106,6 +109,7 @@ class Service:
         threads: int = DEFAULT_THREADS,
         transports: Sequence[ServerTransport] | None = None,
         config: Config | Sequence[str | Source] | str | None = None,
+        broker: Broker | str | None = None,
     ) -> None:
         """`middleware` wraps every call this node serves, first outermost; `threads` sizes the
         pool that runs sync handlers (a deadline cannot stop a thread: size it for the slowest
@@ -113,7 +117,10 @@ class Service:
         (each listens on its own `address`, or on this service's address for its kind).
         `config` is a `Config` or its sources (URLs or `Source`s, later wins); without it,
         MICRO_CONFIG's URLs, else `env://<NAME>_` (greeter reads GREETER_DB__PORT as db.port).
-        Handlers read it as `ctx.config`; it is read before the node listens."""
+        Handlers read it as `ctx.config`; it is read before the node listens. `broker` carries
+        its subscribers' events and `client.publish` (a URL, else MICRO_BROKER, else
+        `direct://`: no server, events go over the transports to subscribers found in the
+        registry)."""
         if not name or any(c in name for c in "/ "):
             raise ConfigurationError(f"service name {name!r} must be non-empty, without '/' or spaces")
         self.name = name
@@ -152,6 +159,7 @@ class Service:
         self.running = False
         self._config_arg = config
         self._config: Config | None = config if isinstance(config, Config) else None
+        self._broker_arg = broker
 
     # -- what it serves ---------------------------------------------------------------
 
@@ -163,6 +171,30 @@ class Service:
             return target
 
         return add if handler is None else add(handler)
+
+    def subscriber(
+        self,
+        topic: str,
+        *,
+        queue: str | None = None,
+        ack: AckMode = "auto",
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        name: str | None = None,
+    ) -> Callable[[H], H]:
+        """Run the decorated function for each event on `topic` (one node of each `queue` group
+        gets it; without a queue, every node does): `@service.subscriber("user.created",
+        queue="mailer")`. Its first parameter's type decodes the payload; an optional second one
+        gets the `MessageContext`. `ack="manual"`: it calls `ctx.ack()` / `ctx.nack()` itself."""
+
+        def add(fn: H) -> H:
+            subscriber = describe_subscriber(
+                fn,  # type: ignore[arg-type]
+                package=self.name, topic=topic, queue=queue, ack=ack, max_in_flight=max_in_flight, name=name,
+            )  # fmt: skip
+            self.router.add_subscriber(subscriber)
+            return fn
+
+        return add
 
     def add_servicer(self, servicer: object, add_to_server: Callable[[Any, Any], None]) -> None:
         """Serve a grpcio-generated servicer: `service.add_servicer(S(), add_SServicer_to_server)`."""
@@ -187,6 +219,12 @@ class Service:
         self._client, self._owns_client = None, True  # it was bound to the old registry
 
     @property
+    def broker(self) -> Broker:
+        """Where this service's subscribers listen and its client publishes (its client's
+        broker, built on first use)."""
+        return self.client.broker
+
+    @property
     def config(self) -> Config:
         """This service's live configuration (built on first use from the `config` argument)."""
         if self._config is None:
@@ -204,7 +242,9 @@ class Service:
     def client(self) -> Client:
         """A client that shares this service's registry and names it as the caller."""
         if self._client is None:
-            self._client = Client(registry=self.registry, name=self.name, node_id=self.node_id)
+            self._client = Client(
+                registry=self.registry, name=self.name, node_id=self.node_id, broker=self._broker_arg
+            )
         return self._client
 
     @client.setter
@@ -225,6 +265,14 @@ class Service:
             )
             for m in self.router.by_name.values()
         ]
+        for subscriber in self.router.subscribers.values():
+            endpoints.append(
+                Endpoint(
+                    name=subscriber.name,
+                    request=_value(describe(subscriber.payload_type)),
+                    metadata=subscriber.metadata,
+                )
+            )
         for path, handler in self.router.servicer_handlers.items():
             service, _, method = path[1:].partition("/")
             request, response = _servicer_types(path, handler)
@@ -293,9 +341,11 @@ class Service:
         )
         self.transports = [t for t, _ in listening.listeners]
         self.addresses = listening.addresses
+        subscribers = list(self.router.subscribers.values())
         self.components = [
             _Configured(self.config, owned=not isinstance(self._config_arg, Config)),
             listening,
+            Subscriptions(lambda: self.broker, self.pipeline, subscribers, grace=self.grace),
             Registration(self.registry, self.record, ttl=self.ttl, drain_delay=self.drain_delay),
         ]
         started: list[Component] = []

@@ -31,6 +31,7 @@ from .call import UNSET, ClientCall, Unset, check_timeout
 from .routing import Routing
 
 if TYPE_CHECKING:
+    from ..broker import Broker
     from ..middleware import ClientMiddleware
     from .channel import Channel
 
@@ -78,9 +79,15 @@ class Client:
         cache_ttl: float = 60.0,
         transports: Sequence[str | ClientTransport] = ("local", "tcp", "grpc"),
         max_message: int = 4 * 1024 * 1024,
+        broker: Broker | str | None = None,
     ) -> None:
         """`timeout` is the default for calls (None: no deadline); `transports` in order of
-        preference, by name or as instances (a node is reached by the first one it offers)."""
+        preference, by name or as instances (a node is reached by the first one it offers).
+        `broker` is where `publish` sends events (a URL, else MICRO_BROKER, else `direct://`),
+        built on first publish."""
+        self._broker_arg = broker
+        self._broker: Broker | None = None if broker is None or isinstance(broker, str) else broker
+        self._broker_given = self._broker is not None
         self._owns_registry = registry is None or isinstance(registry, str)
         if registry is None or isinstance(registry, str):
             from .._backends import load_registry
@@ -337,9 +344,32 @@ class Client:
 
         return Channel(self, service)
 
+    # -- events ----------------------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        """Where `publish` sends events; a `direct://` broker calls subscribers through this client."""
+        if self._broker is None:
+            from .._backends import load_broker
+
+            arg = self._broker_arg
+            self._broker = load_broker(arg if isinstance(arg, str) else None, name=self.name)
+        self._broker.bind(self)
+        return self._broker
+
+    async def publish(self, topic: str, message: Any, *, headers: Mapping[str, str] | None = None) -> str:
+        """Publish an event (bytes, or an object its codec encodes); returns its `Micro-Id`.
+        Inside a handler, the call's trace context goes along in the headers."""
+        ctx = current_context()
+        if ctx is not None:
+            headers = {**ctx.propagated_metadata(), **(headers or {})}
+        return await self.broker.publish(topic, message, headers=headers)
+
     async def aclose(self) -> None:
         """Close the connections and the registry cache, and the registry if this client
         built it from a URL (whoever builds a resource closes it)."""
+        if self._broker is not None and not self._broker_given:
+            await self._broker.aclose()
         await self.cache.aclose()
         for transport in self.transports:
             await transport.aclose()

@@ -12,10 +12,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..codec import TypeCodec
 from ..errors import NotImplementedError_
+
+if TYPE_CHECKING:
+    from ..broker.subscriber import Subscriber
 
 __all__ = ["Kind", "Method", "Router", "ServicerEntry", "grpc_path"]
 
@@ -84,6 +87,7 @@ class Router:
         self.servicers: list[ServicerEntry] = []
         self.servicer_handlers: dict[str, Any] = {}  # /pkg.Service/Method -> grpc.RpcMethodHandler
         self.targets: dict[str, Target] = {}  # every endpoint by path, as the pipeline runs it
+        self.subscribers: dict[str, Subscriber] = {}  # broker subscribers by path (also in targets)
 
     def add_handler(self, handler: object, *, name: str | None = None) -> list[Method]:
         from .handlers import introspect
@@ -110,6 +114,13 @@ class Router:
                     raise ValueError(f"endpoint {path} is registered twice")
                 self.servicer_handlers[path] = handler
                 self.targets[path] = Target.of_servicer(path, handler)
+
+    def add_subscriber(self, subscriber: Subscriber) -> None:
+        path = subscriber.target.path
+        if path in self.targets:
+            raise ValueError(f"{subscriber.name} is registered twice (name the second one with name=...)")
+        self.subscribers[path] = subscriber
+        self.targets[path] = subscriber.target
 
     def servicer_names(self) -> list[str]:
         return [name for entry in self.servicers for name in entry.handlers]

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..codec import JSON
-from ..context import Context, _current
+from ..context import Context, MessageContext, _current
 from ..errors import (
     Cancelled,
     InternalServerError,
@@ -35,6 +35,8 @@ from .call import Body, Call, Target
 from .threads import WorkerThreads
 
 if TYPE_CHECKING:
+    from ..broker import Event
+    from ..broker.subscriber import Subscriber
     from ..config import Config
 
 __all__ = ["Pipeline"]
@@ -100,6 +102,8 @@ class Pipeline:
         """Describe one inbound call. `kind` is how the caller called (None: as the endpoint
         is, for transports whose wire does not say); `content_type` None: the endpoint's own."""
         target = self.router.targets.get(path)
+        if target is not None and path in self.router.subscribers:
+            return self._event_call(self.router.subscribers[path], path, body, transport, metadata, peer)
         ctx = Context(
             service=self.service,
             endpoint=target.name if target else path,
@@ -113,6 +117,36 @@ class Pipeline:
             self.service, path, kind if kind is not None else (target.kind if target else Kind.UNARY),
             transport, content_type or (target.content_type if target else JSON), ctx, body, target, peer,
         )  # fmt: skip
+
+    def _event_call(
+        self,
+        subscriber: Subscriber,
+        path: str,
+        body: Body,
+        transport: str,
+        metadata: Mapping[str, str] | None,
+        peer: str,
+    ) -> Call:
+        """An event delivered as a call (direct://): its headers came as the call's metadata."""
+        from ..broker import TOPIC, Event, header
+
+        headers = dict(metadata or {})
+        topic = header(headers, TOPIC) or subscriber.topic
+        event = Event(topic, body if isinstance(body, bytes) else b"", headers, queue=subscriber.queue)
+        return self.event_call(subscriber, event, transport=transport, peer=peer)
+
+    def event_call(self, subscriber: Subscriber, event: Event, *, transport: str, peer: str = "") -> Call:
+        """Describe one event delivered to `subscriber` (its reply is the acknowledgement)."""
+        target = subscriber.target
+        ctx = MessageContext(event, service=self.service, endpoint=target.name, config=self.config)
+        return Call(
+            self.service, target.path, Kind.UNARY, transport,
+            event.content_type, ctx, event.body, target, peer,
+        )  # fmt: skip
+
+    async def deliver(self, subscriber: Subscriber, event: Event, *, transport: str = "broker") -> None:
+        """Run `subscriber` for one event through the whole pipeline; raises only `MicroError`."""
+        await self.unary(self.event_call(subscriber, event, transport=transport))
 
     # -- the error boundary: outermost, owned by the framework --------------------------------
 

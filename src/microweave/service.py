@@ -363,11 +363,14 @@ class Service:
             "%s %s serving %s on %s (node %s, registry %r)",
             self.name,
             self.version,
-            ", ".join(self.router.by_name) or "servicers",
+            ", ".join([*self.router.by_name, *self.router.servicer_names(), *self._topics()]) or "nothing",
             ", ".join(f"{k} {v}" for k, v in self.addresses.items()),
             self.node_id,
             self.registry,
         )
+
+    def _topics(self) -> list[str]:
+        return [f"events on {s.topic}" for s in self.router.subscribers.values()]
 
     async def stop(self) -> None:
         async with self._stop_lock:

@@ -12,14 +12,16 @@ from .config import config_app
 from .demo import demo
 from .describe import describe
 from .hints import registry_help
+from .publish import publish
 from .run import run
 from .services import services
+from .subscribe import subscribe
 
 __all__ = ["app"]
 
 app = typer.Typer(
     name="microweave",
-    help="microweave: go-micro for Python. Run services, find them, call them.",
+    help="microweave: go-micro for Python. Run services, find them, call them, publish and subscribe.",
     no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -58,5 +60,7 @@ app.command("run")(run)
 app.command("services")(services)
 app.command("describe")(describe)
 app.command("call")(call)
+app.command("publish")(publish)
+app.command("subscribe")(subscribe)
 app.command("demo")(demo)
 app.add_typer(config_app, name="config")

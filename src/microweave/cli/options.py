@@ -166,9 +166,7 @@ def broker_hint(url: str | None) -> str:
         )
     if shown.startswith("memory:"):
         return "memory:// lives inside one process; name a broker server with --broker (or MICRO_BROKER)"
-    return (
-        f"is the broker at {shown} running and reachable? or pick another with --broker URL (or MICRO_BROKER)"
-    )
+    return f"start the broker at {shown}, or pick another with --broker URL (or MICRO_BROKER)"
 
 
 def _broker_from_environment() -> str:

@@ -25,16 +25,18 @@ from urllib.parse import unquote
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from ..errors import BrokerError
 from ..registry.outage import Backoff, Outage, _describe
 from ..registry.url_options import typed_options
+from .envelope import decode
 
 if TYPE_CHECKING:
     from .._backends import BackendURL
 
-__all__ = ["DEFAULT_SERVER", "NatsLink", "NatsURL", "parse_nats_url"]
+__all__ = ["DEFAULT_SERVER", "NatsLink", "NatsURL", "parse_nats_url", "unwrap"]
 
 log = logging.getLogger("microweave.broker")
 
@@ -47,6 +49,17 @@ PING_INTERVAL = 10
 RECONNECT_WAIT = 0.25
 #: bytes nats-py holds for the server while reconnecting (then publish raises): bounded
 PENDING_SIZE = 8 * 1024 * 1024
+
+
+def unwrap(msg: Msg) -> tuple[dict[str, str], bytes]:
+    """(headers, body) of a delivered message: go-micro's envelope opened; anything else (a
+    plain NATS publisher's payload, with its NATS headers if any) as it came. Any JSON object
+    decodes as an envelope with neither headers nor body (its fields are optional): such a
+    one is a plain payload too, since go-micro never sends an envelope without headers."""
+    headers, body, envelope = decode(msg.data)
+    if envelope and (body or headers):
+        return headers, body
+    return msg.headers or {}, msg.data
 
 
 class NatsURL:
@@ -95,7 +108,7 @@ def parse_nats_url(url: BackendURL, *, types: dict[str, type], given: dict[str, 
         hosts.append(address)
     public = NatsURL(url.scheme, hosts).public
     auth = {k: given.pop(k, None) or query.pop(k, None) for k in ("user", "password", "token")}
-    options = typed_options(public, query, given, types)
+    options = typed_options(public, query, given, {**types, **dict.fromkeys(auth, str)})
     return NatsURL(url.scheme, hosts, **auth, options=options)
 
 
@@ -157,10 +170,10 @@ class NatsLink:
                 nc.options["reconnect_time_wait"] = RECONNECT_WAIT
                 self.nc = nc
                 return nc
-            pause = backoff.next()
-            if time.monotonic() + pause >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 break
-            await asyncio.sleep(pause)
+            await asyncio.sleep(min(backoff.next(), left))
         took = time.monotonic() - started
         detail = why.detail if isinstance(why, BrokerError) else _describe(why) if why else "unknown"
         raise BrokerError(

@@ -36,8 +36,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from . import Broker, Event, Subscription, broker_error
-from ._nats_link import NatsLink, NatsURL, parse_nats_url
-from .envelope import decode, encode
+from ._nats_link import NatsLink, NatsURL, parse_nats_url, unwrap
+from .envelope import encode
 
 if TYPE_CHECKING:
     from .._backends import BackendURL
@@ -125,9 +125,7 @@ class NatsBroker(Broker):
 
         async def deliver(msg: Msg) -> None:
             # the hot path: nats-py calls this once per message, one at a time per subscription
-            headers, body, envelope = decode(msg.data)
-            if not envelope and msg.headers:
-                headers = msg.headers
+            headers, body = unwrap(msg)
             await dispatch(Event(topic, body, headers, queue=queue))
 
         nc = self.link.client()

@@ -100,7 +100,11 @@ class Subscriptions:
     """The service's broker subscribers: subscribed once the node listens (a `direct://` event
     arrives over its transports), before it registers; on the way down, unsubscribed after it
     left the registry, with running handlers given the grace (what they did not settle, an
-    at-least-once broker redelivers to another member of the group)."""
+    at-least-once broker redelivers to another member of the group).
+
+    On `direct://` the events come as calls over the node's own listeners: each subscription is
+    handed a `ServedByNode` handler, so the broker starts no node of its own and the registry
+    record the node registers anyway is where publishers find it."""
 
     def __init__(
         self, broker: Callable[[], Broker], pipeline: Pipeline, subscribers: list[Subscriber], *, grace: float
@@ -120,7 +124,7 @@ class Subscriptions:
                 self.subscriptions.append(
                     await broker.subscribe(
                         subscriber.topic,
-                        self._handler(subscriber, broker.scheme),
+                        self._handler(subscriber, broker),
                         queue=subscriber.queue,
                         ack=subscriber.ack,
                         max_in_flight=subscriber.max_in_flight,
@@ -130,8 +134,14 @@ class Subscriptions:
             await self.stop()
             raise
 
-    def _handler(self, subscriber: Subscriber, transport: str) -> Callable[[Event], Awaitable[None]]:
-        deliver = self.pipeline.deliver
+    def _handler(self, subscriber: Subscriber, broker: Broker) -> Callable[[Event], Awaitable[None]]:
+        if broker.scheme == "direct":
+            from .broker.direct import DirectBroker
+            from .broker.direct.inbound import ServedByNode
+
+            if isinstance(broker, DirectBroker):
+                return ServedByNode(subscriber, self.pipeline)
+        deliver, transport = self.pipeline.deliver, broker.scheme
 
         async def handle(event: Event) -> None:
             await deliver(subscriber, event, transport=transport)

@@ -293,6 +293,9 @@ class Service:
             "registry": self.registry.scheme,
             # go-micro reads `address` (gRPC); our faster transports advertise here
             **{f"{k}_address": v for k, v in self.addresses.items() if k != "grpc"},
+            # go-micro's key: the broker carrying its subscribers' events (direct:// calls only
+            # the nodes that say "direct")
+            **({"broker": self.broker.scheme} if self.router.subscribers else {}),
             **self.metadata,
         }
         node = Node(id=self.node_id, address=self.addresses.get("grpc", ""), metadata=metadata)

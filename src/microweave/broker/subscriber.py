@@ -28,6 +28,7 @@ from . import Event
 if TYPE_CHECKING:
     from ..server.threads import WorkerThreads
     from . import AckMode
+    from .direct.inbound import Inbound
 
 __all__ = ["Subscriber", "describe_subscriber"]
 
@@ -43,6 +44,9 @@ class Subscriber:
     max_in_flight: int
     payload_type: Any
     target: Target
+    #: while a `direct://` subscription takes this subscriber's events as calls to its path, what
+    #: runs them (bounded by `max_in_flight`); None: such a call is refused unrun (501)
+    inbound: Inbound | None = None
 
     @property
     def name(self) -> str:

@@ -127,13 +127,21 @@ class Pipeline:
         metadata: Mapping[str, str] | None,
         peer: str,
     ) -> Call:
-        """An event delivered as a call (direct://): its headers came as the call's metadata."""
-        from ..broker import TOPIC, Event, header
+        """An event delivered as a call (direct://), its headers in the call's metadata. It runs
+        in the subscriber's direct subscription (at most `max_in_flight` at once; the reply goes
+        once the event is settled); a subscriber that takes no such calls (its broker is not
+        direct://, or it is stopping) refuses it unrun (501). `transport` is "direct", as it is
+        the broker's scheme for events that other brokers carry."""
+        from ..broker.direct.inbound import InboundEvent, accept
 
-        headers = dict(metadata or {})
-        topic = header(headers, TOPIC) or subscriber.topic
-        event = Event(topic, body if isinstance(body, bytes) else b"", headers, queue=subscriber.queue)
-        return self.event_call(subscriber, event, transport=transport, peer=peer)
+        # a transport may hand the body over as a view of its buffer: the event keeps a copy
+        raw = bytes(body) if isinstance(body, bytes | bytearray | memoryview) else b""
+        event, target = accept(subscriber, raw, metadata or {})
+        call = self.event_call(subscriber, event, transport="direct", peer=peer)
+        call.target = target
+        if isinstance(event, InboundEvent):
+            event.call = call
+        return call
 
     def event_call(self, subscriber: Subscriber, event: Event, *, transport: str, peer: str = "") -> Call:
         """Describe one event delivered to `subscriber` (its reply is the acknowledgement)."""

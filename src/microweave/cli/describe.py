@@ -129,7 +129,9 @@ def describe(
     versions = ", ".join(r.version or "-" for r in records)
     out.print(f"[bold]{escape(service)}[/] (versions {escape(versions)}) in {escape(where)}")
     out.print(nodes_table(records))
-    out.print(endpoints_table(records))
+    endpoints = endpoints_table(records)
     subscriptions = subscriptions_table(records)
+    if endpoints.row_count or subscriptions is None:  # a subscriber-only node: no empty table
+        out.print(endpoints)
     if subscriptions is not None:
         out.print(subscriptions)

@@ -2,86 +2,94 @@
 
     redis://[user:password@]host[:port][/db][?prefix=app:&maxlen=100000&claim_idle=30&retry_for=5]
 
-Guarantee: at least once. `publish` returns once Redis answered the XADD; on a server with
+Each claim below names the test in tests/integration/test_broker_redis.py that backs it; the
+conformance suite (tests/conformance/test_broker.py) holds this backend to the common contract.
+
+Guarantee: at least once. `publish` returns once Redis answered the XADD. On a server with
 `appendonly yes` and `appendfsync always` that entry is on disk, so it survives a restart or a
-SIGKILL of redis-server (test_redis_restart_mid_stream_loses_no_confirmed_publish). With other
-persistence settings it is as durable as the server makes it: the broker cannot do better.
+SIGKILL of redis-server:
+    test_redis_restart_mid_stream_loses_no_confirmed_publish
+With other persistence settings an event is as durable as the server makes it.
 
 Layout: one stream per topic, key = `prefix` + topic (no prefix unless `?prefix=` says so);
 each entry has two fields, `headers` (a JSON object, every header as given, case kept) and
 `body` (the bytes as published). Every XADD trims the stream to about `maxlen` entries
-(`MAXLEN ~`, default 100,000), so Redis memory stays bounded. The price: a group that falls
-more than `maxlen` entries behind loses the oldest ones, and an entry trimmed while pending is
-never redelivered. Size `maxlen` above the largest backlog any group may build.
+(`MAXLEN ~`, default 100,000), so Redis memory stays bounded:
+    test_streams_stay_bounded_by_maxlen
+The price: a group that falls more than `maxlen` entries behind loses the oldest ones, and an
+entry trimmed while pending is not redelivered. Size `maxlen` above any group's largest backlog.
 
 Queue groups: a consumer group named after the queue, created at the stream's end (`$`, with
-MKSTREAM; BUSYGROUP ignored) the first time a member subscribes, so a new group gets the events
-published from then on, as a newly bound queue does on RabbitMQ. Each subscription is a consumer
-of its own (`<service>@<host>:<pid>:<random>:<n>`), so the group spreads entries over every
-subscription of every process. Broadcast subscribers: a group of their own per subscription
-(`*broadcast*<consumer>`; `*` cannot occur in a queue name), not a plain XREAD from `$`, so a
-broadcast subscriber gets acks, nacks, delivery counts and redelivery like a queue member
-(the conformance suite's failing-handler and manual-ack tests use broadcast subscribers). It is
-destroyed on unsubscribe; one a crashed process left behind is destroyed by the next subscriber
-of that stream once its consumer has been idle for an hour.
+MKSTREAM; BUSYGROUP ignored) when a member subscribes, so a new group gets the events published
+from then on, as a newly bound queue does on RabbitMQ. Each subscription is a consumer of its
+own (`<service>@<host>:<pid>:<random>:<n>`), so a group spreads entries over every subscription
+of every process. Broadcast subscribers get a group of their own each (`*broadcast*<consumer>`;
+`*` cannot occur in a queue name), not a plain XREAD from `$`, so they get acks, nacks,
+delivery counts and redelivery like queue members (the conformance suite's failing-handler and
+manual-ack tests subscribe without a queue). That group is destroyed on unsubscribe; one a
+crashed process left behind is destroyed by the next subscriber of the stream once its consumer
+has been idle for an hour.
 
-Delivery: each subscription reads with XREADGROUP ... COUNT n BLOCK (at most 1 s), where n is
-how many more entries it may hold: entries running in a handler plus entries waiting for a
-redelivery never exceed `max_in_flight`. Ordering: one publisher's events reach one subscriber
-with `max_in_flight=1` in publish order (a stream is ordered); redeliveries and larger
-`max_in_flight` reorder. `Event.attempt` is the entry's delivery count in the group's pending
-list: 1 on the first delivery, counted up by every claim (XCLAIM / XAUTOCLAIM).
+Delivery: each subscription reads with XREADGROUP COUNT n BLOCK (at most 1 s), n being how many
+more entries it may hold: entries in handlers plus entries waiting for a redelivery never exceed
+`max_in_flight`. Ordering: one publisher's events reach a subscriber with `max_in_flight=1` in
+publish order (a stream is ordered); redeliveries and a larger `max_in_flight` reorder.
+`Event.attempt` is the entry's delivery count in its group: 1 on the first delivery, one more
+for every claim (XCLAIM, XAUTOCLAIM).
 
-Settling: ack -> XACK (batched: acks that arrive while one is on the wire go in the next
-XACK). Entries are never XDELed: other groups of the same stream may not have read them yet;
-MAXLEN trims them. nack(requeue=True, delay) -> the entry stays pending with this consumer and
-is claimed back (XCLAIM, a delivery counted) and dispatched when the delay is up. nack(requeue=
-False), or a failure on delivery `max_deliveries` -> the event, same body and headers (Micro-Id
-included) plus `Micro-Dead-Letter-Reason`, is XADDed to the stream of `dead_letter_topic(topic)`
-and the original XACKed, in one MULTI/EXEC (test_poison_and_failing_events_go_to_the_dead_letter
-_stream_and_consuming_goes_on). A stream entry that is not ours (no `headers`/`body` fields,
-headers not a JSON object of strings, or over 64 KiB of headers) is dead-lettered the same way,
-never handed to a handler.
+Settling: ack -> XACK (acks arriving while one is on the wire share the next XACK). Entries are
+never XDELed: other groups of the stream may not have read them; MAXLEN trims them.
+nack(requeue=True, delay) -> the entry stays pending with this consumer, which claims it back
+(XCLAIM: a delivery counted) and dispatches it when the delay is up. nack(requeue=False), or a
+failure on delivery `max_deliveries` -> the event (same body and headers, Micro-Id included,
+plus `Micro-Dead-Letter-Reason`) is XADDed to the stream of `dead_letter_topic(topic)` and the
+original XACKed, both in one MULTI/EXEC; the subscriber goes on consuming:
+    test_poison_and_failing_events_go_to_the_dead_letter_stream_and_consuming_goes_on
+An entry some other writer put on the stream (no `headers`/`body`, headers not a JSON object of
+strings, or over 64 KiB of them) is dead-lettered the same way, never handed to a handler:
+    test_an_entry_another_writer_put_on_the_stream_is_dead_lettered_not_handled
 
-Consumer crash: a killed consumer's pending entries are claimed by the other members of its
-group: every consumer runs XAUTOCLAIM every `claim_idle / 2` seconds for entries idle longer
-than `claim_idle` (default 30 s; `?claim_idle=`), taking at most as many as it has room for
-(test_a_sigkilled_consumers_pending_entries_are_claimed_by_another_member). So that a slow
-handler, or a long nack delay, is not mistaken for a crash, each consumer resets the idle time of
-what it holds every `claim_idle / 3` seconds (XCLAIM JUSTID: no delivery counted;
-test_a_slow_handler_keeps_its_entry). An entry claimed more than `max_deliveries` times without
-being settled (it kills every consumer that takes it) is dead-lettered. On unsubscribe a queue
-member hands what it still holds to the others at once (marked idle for `claim_idle`) and leaves
-the group when it holds nothing.
+Consumer crash: every consumer runs XAUTOCLAIM when it starts and every `claim_idle / 2`
+seconds, taking entries of its group idle longer than `claim_idle` (default 30 s), at most as
+many as it has room for. So a killed consumer's entries go to the other members:
+    test_a_sigkilled_consumers_pending_entries_are_claimed_by_another_member
+A slow handler or a long nack delay is not mistaken for a crash: each consumer resets the idle
+time of what it holds every `claim_idle / 3` seconds (XCLAIM JUSTID: no delivery counted); the
+same test shows a live holder keeping its entries over three claim_idles. An entry claimed more
+than `max_deliveries` times without being settled (it kills whoever takes it) is dead-lettered.
+On unsubscribe a queue member hands what it still holds to the others at once (marked idle for
+`claim_idle`), and leaves the group if it holds nothing:
+    test_unsubscribe_leaves_no_group_or_consumer_behind
 
 Broker restart: each subscription's reader logs the outage once, retries with backoff (up to
 5 s apart) and goes on where its group stands: with AOF the groups and their pending lists
-survive; a group that is gone (the data was lost) is created again at `$`. Acks that fail during
-the outage are retried for `retry_for` seconds; one that still fails leaves its entry pending,
-to be claimed and delivered again after `claim_idle`: a duplicate, at most one per entry held
-at the time of the outage.
+survive; a group that is gone (its data lost) is created again at `$`. An ack that fails during
+the outage is retried for `retry_for` seconds; if it still fails its entry stays pending and is
+claimed and delivered again after `claim_idle`: a duplicate, at most one per entry held when
+Redis went away (the restart test counts them).
 
 Publishing while Redis is away: retried with backoff for `retry_for` seconds (default 5), then
-`BrokerError` naming the URL (never the credentials) and asking whether redis-server runs there
-(test_publish_while_redis_is_down_fails_after_bounded_retries_and_works_again). Nothing is
-buffered and nothing is dropped silently. redis-py's own retries are off: after a lost reply it
-would resend the XADD without our knowing. Our retry resends it too (a reply lost after Redis
-wrote the entry cannot be told apart from a write that never happened), so a publish that
-returned is stored once or, when its first reply was lost, twice: a duplicate with the same
-Micro-Id, at most one per retry, which consumers can drop by id. Down at start: `connect()`
-retries the same way, then raises `BrokerError`
-(test_redis_down_at_start_is_a_clear_error_after_bounded_retries).
+`BrokerError` naming the URL (never the credentials) and asking whether redis-server runs there.
+Nothing is buffered, nothing dropped silently; once Redis is back publishing works again:
+    test_publish_while_redis_is_down_fails_after_bounded_retries_and_works_again
+redis-py's own retries are turned off, since it would resend an XADD after a lost reply without
+telling us. Ours do the same knowingly: a reply lost after Redis wrote the entry cannot be told
+from a write that never happened, so each retry of one publish can add one copy with the same
+Micro-Id (consumers may drop repeats by id). Down at start: `connect()` retries the same way:
+    test_redis_down_at_start_is_a_clear_error_after_bounded_retries
 
-Credentials: `redis://:password@host` (AUTH password) and `redis://user:password@host` (ACL
-user) work; the password never appears in `repr`, errors or logs
-(test_credentials_work_and_never_show). TLS: `rediss://host:port?ssl_ca_certs=ca.pem` (also
-`ssl_certfile`, `ssl_keyfile` for a client certificate; test_rediss_over_tls).
+Credentials: `redis://:password@host` (AUTH) and `redis://user:password@host` (ACL user), with
+%-escapes; a wrong password is not retried; the password never shows in repr, errors or logs:
+    test_credentials_work_and_never_show
+TLS: `rediss://host:port?ssl_ca_certs=ca.pem` (and `ssl_certfile`, `ssl_keyfile` for a client
+certificate):
+    test_rediss_over_tls
 
 Options (URL query or keyword arguments; an unknown one is refused, naming the known ones):
 `prefix`, `maxlen`, `claim_idle` (s), `retry_for` (s: how long connect, publish and ack retry),
 `timeout` (s: one command, connect included), `max_deliveries`, and for rediss://
-`ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`. Not supported: Redis Cluster and Sentinel
-(one server address).
+`ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`. One server: Redis Cluster and Sentinel are not
+supported.
 """
 
 from __future__ import annotations

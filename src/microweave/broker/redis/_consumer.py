@@ -174,7 +174,7 @@ class Consumer:
     async def _read_forever(self) -> None:
         loop = asyncio.get_running_loop()
         failures = 0
-        next_claim = loop.time() + self._claim_every
+        next_claim = 0.0  # at once: what a crashed predecessor left is claimable already
         while not self._stopping:
             room = self.sub.max_in_flight - len(self.held)
             if room <= 0:

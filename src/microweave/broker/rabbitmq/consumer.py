@@ -121,6 +121,16 @@ class Consumer:
     # -- deliveries --------------------------------------------------------------------------
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await self._deliver(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never hold a prefetch slot for a delivery nobody handles
+            log.error("delivery on %s failed before its handler ran (%s): requeued", self.sub.topic, exc)
+            with contextlib.suppress(Exception):
+                await message.reject(requeue=True)
+
+    async def _deliver(self, message: AbstractIncomingMessage) -> None:
         sub, broker = self.sub, self.broker
         if not sub.active:
             return  # unsubscribing: left unacknowledged, requeued when the channel closes

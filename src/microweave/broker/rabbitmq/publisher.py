@@ -142,13 +142,13 @@ class Publisher:
             remaining = deadline - loop.time()
             if remaining <= 0 or self._channel is None:
                 why = explain(last) if last is not None else "the broker is closed"
-                tries = f" ({attempt - 1} attempts in {self._retry_time:g} s)" if attempt > 2 else ""
-                raise broker_error(self._public, f"publish to {topic}{tries}", BrokerError(why))
+                why += f" (not published within {self._retry_time:g} s)"
+                raise broker_error(self._public, f"publish to {topic}", BrokerError(why))
             try:
                 async with asyncio.timeout(remaining):
                     underlay = self._underlay = await self._channel.get_underlay_channel()
-            except TimeoutError as exc:
-                last = exc
+            except TimeoutError:
+                last = aiormq.exceptions.ConnectionClosed(320, "lost")  # and not back yet
                 continue
             if underlay.is_closed:
                 last = aiormq.exceptions.ChannelInvalidStateError("the channel is being restored")

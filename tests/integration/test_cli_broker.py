@@ -18,6 +18,7 @@ import pytest
 from cli_helpers import REPO, CliProcess, assert_clean, cli, registry_env, wait_for_service
 from engines import free_port
 from engines.nats import NatsServer
+from engines.redis import RedisServer
 from helpers import wait_until
 
 from microweave._backends import load_broker
@@ -214,6 +215,59 @@ def test_subscribe_stops_cleanly_on_ctrl_c_and_sigterm(
         assert_clean(subscriber.stdout + subscriber.stderr)
 
 
+# -- an at-least-once broker (Redis Streams) ---------------------------------------------------
+
+
+def test_subscribe_count_leaves_the_events_after_the_nth_to_the_queue_group(
+    redis_engine: RedisServer, env: dict[str, str], tmp_path: Path, subscribers: list[Subscribe]
+) -> None:
+    url = redis_engine.url
+    # the queue group must exist before the events, or they are not kept for it
+    first = Subscribe(
+        "jobs", "--queue", "workers", "--count", "1", "--json", "--broker", url, env=env, logs=tmp_path
+    )
+    subscribers.append(first)
+    first.wait_listening()
+    ids = [_published_id("jobs", json.dumps({"n": n}), "--broker", url, env=env) for n in range(4)]
+    assert first.wait() == 0, first.stderr
+    assert [e["id"] for e in first.events()] == ids[:1]
+
+    # the three left wait in the group and are shared by the members that come, in order, none
+    # lost; one handed more than its --count gives the rest back unacknowledged (nacked) for the
+    # next member (whether a member is handed one more before it leaves is a race)
+    second = Subscribe(
+        "jobs",
+        "--queue",
+        "workers",
+        "--count",
+        "2",
+        "--json",
+        "--broker",
+        url,
+        env=env,
+        logs=tmp_path,
+        name="second",
+    )
+    subscribers.append(second)
+    assert second.wait() == 0, second.stderr
+    third = Subscribe(
+        "jobs",
+        "--queue",
+        "workers",
+        "--count",
+        "1",
+        "--json",
+        "--broker",
+        url,
+        env=env,
+        logs=tmp_path,
+        name="third",
+    )
+    subscribers.append(third)
+    assert third.wait() == 0, third.stderr
+    assert [e["id"] for e in second.events() + third.events()] == ids[1:]
+
+
 # -- direct:// (the default: no server) ---------------------------------------------------------
 
 
@@ -334,7 +388,9 @@ def test_publish_bad_header_is_a_usage_error(env: dict[str, str]) -> None:
 
 def test_publish_to_a_broker_that_is_down_names_it_and_says_what_to_do(env: dict[str, str]) -> None:
     port = free_port()
-    published = cli("publish", "t", "{}", "--broker", f"nats://ops:hunter2@127.0.0.1:{port}", env=env)
+    published = cli(
+        "publish", "t", "{}", "--broker", f"nats://ops:hunter2@127.0.0.1:{port}?connect_timeout=1", env=env
+    )
     assert published.returncode == 1, published.stdout + published.stderr
     assert published.stdout == ""
     said = " ".join(published.stderr.split())
@@ -346,7 +402,9 @@ def test_publish_to_a_broker_that_is_down_names_it_and_says_what_to_do(env: dict
 
 def test_subscribe_to_a_broker_that_is_down_names_it(env: dict[str, str]) -> None:
     port = free_port()
-    subscribed = cli("subscribe", "t", "--count", "1", "--broker", f"nats://127.0.0.1:{port}", env=env)
+    subscribed = cli(
+        "subscribe", "t", "--count", "1", "--broker", f"nats://127.0.0.1:{port}?connect_timeout=1", env=env
+    )
     assert subscribed.returncode == 1, subscribed.stdout + subscribed.stderr
     said = " ".join(subscribed.stderr.split())
     assert f"nats://127.0.0.1:{port}" in said

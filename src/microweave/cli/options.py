@@ -158,7 +158,7 @@ def open_broker(url: str | None) -> Broker:
 def broker_hint(url: str | None) -> str:
     """What to do when the broker failed: a server-backed one is probably not running;
     `direct://` has no server, it reaches subscribers found in the registry."""
-    shown = mask_credentials(url or _broker_from_environment())
+    shown = mask_credentials(url or _broker_from_environment()).partition("?")[0]  # where, not how
     if shown.startswith("direct:"):
         return (
             "direct:// delivers to subscribers registered in the registry: are they running, "

@@ -103,7 +103,8 @@ class Pipeline:
         is, for transports whose wire does not say); `content_type` None: the endpoint's own."""
         target = self.router.targets.get(path)
         if target is not None and path in self.router.subscribers:
-            return self._event_call(self.router.subscribers[path], path, body, transport, metadata, peer)
+            subscriber = self.router.subscribers[path]
+            return self._event_call(subscriber, path, body, transport, metadata, peer, deadline)
         ctx = Context(
             service=self.service,
             endpoint=target.name if target else path,
@@ -126,17 +127,19 @@ class Pipeline:
         transport: str,
         metadata: Mapping[str, str] | None,
         peer: str,
+        deadline: float | None = None,
     ) -> Call:
         """An event delivered as a call (direct://), its headers in the call's metadata. It runs
         in the subscriber's direct subscription (at most `max_in_flight` at once; the reply goes
         once the event is settled); a subscriber that takes no such calls (its broker is not
         direct://, or it is stopping) refuses it unrun (501). `transport` is "direct", as it is
-        the broker's scheme for events that other brokers carry."""
+        the broker's scheme for events that other brokers carry. `deadline` is how long the
+        publisher waits for the reply, not the handler's: it is not the event context's."""
         from ..broker.direct.inbound import InboundEvent, accept
 
         # a transport may hand the body over as a view of its buffer: the event keeps a copy
         raw = bytes(body) if isinstance(body, bytes | bytearray | memoryview) else b""
-        event, target = accept(subscriber, raw, metadata or {})
+        event, target = accept(subscriber, raw, metadata or {}, deadline)
         call = self.event_call(subscriber, event, transport="direct", peer=peer)
         call.target = target
         if isinstance(event, InboundEvent):

@@ -37,7 +37,8 @@ and `tests/integration/test_broker_direct.py`):
 - *Publish waits for the handlers.* `publish` returns once every delivery was answered: each
   handler ran (or failed; `ack="manual"`: settled). The call's reply is the acknowledgement.
   A subscriber with `max_in_flight` handlers running makes the delivery wait for a free slot:
-  backpressure, nothing dropped (`test_max_in_flight_bounds_the_handlers_running`). Deliveries
+  backpressure, nothing dropped (`test_max_in_flight_bounds_the_handlers_running`,
+  `test_a_service_subscriber_is_served_by_its_own_node_bounded_by_max_in_flight`). Deliveries
   to the subscribers of one event run at once. The whole publish is bounded by `timeout`
   (lookup included): a handler still running then keeps running, the publisher logs it and
   returns (`test_publish_gives_up_waiting_after_its_timeout_and_the_handler_runs_on`). Only a
@@ -64,7 +65,12 @@ and `tests/integration/test_broker_direct.py`):
   registry fails after `register_timeout`.
 - *Freshness:* a new node or changed endpoints of a known service are seen as soon as the
   registry reports them; a service that is new to the publisher within `refresh` seconds, or at
-  once when the topic had no subscriber at all (`directory` says what each lookup costs).
+  once when the topic had no subscriber at all
+  (`test_no_subscriber_is_nothing_to_do_and_a_fresh_one_is_found_at_once`; `directory` says
+  what each lookup costs).
+- *Only direct:// nodes are called:* a node on another broker (or a go-micro node) is not a
+  destination, and its subscriber paths refuse such calls unrun
+  (`test_a_subscriber_path_refuses_calls_when_its_broker_is_not_direct`).
 
 **Options** (keyword arguments or URL query, `direct://HOST:PORT?timeout=10`): HOST:PORT is
 where the broker's own node listens (standalone subscriptions only; default 127.0.0.1:0);
@@ -72,8 +78,8 @@ where the broker's own node listens (standalone subscriptions only; default 127.
 is trusted, default 1), `ttl` (registry TTL of standalone subscriptions, default 15),
 `register_timeout` (seconds a standalone subscription keeps trying an unreachable network
 registry, default 5), `max_deliveries` (accepted like every broker; nothing is redelivered).
-Limits: an event's headers must fit the transports' metadata limits (tcp: 64 KiB of headers);
-over gRPC (used only to a node without tcp), header values must be ASCII.
+Limits: an event's headers travel as one JSON metadata entry of at most `MAX_HEADER_BYTES`
+(tcp takes 64 KiB of metadata; gRPC, used only for a node without tcp, 8 KiB).
 """
 
 from __future__ import annotations
@@ -104,6 +110,8 @@ DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_REFRESH: Final = 1.0
 DEFAULT_TTL: Final = 15.0
 DEFAULT_REGISTER_TIMEOUT: Final = 5.0
+#: bytes of JSON an event's headers may take (a call's metadata must fit the transport's limit)
+MAX_HEADER_BYTES: Final = 48 * 1024
 #: seconds the broker's own node lets in-flight calls finish when it closes (its subscriptions
 #: were drained with the caller's grace already)
 NODE_GRACE: Final = 2.0
@@ -226,7 +234,13 @@ class DirectBroker(Broker):
         if not found:
             log.debug("event %s on %s: no subscriber in %r", event_id, topic, client.registry)
             return
-        metadata = {HEADERS_KEY: encode_headers(headers)}
+        encoded = encode_headers(headers)
+        if len(encoded) > MAX_HEADER_BYTES:
+            too_many = (
+                f"its headers take {len(encoded):,} bytes; direct:// carries at most {MAX_HEADER_BYTES:,}"
+            )
+            raise broker_error("direct://", f"publish to {topic}", MicroError(too_many))
+        metadata = {HEADERS_KEY: encoded}
         content_type = header(headers, CONTENT_TYPE) or JSON
         await self._courier.deliver(found, topic, event_id, body, metadata, content_type, deadline=deadline)
 

@@ -171,9 +171,9 @@ class Courier:
         node_id = dest.node.id
         if not self._is_down(node_id):
             log.warning(
-                "direct:// cannot reach %r (%s): events for it are dropped, and its queue groups "
-                "use other members, while it stays unreachable",
-                dest, exc.detail,
+                "direct:// cannot reach node %s of %s (%s): its events are dropped, and its queue "
+                "groups use other members, while it stays unreachable",
+                node_id, dest.service, exc.detail,
             )  # fmt: skip
         if len(self._down) >= MAX_REMEMBERED:
             self._down.clear()

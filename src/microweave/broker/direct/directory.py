@@ -15,9 +15,9 @@ What a publish costs, and how fresh the answer is:
 - **The list of service names** (`list_services`, the one read the cache cannot watch for) is
   trusted for `refresh` seconds and then read again in the background, so a publish never waits
   for it; a service that registers its first subscriber is found within `refresh` seconds. A
-  topic with no subscriber at all reads the list again before giving up (at most once per
-  `refresh` seconds per topic), so a subscriber that registered just before the publish is found
-  at once.
+  topic with no subscriber at all reads the list again before giving up, so a subscriber that
+  registered just before the publish is found at once: a publish nobody listens to costs one
+  read of the list (publishes at once share one read; one read at a time per publisher).
 - **A registry that is away**: what the cache holds keeps being served (stale beats failing);
   reads are retried with backoff, not on every publish. With nothing known yet, `find` raises
   the registry's error (the broker says it as a `BrokerError`).
@@ -47,8 +47,6 @@ READS_AT_ONCE: Final = 8
 LIST_TIMEOUT: Final = 10.0
 #: the most service names kept (a registry holding more is not laptop scale: say so)
 MAX_NAMES: Final = 10_000
-#: topics whose last miss is remembered (a publisher naming endless topics: a bound, not a leak)
-MAX_MISSES: Final = 4_096
 
 _NONE: Final[list[Service]] = []  # one object: "no records", unchanged from one lookup to the next
 
@@ -111,7 +109,6 @@ class Directory:
         self._empty: set[str] = set()  # listed, but no node when read: skipped until the next list
         self._built_from: tuple[tuple[str, ...], list[list[Service]]] = ((), [])
         self._index: dict[str, Subscribers] = {}
-        self._missed: dict[str, float] = {}
 
     async def find(self, topic: str) -> Subscribers:
         now = asyncio.get_running_loop().time()
@@ -120,19 +117,10 @@ class Directory:
         elif now - self._listed_at > self.refresh:
             self._start_listing()  # in the background: this publish uses what is known
         found = await self._lookup(topic)
-        if not found and self._may_relist(topic, now):
+        if not found:  # a subscriber that registered a moment ago may be a service not listed yet
             await self._relist(now)
             found = await self._lookup(topic)
         return found
-
-    def _may_relist(self, topic: str, now: float) -> bool:
-        last = self._missed.get(topic)
-        if last is not None and now - last < self.refresh:
-            return False
-        if len(self._missed) >= MAX_MISSES:
-            self._missed.clear()
-        self._missed[topic] = now
-        return True
 
     # -- the list of services ---------------------------------------------------------------
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from ...codec import JSON
 from ...context import Context, MessageContext
-from ...errors import BadRequest, InternalServerError, NotImplementedError_
+from ...errors import BadRequest, InternalServerError, NotImplementedError_, Timeout
 from ...server import Kind
 from ...server.call import Target
 from .. import TOPIC, Event, Subscription, header
@@ -65,12 +66,22 @@ def _decode_headers(metadata: Mapping[str, str]) -> dict[str, str] | None:
 class InboundEvent(Event):
     """An event that came as a call: settling it (ack or nack) answers the call."""
 
-    __slots__ = ("call", "error", "finished")
+    __slots__ = ("call", "deadline", "error", "finished")
 
-    def __init__(self, topic: str, body: bytes, headers: Mapping[str, str], *, queue: str | None) -> None:
+    def __init__(
+        self,
+        topic: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        queue: str | None,
+        deadline: float | None = None,
+    ) -> None:
         super().__init__(topic, body, headers, queue=queue, settle=_settled)
         #: the call it came in (set by the pipeline once built)
         self.call: Call | None = None
+        #: `time.monotonic()` until which the publisher waits for the reply
+        self.deadline = deadline
         #: what the caller is told when the handler failed (a Service's subscriber sets it)
         self.error: Exception | None = None
         self.finished = asyncio.Event()
@@ -122,8 +133,20 @@ class Inbound:
         sub = self.subscription
         if not sub.active:
             raise _not_taken(self.name)
-        await sub.dispatch(event)  # waits while max_in_flight handlers run
-        await event.finished.wait()  # the caller going away stops the wait, not the handler
+        dispatched = False
+        try:
+            async with asyncio.timeout(_left(event.deadline)):
+                await sub.dispatch(event)  # waits while max_in_flight handlers run
+                dispatched = True
+                await event.finished.wait()  # the caller going away stops the wait, not the handler
+        except (TimeoutError, asyncio.CancelledError):
+            if event.deadline is None or time.monotonic() < event.deadline:
+                raise  # cancelled before the deadline: the caller went away, or the node stops
+            # the transport may cancel at the same deadline: answer 408 rather than nothing
+            raise Timeout(
+                f"event {event.id}: the publisher's deadline passed "
+                + ("while its handler ran (it runs on)" if dispatched else "waiting for a free handler slot")
+            ) from None
         if event.settled == "ack":
             return
         if event.error is not None:
@@ -134,9 +157,16 @@ class Inbound:
         )
 
 
-def accept(subscriber: Subscriber, body: bytes, metadata: Mapping[str, str]) -> tuple[Event, Target]:
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def accept(
+    subscriber: Subscriber, body: bytes, metadata: Mapping[str, str], deadline: float | None = None
+) -> tuple[Event, Target]:
     """The event a call to `subscriber`'s path carries, and the target that runs it: its direct
-    subscription's, or one that refuses the call unrun."""
+    subscription's, or one that refuses the call unrun. `deadline`: the publisher's, answered
+    with 408 when it passes first (whatever the transport does then)."""
     headers = _decode_headers(metadata)
     inbound = subscriber.inbound
     if headers is None:
@@ -148,7 +178,7 @@ def accept(subscriber: Subscriber, body: bytes, metadata: Mapping[str, str]) -> 
         return Event(topic, body, headers, queue=subscriber.queue), _refusing(
             subscriber, _not_taken(subscriber.name)
         )
-    return InboundEvent(topic, body, headers, queue=subscriber.queue), inbound.target
+    return InboundEvent(topic, body, headers, queue=subscriber.queue, deadline=deadline), inbound.target
 
 
 def _refusing(subscriber: Subscriber, error: Exception) -> Target:

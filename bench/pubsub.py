@@ -338,14 +338,16 @@ class Engines:
                 self.failed[kind] = f"{kind} did not start: {exc}"
                 raise RuntimeError(self.failed[kind]) from None
             self.running[kind] = engine
-            log(f"{kind} ready on {re.sub(r'//[^@/]*@', '//', engine.url)} (pid {engine.pid})")
+            pid = f" (pid {engine.pid})" if engine.pid else ""
+            log(f"{kind} ready on {re.sub(r'//[^@/]*@', '//', engine.url)}{pid}")
         return self.running[kind]
 
     def stop_all(self) -> None:
         running, self.running = self.running, {}
         for kind, engine in reversed(running.items()):
             engine.stop()
-            log(f"{kind} (pid {engine.pid}) stopped")
+            if engine.pid:
+                log(f"{kind} (pid {engine.pid}) stopped")
 
     def __enter__(self) -> Engines:
         return self

@@ -6,6 +6,8 @@ RabbitMQ, each on free loopback ports with its data in a temp dir, stopped by it
   monitor port says so (JetStream included).
 - `redis`: `redis-server --bind 127.0.0.1 --port P --save '' --appendonly no --dir DIR
   --daemonize no`: no persistence, the same for the raw and the microweave stacks.
+- `registry`: no process, a temp dir for a `local://` registry (`direct://` finds its
+  subscribers there).
 - `rabbitmq`: Debian's server script from /usr/lib/rabbitmq/bin (the /usr/sbin wrapper switches
   to the rabbitmq user and its HOME), a node of its own with everything under one directory, its
   own `epmd` in the foreground (otherwise Erlang leaves an `epmd -daemon` behind) and an explicit
@@ -40,7 +42,7 @@ RABBITMQ_SCRIPTS = Path("/usr/lib/rabbitmq/bin")
 AMQP_HEADER = b"AMQP\x00\x00\x09\x01"  # AMQP 0-9-1; a broker answers with a method frame (type 1)
 RABBITMQ_CONFIG = "log.console = true\nlog.console.level = warning\nlog.file = false\n"
 RABBITMQ_READY_TIMEOUT = 90.0
-ENGINES = ("nats", "jetstream", "redis", "rabbitmq")
+ENGINES = ("nats", "jetstream", "redis", "rabbitmq", "registry")
 
 
 @dataclass
@@ -48,7 +50,8 @@ class EngineProcess:
     """One running engine (and its helpers, e.g. RabbitMQ's epmd), stopped in reverse order."""
 
     kind: str
-    process: subprocess.Popen[bytes]
+    #: None for the `registry` engine, which is only a directory
+    process: subprocess.Popen[bytes] | None
     url: str
     log_path: str
     helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -56,17 +59,19 @@ class EngineProcess:
     find_cpu_pid: Callable[[], int | None] | None = None
 
     @property
-    def pid(self) -> int:
-        return self.process.pid
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
 
     @property
     def cpu_pid(self) -> int | None:
-        return self.find_cpu_pid() if self.find_cpu_pid else self.process.pid
+        return self.find_cpu_pid() if self.find_cpu_pid else self.pid
 
     def stop(self) -> None:
         """SIGTERM by PID, SIGKILL after 20 s; then the helpers."""
         lingering = self.cpu_pid if self.find_cpu_pid else None
         for process in (self.process, *reversed(self.helpers)):
+            if process is None:
+                continue
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
             try:
@@ -104,6 +109,8 @@ def engine_missing(kind: str) -> str | None:
 
 def start_engine(kind: str, directory: str) -> EngineProcess:
     os.makedirs(directory, exist_ok=True)
+    if kind == "registry":
+        return EngineProcess(kind, None, "local://" + os.path.abspath(directory), directory)
     if kind == "nats":
         server = start_nats_server(directory)
         return EngineProcess(kind, server.process, server.url, server.log_path)
@@ -137,6 +144,7 @@ def _spawn(argv: list[str], log_path: str, env: dict[str, str] | None = None) ->
 
 def _wait_ready(engine: EngineProcess, ready: Callable[[], bool], timeout: float, what: str) -> EngineProcess:
     deadline = time.monotonic() + timeout
+    assert engine.process is not None
     try:
         while True:
             if engine.process.poll() is not None:

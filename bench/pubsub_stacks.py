@@ -18,6 +18,8 @@ publish time (CLOCK_MONOTONIC, shared by the processes of one host).
   persist=True)` (confirms are on by default); a subscriber typed with `Tick` on the same
   exchange and quorum queue shape.
 - `raw-redis`: redis-py `XADD topic * d body`; `XREADGROUP` 64 at a time, one `XACK` per batch.
+- `microweave-direct`: `direct://` (no engine): the publisher's `Client` finds the subscriber's
+  own node in a `local://` registry and calls it; each publish returns once the handler ran.
 
 Subscribers may have at most 64 messages in hand: microweave's default `max_in_flight`, the
 prefetch of the RabbitMQ stacks and the XREADGROUP batch. Driver modules are imported inside
@@ -46,7 +48,7 @@ IN_FLIGHT = 64
 #: they declare it (topic, not durable): a different declaration of the same name is refused
 RABBIT_EXCHANGE = "micro"
 #: microweave's queue groups are durable quorum queues: the raw stacks get the same kind
-QUORUM = {"x-queue-type": "quorum"}
+QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
 INSTALL_EXTRA = "pip install -e '.[bench]' (faststream[nats,rabbit], nats-py, aio-pika, redis)"
 
 Record = Callable[[int, int], None]
@@ -169,6 +171,59 @@ class Microweave(PubSubStack):
 
         await broker.subscribe(topic, handle, queue=group, max_in_flight=IN_FLIGHT)
         return _MicroweaveSubscriber(broker)
+
+
+class MicroweaveDirect(Microweave):
+    """`direct://`: no engine; the subscriber's broker serves a small node of its own, registered
+    in a `local://` registry (a temp dir) where the publisher's client finds it. Each publish is a
+    call that returns once the handler ran."""
+
+    def __init__(self) -> None:
+        super().__init__("microweave-direct", "registry", "direct", "microweave.broker.direct")
+        self.description = (
+            "microweave direct:// (no server): publish calls the subscriber's node found in a "
+            "local:// registry, returning once the handler ran"
+        )
+
+    @staticmethod
+    async def _broker(registry: str) -> tuple[Any, Any]:
+        from microweave import Client
+
+        client = Client(registry=registry, broker="direct://")
+        broker = client.broker  # bound to the client: its registry, its transports
+        await broker.connect()
+        return client, broker
+
+    async def publisher(self, url: str, topic: str) -> Publisher:
+        client, broker = await self._broker(url)
+        return _DirectPublisher(client, broker, topic)
+
+    async def subscriber(self, url: str, topic: str, group: str, record: Record) -> Subscriber:
+        client, broker = await self._broker(url)
+
+        async def handle(event: Any) -> None:
+            tick = event.decode(Tick)
+            record(tick.seq, tick.ts)
+
+        await broker.subscribe(topic, handle, queue=group, max_in_flight=IN_FLIGHT)
+        return _DirectSubscriber(client)
+
+
+class _DirectPublisher(_MicroweavePublisher):
+    def __init__(self, client: Any, broker: Any, topic: str) -> None:
+        super().__init__(broker, topic)
+        self.client = client
+
+    async def aclose(self) -> None:
+        await self.client.aclose()  # closes the broker it built
+
+
+class _DirectSubscriber(Subscriber):
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 # -- raw nats-py ------------------------------------------------------------------------------
@@ -480,5 +535,6 @@ STACKS: dict[str, PubSubStack] = {
         FaststreamRabbit(),
         Microweave("microweave-redis", "redis", "redis", "microweave.broker.redis"),
         RawRedis(),
+        MicroweaveDirect(),
     )
 }

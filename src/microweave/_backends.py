@@ -147,15 +147,24 @@ def _load(kind: str, group: str, builtin: dict[str, tuple[str, str, str | None]]
         ) from None
 
 
+def _env_url(kind: str, address: str | None) -> str:
+    """MICRO_X (a URL, or go-micro style a scheme: `etcd`) and MICRO_X_ADDRESS (host:port
+    list, or a whole URL as go-micro's RabbitMQ broker takes: `amqp://user:pw@host:5672/`)."""
+    url = kind if "://" in kind else f"{kind}://"
+    if address and url.endswith("://"):
+        if "://" in address:
+            # the address is a URL of its own: keep its credentials, path and options, under
+            # the scheme MICRO_X chose (rabbitmq + amqp://... stays the RabbitMQ broker)
+            return url + address.split("://", 1)[1]
+        url += address
+    return url
+
+
 def load_registry(url: str | None = None, **kwargs: Any) -> Registry:
     """Build a registry from a URL, else MICRO_REGISTRY(+_ADDRESS), else the default."""
-    env = settings()
     if url is None:
-        url = env.registry or DEFAULT_REGISTRY
-        if "://" not in url:  # go-micro style: MICRO_REGISTRY=etcd
-            url = f"{url}://"
-        if env.registry_address and url.endswith("://"):
-            url += env.registry_address
+        env = settings()
+        url = _env_url(env.registry or DEFAULT_REGISTRY, env.registry_address)
     parsed = parse_url(url)
     cls = _load("registry", "microweave.registries", REGISTRIES, parsed.scheme)
     registry: Registry = cls.from_url(parsed, **kwargs)
@@ -164,13 +173,9 @@ def load_registry(url: str | None = None, **kwargs: Any) -> Registry:
 
 def load_broker(url: str | None = None, **kwargs: Any) -> Broker:
     """Build a broker from a URL, else MICRO_BROKER(+_ADDRESS), else `direct://` (no server)."""
-    env = settings()
     if url is None:
-        url = env.broker or DEFAULT_BROKER
-        if "://" not in url:  # go-micro style: MICRO_BROKER=nats
-            url = f"{url}://"
-        if env.broker_address and url.endswith("://"):
-            url += env.broker_address
+        env = settings()
+        url = _env_url(env.broker or DEFAULT_BROKER, env.broker_address)
     parsed = parse_url(url)
     cls = _load("broker", "microweave.brokers", BROKERS, parsed.scheme)
     broker: Broker = cls.from_url(parsed, **kwargs)

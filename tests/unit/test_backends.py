@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from microweave import ConfigurationError, Service
-from microweave._backends import REGISTRIES, Settings, load_registry, parse_url
+from microweave._backends import REGISTRIES, Settings, load_broker, load_registry, parse_url
 from microweave.registry.local import LocalRegistry
 from microweave.registry.memory import MemoryRegistry
 
@@ -147,3 +147,33 @@ def test_service_rejects_bad_names(name: str) -> None:
 
 def test_service_takes_a_registry_by_url() -> None:
     assert isinstance(Service("u", registry="memory://").registry, MemoryRegistry)
+
+
+@pytest.mark.parametrize(
+    ("broker", "address", "expected"),
+    [
+        (None, None, "DirectBroker"),
+        ("nats", "127.0.0.1:4222", "NatsBroker('nats://127.0.0.1:4222')"),
+        ("nats", "nats://127.0.0.1:4222", "NatsBroker('nats://127.0.0.1:4222')"),
+        ("nats://10.0.0.1:4222", "ignored:1", "NatsBroker('nats://10.0.0.1:4222')"),
+    ],
+)
+def test_the_broker_from_the_environment_go_micro_style(
+    monkeypatch: pytest.MonkeyPatch, broker: str | None, address: str | None, expected: str
+) -> None:
+    for name, value in (("MICRO_BROKER", broker), ("MICRO_BROKER_ADDRESS", address)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert repr(load_broker()).startswith(expected)
+
+
+def test_a_rabbitmq_address_given_as_a_url_keeps_its_host_and_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """go-micro's RabbitMQ broker takes MICRO_BROKER_ADDRESS=amqp://user:pw@host:port/."""
+    monkeypatch.setenv("MICRO_BROKER", "rabbitmq")
+    monkeypatch.setenv("MICRO_BROKER_ADDRESS", "amqp://app:s3cret@10.1.2.3:5673/")
+    shown = repr(load_broker())
+    assert "10.1.2.3:5673" in shown and "s3cret" not in shown

@@ -12,6 +12,7 @@ import logging
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -381,6 +382,32 @@ async def test_headers_arrive_exactly_as_published_over_tcp(registry_url: str) -
         **headers, "Content-Type": "application/json", "Micro-Id": sent, "Micro-Topic": topic,
     }  # fmt: skip
     assert event.body == b"\x00raw"
+
+
+async def test_a_standalone_subscription_is_a_record_of_its_own_until_unsubscribed(registry_url: str) -> None:
+    async with (
+        open_broker("direct://", registry=registry_url) as broker,
+        Client(registry=registry_url) as reader,
+    ):
+        sub = await broker.subscribe("order.placed", Inbox(), queue="packers")
+        (record,) = await reader.registry.list_services()
+        assert record.name.startswith("broker-kit-subscriber-")
+        (described,) = await reader.registry.get_service(record.name)
+        (endpoint,) = described.endpoints
+        assert endpoint.metadata == {"topic": "order.placed", "subscriber": "true", "queue": "packers"}
+        assert [n.metadata["broker"] for n in described.nodes] == ["direct"]
+        await sub.unsubscribe()
+        assert await reader.registry.list_services() == []
+
+
+async def test_a_taken_address_fails_the_subscription_clearly(registry_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with open_broker(f"direct://127.0.0.1:{port}", registry=registry_url) as broker:
+            with pytest.raises(BrokerError, match=r"broker direct://: subscribe to order\.placed failed"):
+                await broker.subscribe("order.placed", Inbox())
 
 
 def test_url_options_are_read_and_mistakes_refused() -> None:

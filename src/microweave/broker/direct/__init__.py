@@ -254,7 +254,7 @@ class DirectBroker(Broker):
         node = await self._own_node()
         try:
             await node.add(sub)
-        except MicroError as exc:
+        except (MicroError, OSError) as exc:  # the registry refused; the address is taken
             raise broker_error("direct://", f"subscribe to {sub.topic}", exc) from None
         sub.state = node
 

@@ -90,6 +90,10 @@ class Subscribers:
 _NOBODY: Final = Subscribers()
 
 
+def _by_node(dest: Destination) -> tuple[str, str]:
+    return dest.node.id, dest.path
+
+
 def _subscribes(metadata: dict[str, str]) -> bool:
     return metadata.get("subscriber") == "true" and bool(metadata.get("topic"))
 
@@ -235,6 +239,9 @@ class Directory:
                     found = index.setdefault(meta["topic"], Subscribers())
                     into = found.broadcast if queue is None else found.groups.setdefault(queue, [])
                     into.extend(Destination(record.name, endpoint.name, path, n, queue) for n in nodes)
+        for found in index.values():  # one order whatever order the registry's events left them in
+            for members in found.groups.values():
+                members.sort(key=_by_node)
         self._index = index
         self._built_from = (names, records)
 

@@ -11,7 +11,8 @@ What a publish costs, and how fresh the answer is:
   current: a new node of a known service, a node gone, or changed endpoints are seen as soon as
   the registry reports them (at once on memory:// and etcd, within a poll of 0.2 s on local://).
   The first publish reads each service once (at most `READS_AT_ONCE` at a time); after that a
-  publish reads nothing and only compares the cached records' identity, O(services).
+  publish reads nothing and only compares the cached records' identity, O(services). The cache
+  re-reads each entry in the background about once per its TTL (a minute by default).
 - **The list of service names** (`list_services`, the one read the cache cannot watch for) is
   trusted for `refresh` seconds and then read again in the background, so a publish never waits
   for it; a service that registers its first subscriber is found within `refresh` seconds. A

@@ -275,9 +275,11 @@ class Consumer:
             return
         try:
             if ack:
-                await self.broker.call(
-                    f"acknowledge event {event.id} on {self.topic}", lambda: self._acks.submit(entry_id)
-                )
+                try:
+                    await self._acks.submit(entry_id)
+                except Exception:  # retried while Redis is away, else a BrokerError
+                    what = f"acknowledge event {event.id} on {self.topic}"
+                    await self.broker.call(what, lambda: self._acks.submit(entry_id))
             else:
                 last = event.attempt >= self.broker.max_deliveries
                 reason = (

@@ -19,6 +19,8 @@ import time
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
+
 from ...codec import JSON
 from ...context import Context, MessageContext
 from ...errors import BadRequest, InternalServerError, NotImplementedError_, Timeout
@@ -39,8 +41,16 @@ __all__ = ["HEADERS_KEY", "Inbound", "InboundEvent", "ServedByNode", "accept", "
 HEADERS_KEY: Final = "micro-event-headers"
 
 
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(dict[str, str])
+
+
 def encode_headers(headers: Mapping[str, str]) -> str:
-    """ASCII JSON: a gRPC metadata value must be printable ASCII."""
+    """ASCII JSON: a gRPC metadata value must be printable ASCII (msgspec writes UTF-8, and is
+    the faster for the usual all-ASCII headers)."""
+    encoded = _encoder.encode(headers)
+    if encoded.isascii():
+        return encoded.decode("ascii")
     return json.dumps(headers, ensure_ascii=True, separators=(",", ":"))
 
 
@@ -51,16 +61,10 @@ def _decode_headers(metadata: Mapping[str, str]) -> dict[str, str] | None:
     if raw is None:
         return dict(metadata)
     try:
-        value = json.loads(raw)
-    except ValueError:
+        value = _decoder.decode(raw)
+    except msgspec.DecodeError:  # not JSON, or not an object of strings
         return None
-    if (
-        not isinstance(value, dict)
-        or len(value) > MAX_HEADERS
-        or not all(isinstance(v, str) for v in value.values())
-    ):
-        return None
-    return value
+    return value if len(value) <= MAX_HEADERS else None
 
 
 class InboundEvent(Event):

@@ -55,7 +55,7 @@ many as it has room for. So a killed consumer's entries go to the other members:
     test_a_sigkilled_consumers_pending_entries_are_claimed_by_another_member
 A slow handler or a long nack delay is not mistaken for a crash: each consumer resets the idle
 time of what it holds every `claim_idle / 3` seconds (XCLAIM JUSTID: no delivery counted); the
-same test shows a live holder keeping its entries over three claim_idles. An entry claimed more
+same test shows a live holder keeping its entries over two claim_idles. An entry claimed more
 than `max_deliveries` times without being settled (it kills whoever takes it) is dead-lettered.
 On unsubscribe a queue member hands what it still holds to the others at once (marked idle for
 `claim_idle`), and leaves the group if it holds nothing:

@@ -60,7 +60,7 @@ def _readme_block(heading: str) -> str:
 
 def test_readme_deadlines_example_runs_as_written() -> None:
     ran = subprocess.run(
-        [sys.executable, "-c", _readme_block("### 9. Deadlines and metadata")],
+        [sys.executable, "-c", _readme_block("### 10. Deadlines and metadata")],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
@@ -73,7 +73,7 @@ async def test_readme_middleware_example_wraps_every_call() -> None:
     from microweave.testing import capture_logs, serve
 
     namespace: dict[str, Any] = {}
-    exec(_readme_block("### 10. Middleware"), namespace)
+    exec(_readme_block("### 11. Middleware"), namespace)
     service = namespace["service"]
 
     @service.handler
@@ -87,3 +87,14 @@ async def test_readme_middleware_example_wraps_every_call() -> None:
                 assert await client.call("greeter", "Echo.Echo", {"n": 1}) == {"n": 1}
     timed = [e["message"] for e in logs if e["message"].startswith("Echo.Echo via")]
     assert [m.split()[2] for m in timed] == ["local", "tcp", "grpc"]
+
+
+def test_readme_events_example_runs_as_written(tmp_path: Path) -> None:
+    """direct://, the default: the subscriber is found in the (local) registry and the event
+    delivered over the transports; publish returns once the subscriber handled it."""
+    ran = subprocess.run(
+        [sys.executable, "-c", _readme_block("### 9. Events")],
+        env=registry_env(tmp_path / "registry"), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == ["welcome ada@example.com (delivery 1)"]

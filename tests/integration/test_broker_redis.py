@@ -250,6 +250,30 @@ async def test_an_entry_another_writer_put_on_the_stream_is_dead_lettered_not_ha
     assert all("malformed" in (e.header(DEAD_LETTER_REASON) or "") for e in dead.events)
 
 
+async def test_an_entry_that_killed_its_consumers_max_deliveries_times_is_dead_lettered(
+    redis_engine: RedisServer, raw: Any
+) -> None:
+    """Consumers that died holding the entry (a ghost read it and claimed it back twice: three
+    deliveries, never settled): the next claim is one too many for max_deliveries=3."""
+    topic = unique_topic()
+    url = redis_url(redis_engine, max_deliveries=3, claim_idle=0.2)
+    async with open_broker(url) as broker:
+        dead, inbox = Inbox(), Inbox()
+        await broker.subscribe(dead_letter_topic(topic), dead, queue="dlq")
+        await raw.xgroup_create(topic, "workers", id="$", mkstream=True)
+        deadly = await broker.publish(topic, OrderPlaced(order="deadly", amount=1))
+        [[_, [(entry_id, _)]]] = await raw.xreadgroup("workers", "ghost", {topic: ">"}, count=1)
+        for _ in range(2):
+            await raw.xclaim(topic, "workers", "ghost", 0, [entry_id])
+        await broker.subscribe(topic, inbox, queue="workers")
+        fine = await broker.publish(topic, OrderPlaced(order="fine", amount=2))
+        (event,) = await dead.wait(1)
+        await inbox.wait(1)
+        await settle_time(broker)
+    assert inbox.ids == [fine], "the deadly entry is not handed to another handler"
+    assert event.id == deadly and "never settled" in (event.header(DEAD_LETTER_REASON) or "")
+
+
 async def test_redis_down_at_start_is_a_clear_error_after_bounded_retries() -> None:
     port = free_port()  # nobody listens there
     broker = load_broker(f"redis://ada:s3cret-pw@127.0.0.1:{port}/2?retry_for=0.5")

@@ -56,7 +56,8 @@ many as it has room for. So a killed consumer's entries go to the other members:
 A slow handler or a long nack delay is not mistaken for a crash: each consumer resets the idle
 time of what it holds every `claim_idle / 3` seconds (XCLAIM JUSTID: no delivery counted); the
 same test shows a live holder keeping its entries over two claim_idles. An entry claimed more
-than `max_deliveries` times without being settled (it kills whoever takes it) is dead-lettered.
+than `max_deliveries` times without being settled (it kills whoever takes it) is dead-lettered:
+    test_an_entry_that_killed_its_consumers_max_deliveries_times_is_dead_lettered
 On unsubscribe a queue member hands what it still holds to the others at once (marked idle for
 `claim_idle`), and leaves the group if it holds nothing:
     test_unsubscribe_leaves_no_group_or_consumer_behind

@@ -222,6 +222,9 @@ async def test_broker_down_during_publish_raises_after_bounded_retries_and_publi
         assert not any("guest:guest" in entry["message"] for entry in logs)
         with pytest.raises(BrokerError):  # still down: again an error, not a hang
             await broker.publish(topic, OrderPlaced(order="during", amount=3))
+        with pytest.raises(BrokerError) as not_subscribed:  # likewise a subscribe
+            await broker.subscribe(unique_topic("later"), Inbox(), queue="later")
+        assert "did not come back" in str(not_subscribed.value)
         await asyncio.to_thread(rabbitmq_engine.start)
         after = None
         async with asyncio.timeout(WAIT * 2):

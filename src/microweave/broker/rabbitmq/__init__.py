@@ -37,7 +37,8 @@ conformance suite tests/conformance/test_broker.py):
   test_broker_down_during_publish_raises_after_bounded_retries_and_publishing_resumes)
 - Broker down at start: `connect()` retries for `retry_time` s, then `BrokerError` naming the
   URL and what to check; a refused login or virtual host fails at once.
-  (test_broker_down_at_start_is_a_clear_error_after_bounded_retries, test_bad_login_fails_at_once)
+  (test_broker_down_at_start_is_a_clear_error_after_bounded_retries,
+  test_credentials_in_the_url_work_and_never_show)
 - Failures: a failed handler's event is held `delay` s (keeping its slot), then rejected back
   into the queue; after `max_deliveries` deliveries (at once for a payload that does not
   decode) a copy goes to `dead_letter_topic(topic)` on the same exchange, with the same headers
@@ -45,7 +46,9 @@ conformance suite tests/conformance/test_broker.py):
   more than `max_deliveries` times without ever being settled (its consumers crash on it) is
   dead-lettered without running it again. Under all that, each group queue has RabbitMQ's own
   `x-delivery-limit` (`delivery_limit`, 50) with the dead-letter key as its dead-letter
-  route. (test_poison_event_is_dead_lettered_after_max_deliveries_while_consuming_goes_on)
+  route. (test_poison_event_is_dead_lettered_after_max_deliveries_while_consuming_goes_on,
+  test_a_delayed_nack_holds_its_slot_then_comes_back,
+  test_an_event_its_consumers_keep_dying_on_is_dead_lettered_without_running_again)
 
 Decisions:
 
@@ -57,15 +60,21 @@ Decisions:
   a dead-lettered event is kept even before anyone subscribes to the dead-letter topic, and
   `subscribe(dead_letter_topic(topic), queue=<group>)` reads them all, older ones included;
   other groups get those dead-lettered after they subscribed.
-  (test_dead_letters_wait_in_the_group_dead_letter_queue)
+  (test_poison_event_is_dead_lettered_after_max_deliveries_while_consuming_goes_on)
 - Unroutable events (no queue bound to the topic): published as `mandatory`, so RabbitMQ
   returns them instead of dropping them silently. By default (`?unroutable=warn`) a warning
   says so, once a minute per topic, and `publish` returns (publishing before anyone subscribed
   is ordinary, and go-micro does it); `?unroutable=error` raises `BrokerError` instead.
-  (test_unroutable_publish_warns_by_default_and_raises_when_asked)
+  (test_unroutable_publish_warns_by_default_and_raises_when_asked; the returned message is
+  matched to the right publish even when two share a Micro-Id:
+  test_same_message_id_in_flight_return_is_blamed_on_the_right_publish)
 - Prefetch (basic.qos) is the subscription's `max_in_flight`.
-- Credentials are only in the URL given to aio-pika; errors, logs (ours and aio-pika's) and
-  repr show the URL without user and password. (test_credentials_never_shown)
+- Credentials are only in the URL given to aio-pika; errors, our logs and repr show the URL
+  without user and password (aio-pika's and aiormq's own lines mask the password).
+  (test_credentials_in_the_url_work_and_never_show)
+- Memory: a subscription holds at most `max_in_flight` events (the prefetch), each at most
+  RabbitMQ's `max_message_size` (128 MiB by default on 3.10: set it lower on the server to
+  bound a subscriber tighter); at most 256 headers of 16 KiB each are read from one event.
 
 Options (URL query or keyword arguments): exchange, retry_time, connect_timeout,
 confirm_timeout, reconnect_interval, unroutable, delivery_limit, max_requeue_delay, heartbeat,
@@ -221,10 +230,16 @@ class RabbitMQBroker(Broker):
 
     async def _subscribe(self, sub: Subscription) -> None:
         consumer = Consumer(self, sub)
+        limit = self.options.retry_time + self.options.connect_timeout
         try:
-            await consumer.start()
+            async with asyncio.timeout(limit):  # aio-pika would wait for a lost connection for ever
+                await self.connection.ready()  # down: wait for the robust connection to be back
+                await consumer.start()
         except (MicroError, asyncio.CancelledError):
             raise
+        except TimeoutError:
+            why = f"the connection to RabbitMQ is down and did not come back within {limit:g} s"
+            raise broker_error(self.public, f"subscribe to {sub.topic}", BrokerError(why)) from None
         except Exception as exc:
             raise broker_error(self.public, f"subscribe to {sub.topic}", exc) from None
         sub.state = consumer

@@ -357,6 +357,36 @@ async def test_an_event_its_consumers_keep_dying_on_is_dead_lettered_without_run
     assert any(victim in entry["message"] for entry in logs)
 
 
+async def test_rabbitmq_own_delivery_limit_dead_letters_to_the_same_place(
+    rabbitmq_shared: RabbitMQServer,
+) -> None:
+    """The safety net: a consumer that is not microweave (here raw aio-pika) returns an event
+    for ever; the group queue's x-delivery-limit makes RabbitMQ dead-letter it itself, to the
+    topic's dead-letter key, where the group's dead-letter queue keeps it, with a reason."""
+    topic = unique_topic("net")
+    url = f"{rabbitmq_shared.url}?delivery_limit=3&max_deliveries=2"
+    async with open_broker(url) as broker:
+        sub = await broker.subscribe(topic, Inbox(), queue="net")  # declares the queues
+        await sub.unsubscribe()
+        sent = await broker.publish(topic, OrderPlaced(order="bounced", amount=1))
+        returns = 0
+        connection = await aio_pika.connect(rabbitmq_shared.url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(group_queue_name("net", topic), passive=True)
+            while (message := await queue.get(fail=False)) is not None:  # the broker stops giving it
+                returns += 1
+                await message.reject(requeue=True)
+                assert returns < 10, "x-delivery-limit did not stop the returns"
+        dead = Inbox()
+        await broker.subscribe(dead_letter_topic(topic), dead, queue="net")
+        (copy,) = await dead.wait(1)
+    assert returns == 4, "delivered once plus delivery_limit (3) returns"
+    assert copy.id == sent and copy.decode(OrderPlaced) == OrderPlaced(order="bounced", amount=1)
+    assert copy.header(DEAD_LETTER_REASON) == "RabbitMQ dead-lettered it (delivery_limit)"
+    assert copy.attempt == 1
+
+
 async def test_a_delayed_nack_holds_its_slot_then_comes_back(broker: Broker) -> None:
     topic = unique_topic("delay")
     seen: list[tuple[str, int]] = []

@@ -48,7 +48,8 @@ conformance suite tests/conformance/test_broker.py):
   `x-delivery-limit` (`delivery_limit`, 50) with the dead-letter key as its dead-letter
   route. (test_poison_event_is_dead_lettered_after_max_deliveries_while_consuming_goes_on,
   test_a_delayed_nack_holds_its_slot_then_comes_back,
-  test_an_event_its_consumers_keep_dying_on_is_dead_lettered_without_running_again)
+  test_an_event_its_consumers_keep_dying_on_is_dead_lettered_without_running_again,
+  test_rabbitmq_own_delivery_limit_dead_letters_to_the_same_place)
 
 Decisions:
 

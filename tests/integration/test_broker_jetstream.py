@@ -337,3 +337,12 @@ async def delete_consumer(js: JetStreamContext, stream: str, name: str) -> None:
                 await asyncio.sleep(0.1)
                 continue
             return
+
+
+async def test_an_event_larger_than_the_server_takes_is_refused_at_once(
+    jetstream_engine: NatsServer, broker: Broker
+) -> None:
+    """Past the server's max_payload (1 MiB): BrokerError saying so, not retries of it."""
+    with pytest.raises(BrokerError, match="payload") as caught:
+        await broker.publish(unique_topic(), b"x" * (1024 * 1024))
+    assert "tries" not in str(caught.value), "refused without retrying"

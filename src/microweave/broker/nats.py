@@ -2,8 +2,9 @@
 
 **At most once.** NATS keeps nothing: a message reaches the subscribers connected when it is
 published, or nobody. Each event goes to every broadcast subscriber and to one member of each
-queue group (a NATS queue subscription, `queue=`). `ack` and `nack` do nothing and `attempt` is
-always 1; a failed handler's event is logged with its id and dropped
+queue group (a NATS queue subscription, `queue=`), whichever process it runs in
+(test_broker_nats.py: test_a_queue_group_spans_two_processes). `ack` and `nack` do nothing and
+`attempt` is always 1; a failed handler's event is logged with its id and dropped
 (tests/conformance/test_broker.py -k nats).
 
 - Wire: go-micro's envelope `{"Header": {...}, "Body": "<base64>"}` on subject = topic, so go-micro
@@ -16,13 +17,17 @@ always 1; a failed handler's event is logged with its id and dropped
   sees them in that order (conformance: test_one_publisher_order_is_kept_for_one_subscriber).
 - Durability: none. A subscriber that crashes loses what it held; one that cannot keep up
   loses what overflows its bounded pending queue (`pending_msgs`, `pending_bytes`): nats-py
-  drops it as a slow consumer, and we log how many were dropped, at most every 5 s.
+  drops it as a slow consumer, and we log how many were dropped, at most every 5 s
+  (test_broker_nats.py: test_a_subscriber_that_cannot_keep_up_loses_events_and_says_so).
 - Broker restart: nats-py reconnects by itself and restores every subscription; what was
   published meanwhile to the server is lost. A publish made while reconnecting is buffered (at
   most 8 MiB, then it raises `BrokerError`) and sent once the server is back.
 - Broker down at start: `BrokerError` naming the URL (without credentials) after bounded
   retries within `connect_timeout` seconds (default 5) (test_broker_nats.py:
-  test_server_down_at_start_is_a_clear_error).
+  test_server_down_at_start_is_a_clear_error, test_credentials_in_the_url_work_and_never_show).
+- Decisions: the envelope is go-micro's, never NATS headers (go-micro reads only the envelope);
+  subscribe() returns once the server has the subscription (a flush), so an event published
+  right after it is not missed.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
-"""`nats+jetstream://host:port[,host:port]?ack_wait=&max_msgs=&max_bytes=&max_age=&duplicate_window=&publish_timeout=&connect_timeout=&max_deliveries=`:
-NATS JetStream, at least once.
+"""`nats+jetstream://host:port[,host:port]?option=...`: NATS JetStream, at least once.
+
+Options: `ack_wait`, `max_deliveries`, `publish_timeout`, `connect_timeout` (seconds, counts),
+`max_msgs`, `max_bytes`, `max_age`, `duplicate_window` (each stream's bounds); credentials as
+`user:password@host` or `token@host`.
 
 - Guarantee: **at least once.** `publish` returns once the server stored the message (its
   PubAck); each queue group gets each event until a member acknowledges it, and a failed
@@ -27,15 +30,18 @@ NATS JetStream, at least once.
 - Consumer crash: what it held is redelivered to another member of its group after `ack_wait`
   (default 30 s; running handlers keep their messages with in-progress acks)
   (test_broker_jetstream.py: test_a_killed_consumer_s_messages_go_to_another_member).
-- Broker restart: nats-py reconnects, pulling resumes by itself (a consumer the server lost is
-  created again), and no confirmed publish is lost (the store is on disk); a publish made while
-  the server is away is retried with backoff for `publish_timeout` seconds (default 5), then
-  raises `BrokerError` naming the URL: nothing is dropped silently
-  (test_broker_jetstream.py: test_a_server_restart_loses_no_confirmed_publish,
-  test_publish_while_the_server_is_down_raises_and_works_again_after).
+- Broker restart: nats-py reconnects, pulling resumes by itself, and no confirmed publish is
+  lost (the store is on disk); a publish made while the server is away is retried with
+  backoff for `publish_timeout` seconds (default 5), then raises `BrokerError` naming the
+  URL: nothing is dropped silently (test_broker_jetstream.py:
+  test_a_server_restart_loses_no_confirmed_publish,
+  test_publish_while_the_server_is_down_raises_and_works_again_after). A consumer the server
+  lost is created again from the last message seen
+  (test_a_consumer_the_server_lost_is_created_again).
 - Broker down at start: `BrokerError` naming the URL (without credentials) after bounded retries
   within `connect_timeout` seconds (default 5); a server without JetStream is refused likewise
-  (test_broker_jetstream.py: test_server_down_at_start_is_a_clear_error).
+  (test_broker_jetstream.py: test_server_down_at_start_is_a_clear_error). What the server
+  refuses for good (a payload past its max_payload) fails at once, without retries.
 """
 
 from __future__ import annotations
@@ -76,6 +82,9 @@ DUPLICATE_WINDOW = 120.0
 #: seconds one JetStream API request (and one publish attempt) may take
 API_TIMEOUT = 2.0
 MSG_ID = "Nats-Msg-Id"
+
+#: what nats-py refuses before sending: the same message would be refused again
+_REFUSED = (nats.errors.MaxPayloadError, nats.errors.BadSubjectError, nats.errors.BadHeaderError)
 
 _OPTIONS: dict[str, type] = {
     "connect_timeout": float,
@@ -199,7 +208,7 @@ class JetStreamBroker(Broker):
                 return await attempt(self.js(), deadline - time.monotonic())
             except ServiceUnavailableError as exc:  # JetStream not ready yet (a restart)
                 why: BaseException = exc
-            except APIError as exc:
+            except (APIError, *_REFUSED) as exc:  # asking again cannot help
                 raise broker_error(self.url.public, action, exc) from None
             except (OSError, TimeoutError, nats.errors.Error, BrokerError) as exc:
                 why = exc

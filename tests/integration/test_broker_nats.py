@@ -209,3 +209,22 @@ async def test_a_subscriber_that_cannot_keep_up_loses_events_and_says_so(nats_en
         assert dropped and topic in dropped[0], logs
         assert 1 < len(inbox.events) < 200, "it kept its pending queue's worth, not more"
         assert len(inbox.events) <= 1 + 20 + 1
+
+
+async def test_after_a_server_restart_the_subscriber_gets_new_events(
+    nats_engine: NatsServer, broker: Broker
+) -> None:
+    """nats-py reconnects and replays the subscription; what was published while the server
+    was away may be lost (at most once), what is published after arrives."""
+    topic = unique_topic()
+    inbox = Inbox()
+    await broker.subscribe(topic, inbox, queue="q")
+    await broker.publish(topic, b'{"n": 0}')
+    await inbox.wait(1)
+    await asyncio.to_thread(nats_engine.stop)
+    await asyncio.to_thread(nats_engine.start)
+    async with asyncio.timeout(WAIT):
+        while len(inbox.events) < 2:
+            await broker.publish(topic, b'{"n": 1}')
+            await asyncio.sleep(0.2)
+    assert inbox.bodies[1] == b'{"n": 1}'

@@ -107,7 +107,10 @@ def parse_nats_url(url: BackendURL, *, types: dict[str, type], given: dict[str, 
                 query.setdefault("token", unquote(user))
         hosts.append(address)
     public = NatsURL(url.scheme, hosts).public
-    auth = {k: given.pop(k, None) or query.pop(k, None) for k in ("user", "password", "token")}
+    auth = {}
+    for key in ("user", "password", "token"):  # a keyword argument wins over the URL
+        from_url = query.pop(key, None)
+        auth[key] = given.pop(key, None) or from_url
     options = typed_options(public, query, given, {**types, **dict.fromkeys(auth, str)})
     return NatsURL(url.scheme, hosts, **auth, options=options)
 

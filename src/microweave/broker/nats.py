@@ -21,7 +21,8 @@ queue group (a NATS queue subscription, `queue=`), whichever process it runs in
   (test_broker_nats.py: test_a_subscriber_that_cannot_keep_up_loses_events_and_says_so).
 - Broker restart: nats-py reconnects by itself and restores every subscription; what was
   published meanwhile to the server is lost. A publish made while reconnecting is buffered (at
-  most 8 MiB, then it raises `BrokerError`) and sent once the server is back.
+  most 8 MiB, then it raises `BrokerError`) and sent once the server is back
+  (test_broker_nats.py: test_after_a_server_restart_the_subscriber_gets_new_events).
 - Broker down at start: `BrokerError` naming the URL (without credentials) after bounded
   retries within `connect_timeout` seconds (default 5) (test_broker_nats.py:
   test_server_down_at_start_is_a_clear_error, test_credentials_in_the_url_work_and_never_show).

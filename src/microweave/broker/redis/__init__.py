@@ -32,13 +32,16 @@ has been idle for an hour.
 
 Delivery: each subscription reads with XREADGROUP COUNT n BLOCK (at most 1 s), n being how many
 more entries it may hold: entries in handlers plus entries waiting for a redelivery never exceed
-`max_in_flight`. Ordering: one publisher's events reach a subscriber with `max_in_flight=1` in
-publish order (a stream is ordered); redeliveries and a larger `max_in_flight` reorder.
-`Event.attempt` is the entry's delivery count in its group: 1 on the first delivery, one more
-for every claim (XCLAIM, XAUTOCLAIM).
+`max_in_flight` (and at most as many acknowledged ones wait for their XACK). Ordering: one
+publisher's events reach a subscriber with `max_in_flight=1` in publish order (a stream is
+ordered); redeliveries and a larger `max_in_flight` reorder. `Event.attempt` is the entry's
+delivery count in its group: 1 on the first delivery, one more for every claim (XCLAIM,
+XAUTOCLAIM).
 
-Settling: ack -> XACK (acks arriving while one is on the wire share the next XACK). Entries are
-never XDELed: other groups of the stream may not have read them; MAXLEN trims them.
+Settling: ack -> XACK, sent by the subscription's acker: the acks that gathered while the last
+XACK was on the wire go in one command, and `ack()` does not wait for it (as AMQP's basic.ack;
+an ack lost to a crash means one redelivery). Entries are never XDELed: other groups of the
+stream may not have read them; MAXLEN trims them.
 nack(requeue=True, delay) -> the entry stays pending with this consumer, which claims it back
 (XCLAIM: a delivery counted) and dispatches it when the delay is up. nack(requeue=False), or a
 failure on delivery `max_deliveries` -> the event (same body and headers, Micro-Id included,

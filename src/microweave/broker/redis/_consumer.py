@@ -20,7 +20,7 @@ import functools
 import heapq
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 from redis import exceptions as redis_errors
@@ -28,7 +28,6 @@ from redis import exceptions as redis_errors
 from ..._tasks import cancel_all
 from .. import DEAD_LETTER_REASON, Event, Subscription, dead_letter_topic
 from . import BODY, BROADCAST_GROUP, HEADERS
-from ._batch import Batcher
 
 if TYPE_CHECKING:
     from . import Client, RedisBroker
@@ -76,12 +75,17 @@ class Consumer:
         self._block_ms = max(1, int(min(MAX_BLOCK, self._claim_every) * 1000))
         self._claim_idle_ms = max(1, int(broker.claim_idle * 1000))
         self._cursor: bytes | str = "0-0"
-        self._acks: Batcher[bytes, Any] = Batcher(self._send_acks, limit=CHUNK)
+        #: acknowledged entries not yet XACKed: the acker sends them together
+        self._acks: list[bytes] = []
+        self._ack_wanted = asyncio.Event()
+        self._acks_closing = False
+        self._acked = 0  # acknowledged by handlers, XACK not done yet
         # blocking reads get a connection of their own: they would hold a shared one for seconds
         self._reader: Client = broker.new_client(
             max_connections=1, read_timeout=broker.timeout + self._block_ms / 1000
         )
         self._reading: asyncio.Task[None] | None = None
+        self._acking: asyncio.Task[None] | None = None
         # redis-py (8.1) sometimes swallows a cancellation that lands as a reply arrives, so
         # the loops also stop on this flag
         self._stopping = False
@@ -105,6 +109,7 @@ class Consumer:
         loop = asyncio.get_running_loop()
         self._reading = loop.create_task(self._read_forever(), name=f"redis-read-{self.key}")
         self._keeping = loop.create_task(self._keep_forever(), name=f"redis-keep-{self.key}")
+        self._acking = loop.create_task(self._ack_forever(), name=f"redis-ack-{self.key}")
 
     async def _create_group(self) -> None:
         """The group starts at the stream's end ("$"): a new group gets the events published
@@ -131,7 +136,12 @@ class Consumer:
         if self._keeping is not None:
             await cancel_all([self._keeping])
             self._keeping = None
-        self._acks.close(self.broker.error(f"acknowledge on {self.topic}", RuntimeError("unsubscribed")))
+        if self._acking is not None:  # the acks of the handlers that just finished go out first
+            self._acks_closing = True
+            self._ack_wanted.set()
+            await asyncio.wait([self._acking], timeout=self.broker.retry_for + self.broker.timeout)
+            await cancel_all([self._acking])
+            self._acking = None
         client = self.broker.client
         try:
             if self.broadcast:
@@ -176,7 +186,7 @@ class Consumer:
         failures = 0
         next_claim = 0.0  # at once: what a crashed predecessor left is claimable already
         while not self._stopping:
-            room = self.sub.max_in_flight - len(self.held)
+            room = self._room_left()
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -273,29 +283,58 @@ class Consumer:
                 heapq.heappush(self._due, (held.due, entry_id))
                 self._wake.set()
             return
+        if ack:  # like basic.ack on AMQP: sent, not waited for (the acker batches them)
+            if entry_id in self.held:
+                self._acks.append(entry_id)
+                self._acked += 1
+                self._ack_wanted.set()
+                self._room.set()
+            return
+        n = event.attempt
+        last = n >= self.broker.max_deliveries
+        reason = f"failed {n} deliveries" if last else f"rejected on delivery {n}"
         try:
-            if ack:
-                try:
-                    await self._acks.submit(entry_id)
-                except Exception:  # retried while Redis is away, else a BrokerError
-                    what = f"acknowledge event {event.id} on {self.topic}"
-                    await self.broker.call(what, lambda: self._acks.submit(entry_id))
-            else:
-                last = event.attempt >= self.broker.max_deliveries
-                reason = (
-                    f"failed {event.attempt} deliveries" if last else f"rejected on delivery {event.attempt}"
-                )
-                await self._dead_letter(entry_id, event.headers, event.body, reason)
+            await self._dead_letter(entry_id, event.headers, event.body, reason)
         finally:
             self._release(entry_id)
+
+    def _room_left(self) -> int:
+        """How many more entries to take: `max_in_flight` minus those in handlers or waiting for
+        a redelivery. Entries acknowledged but not XACKed yet count as done, up to
+        `max_in_flight` of them, so reading goes on while an XACK is on the wire and `held`
+        stays under twice `max_in_flight`."""
+        limit = self.sub.max_in_flight
+        return limit - len(self.held) + min(self._acked, limit)
 
     def _release(self, entry_id: bytes) -> None:
         if self.held.pop(entry_id, None) is not None:
             self._room.set()
 
-    async def _send_acks(self, ids: list[bytes]) -> list[Any]:
-        await self.broker.client.xack(self.key, self.group, *ids)
-        return [None] * len(ids)
+    async def _ack_forever(self) -> None:
+        """XACK what handlers acknowledged: all that gathered while the last XACK was on the wire
+        in one command. An entry leaves `held` once its XACK is done, so what waits here still
+        counts against `max_in_flight`."""
+        while not self._acks_closing:
+            await self._ack_wanted.wait()
+            self._ack_wanted.clear()
+            while self._acks:
+                await self._send_acks()
+
+    async def _send_acks(self) -> None:
+        batch = self._acks[:CHUNK]
+        del self._acks[:CHUNK]
+        client = self.broker.client
+        try:
+            await self.broker.call(
+                f"acknowledge {len(batch)} events on {self.topic}",
+                lambda: client.xack(self.key, self.group, *batch),
+            )
+        except Exception as exc:  # left pending: claimed and delivered again after claim_idle
+            log.warning("%s; those events will be delivered again", exc)
+        finally:
+            self._acked -= len(batch)
+            for entry_id in batch:
+                self._release(entry_id)
 
     async def _dead_letter(self, entry_id: bytes, headers: dict[str, str], body: bytes, reason: str) -> None:
         """The event, same body and headers plus the reason, on the dead-letter topic's stream,

@@ -38,6 +38,7 @@ from microweave import MessageContext, Service
 from microweave._backends import load_broker, parse_url
 from microweave.broker import DEAD_LETTER_REASON, Event, dead_letter_topic
 from microweave.broker.redis import RedisBroker
+from microweave.broker.redis import _groups as redis_groups
 from microweave.errors import BrokerError, ConfigurationError
 from microweave.testing import capture_logs
 
@@ -396,6 +397,33 @@ async def test_unsubscribe_leaves_no_group_or_consumer_behind(redis_engine: Redi
         await second.aclose()
         names = [c["name"].decode() for c in await raw.xinfo_consumers(topic, "workers")]
         assert len(names) == 1, "a member holding nothing leaves the group"
+
+
+async def test_what_crashed_subscribers_left_is_swept_by_the_next_one(
+    redis_engine: RedisServer, raw: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broadcast group and a queue member left by processes that died (made by hand here,
+    idle past the stale time, shortened for the test) go when a subscriber of the stream starts;
+    a member still holding an entry stays, and so does another queue's group."""
+    monkeypatch.setattr(redis_groups, "STALE_MS", 300)
+    topic = unique_topic()
+    dead_broadcast = "*broadcast*dead-process:1"
+    for group in (dead_broadcast, "workers", "others"):
+        await raw.xgroup_create(topic, group, id="$", mkstream=True)
+    first = await raw.xadd(topic, {"headers": b"{}", "body": b"x"})
+    for group, consumer in ((dead_broadcast, "dead-process:1"), ("others", "o"), ("workers", "gone")):
+        await raw.xreadgroup(group, consumer, {topic: ">"}, count=1)
+    await raw.xack(topic, "workers", first)  # "gone" holds nothing now
+    await raw.xadd(topic, {"headers": b"{}", "body": b"y"})
+    await raw.xreadgroup("workers", "holder", {topic: ">"}, count=1)  # "holder" holds "y"
+    await asyncio.sleep(0.5)
+    async with open_broker(redis_url(redis_engine)) as broker:
+        await broker.subscribe(topic, Inbox(), queue="workers")
+        groups = {g["name"].decode() for g in await raw.xinfo_groups(topic)}
+        members = {c["name"].decode() for c in await raw.xinfo_consumers(topic, "workers")}
+        ours = {m for m in members if m.startswith(broker.consumer_base)}  # type: ignore[attr-defined]
+    assert groups == {"workers", "others"}
+    assert members - ours == {"holder"}, "the idle member holding nothing went; the one holding stays"
 
 
 async def test_streams_stay_bounded_by_maxlen(redis_engine: RedisServer, raw: Any) -> None:

@@ -1,15 +1,17 @@
 """One subscription's consumer in its group: reads, claims, redelivers, acknowledges.
 
-Two tasks per subscription. The reader fetches new entries (XREADGROUP, at most as many as the
+Three tasks per subscription. The reader fetches new entries (XREADGROUP, at most as many as the
 subscription has room for) and, every `claim_idle / 2`, claims entries other consumers left
 pending longer than `claim_idle` (XAUTOCLAIM). The keeper redelivers nacked entries when their
 delay is up (XCLAIM to itself, which counts a delivery) and, every `claim_idle / 3`, touches the
 entries this consumer holds (XCLAIM JUSTID: idle time reset, no delivery counted) so a slow
-handler or a long nack delay is never mistaken for a crashed consumer.
+handler or a long nack delay is never mistaken for a crashed consumer. The acker (_acker.py)
+XACKs what handlers acknowledged.
 
-`held` is every entry this consumer has taken and not yet settled (running, or waiting for its
-redelivery); the reader fetches only while it holds fewer than `max_in_flight`, so memory and
-the consumer's pending list stay bounded whatever the handlers do.
+`held` is every entry this consumer has taken and not yet settled (running, waiting for its
+redelivery, or for its XACK); the reader fetches only while fewer than `max_in_flight` run or
+wait for a redelivery, and at most `max_in_flight` more wait for their XACK, so memory and the
+consumer's pending list stay bounded whatever the handlers do.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-import msgspec
 from redis import exceptions as redis_errors
 
 from ..._tasks import cancel_all
 from .. import DEAD_LETTER_REASON, Event, Subscription, dead_letter_topic
-from . import BODY, BROADCAST_GROUP, HEADERS
+from . import BROADCAST_GROUP
+from ._acker import Acker
+from ._entries import CHUNK, chunks, decode_entry, text
+from ._groups import sweep
 
 if TYPE_CHECKING:
     from . import Client, RedisBroker
@@ -36,19 +40,9 @@ __all__ = ["Consumer"]
 
 log = logging.getLogger("microweave.broker.redis")
 
-#: a header object larger than this is not decoded: the entry is dead-lettered as malformed
-MAX_HEADERS_BYTES: Final = 64 * 1024
-#: a consumer (queue groups) or a broadcast group idle this long, holding nothing, is removed
-#: when a subscriber of the same stream starts (what crashed processes leave behind)
-STALE_MS: Final = 3_600_000
-#: groups of one stream looked at when sweeping
-SWEEP_LIMIT: Final = 100
 #: the longest a read blocks, in seconds (the reader also claims between reads)
 MAX_BLOCK: Final = 1.0
-#: entry ids per XCLAIM or XACK command
-CHUNK: Final = 1000
 _TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
-_headers = msgspec.json.Decoder(dict[str, str])
 
 
 @dataclass(slots=True)
@@ -75,17 +69,12 @@ class Consumer:
         self._block_ms = max(1, int(min(MAX_BLOCK, self._claim_every) * 1000))
         self._claim_idle_ms = max(1, int(broker.claim_idle * 1000))
         self._cursor: bytes | str = "0-0"
-        #: acknowledged entries not yet XACKed: the acker sends them together
-        self._acks: list[bytes] = []
-        self._ack_wanted = asyncio.Event()
-        self._acks_closing = False
-        self._acked = 0  # acknowledged by handlers, XACK not done yet
+        self._acker = Acker(broker, key=key, group=group, topic=sub.topic, done=self._release)
         # blocking reads get a connection of their own: they would hold a shared one for seconds
         self._reader: Client = broker.new_client(
             max_connections=1, read_timeout=broker.timeout + self._block_ms / 1000
         )
         self._reading: asyncio.Task[None] | None = None
-        self._acking: asyncio.Task[None] | None = None
         # redis-py (8.1) sometimes swallows a cancellation that lands as a reply arrives, so
         # the loops also stop on this flag
         self._stopping = False
@@ -102,14 +91,14 @@ class Consumer:
         try:
             await self.broker.call(f"subscribe to {self.topic}", self._create_group)
             with contextlib.suppress(Exception):  # housekeeping: never a reason not to subscribe
-                await self._sweep()
+                await sweep(self.broker.client, self.key, self.group)
         except BaseException:
             await self._reader.aclose(close_connection_pool=True)
             raise
         loop = asyncio.get_running_loop()
         self._reading = loop.create_task(self._read_forever(), name=f"redis-read-{self.key}")
         self._keeping = loop.create_task(self._keep_forever(), name=f"redis-keep-{self.key}")
-        self._acking = loop.create_task(self._ack_forever(), name=f"redis-ack-{self.key}")
+        self._acker.start()
 
     async def _create_group(self) -> None:
         """The group starts at the stream's end ("$"): a new group gets the events published
@@ -136,12 +125,7 @@ class Consumer:
         if self._keeping is not None:
             await cancel_all([self._keeping])
             self._keeping = None
-        if self._acking is not None:  # the acks of the handlers that just finished go out first
-            self._acks_closing = True
-            self._ack_wanted.set()
-            await asyncio.wait([self._acking], timeout=self.broker.retry_for + self.broker.timeout)
-            await cancel_all([self._acking])
-            self._acking = None
+        await self._acker.close()  # the acks of the handlers that just finished go out first
         client = self.broker.client
         try:
             if self.broadcast:
@@ -151,7 +135,7 @@ class Consumer:
                 self.key, self.group, min="-", max="+", count=CHUNK, consumername=self.name
             )
             ids = [p["message_id"] for p in pending]
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 await client.xclaim(
                     self.key, self.group, self.name, 0, chunk, idle=self._claim_idle_ms, justid=True
                 )
@@ -160,24 +144,6 @@ class Consumer:
         finally:
             self.held.clear()
             await self._reader.aclose(close_connection_pool=True)
-
-    async def _sweep(self) -> None:
-        """Remove what crashed subscribers of this stream left: broadcast groups whose consumers
-        have all been idle for an hour, and this queue group's idle members holding nothing."""
-        client = self.broker.client
-        groups = await client.xinfo_groups(self.key)
-        for group in groups[:SWEEP_LIMIT]:
-            name = _text(group["name"])
-            if name != self.group and not name.startswith(BROADCAST_GROUP):
-                continue  # another queue group: its own members sweep it
-            consumers = await client.xinfo_consumers(self.key, name)
-            if name == self.group:
-                for consumer in consumers:
-                    if consumer["pending"] == 0 and consumer["idle"] > STALE_MS:
-                        await client.xgroup_delconsumer(self.key, name, consumer["name"])
-            elif consumers and all(c["idle"] > STALE_MS for c in consumers):
-                log.info("removing broadcast group %s of %s: idle for an hour", name, self.key)
-                await client.xgroup_destroy(self.key, name)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -259,7 +225,7 @@ class Consumer:
         return counts
 
     async def _deliver(self, entry_id: bytes, fields: dict[bytes, bytes] | None, attempt: int) -> None:
-        headers, body = _decode(fields)
+        headers, body = decode_entry(fields)
         if headers is None:
             await self._dead_letter_quietly(entry_id, {}, body, "malformed stream entry (no headers or body)")
             return
@@ -285,9 +251,7 @@ class Consumer:
             return
         if ack:  # like basic.ack on AMQP: sent, not waited for (the acker batches them)
             if entry_id in self.held:
-                self._acks.append(entry_id)
-                self._acked += 1
-                self._ack_wanted.set()
+                self._acker.add(entry_id)
                 self._room.set()
             return
         n = event.attempt
@@ -304,37 +268,11 @@ class Consumer:
         `max_in_flight` of them, so reading goes on while an XACK is on the wire and `held`
         stays under twice `max_in_flight`."""
         limit = self.sub.max_in_flight
-        return limit - len(self.held) + min(self._acked, limit)
+        return limit - len(self.held) + min(self._acker.pending, limit)
 
     def _release(self, entry_id: bytes) -> None:
         if self.held.pop(entry_id, None) is not None:
             self._room.set()
-
-    async def _ack_forever(self) -> None:
-        """XACK what handlers acknowledged: all that gathered while the last XACK was on the wire
-        in one command. An entry leaves `held` once its XACK is done, so what waits here still
-        counts against `max_in_flight`."""
-        while not self._acks_closing:
-            await self._ack_wanted.wait()
-            self._ack_wanted.clear()
-            while self._acks:
-                await self._send_acks()
-
-    async def _send_acks(self) -> None:
-        batch = self._acks[:CHUNK]
-        del self._acks[:CHUNK]
-        client = self.broker.client
-        try:
-            await self.broker.call(
-                f"acknowledge {len(batch)} events on {self.topic}",
-                lambda: client.xack(self.key, self.group, *batch),
-            )
-        except Exception as exc:  # left pending: claimed and delivered again after claim_idle
-            log.warning("%s; those events will be delivered again", exc)
-        finally:
-            self._acked -= len(batch)
-            for entry_id in batch:
-                self._release(entry_id)
 
     async def _dead_letter(self, entry_id: bytes, headers: dict[str, str], body: bytes, reason: str) -> None:
         """The event, same body and headers plus the reason, on the dead-letter topic's stream,
@@ -356,7 +294,7 @@ class Consumer:
         try:
             await self._dead_letter(entry_id, headers, body, reason)
         except Exception as exc:  # left pending: claimed and tried again later
-            log.warning("could not dead-letter entry %s of %s: %s", _text(entry_id), self.key, exc)
+            log.warning("could not dead-letter entry %s of %s: %s", text(entry_id), self.key, exc)
         finally:
             self._release(entry_id)
 
@@ -424,26 +362,5 @@ class Consumer:
         """Reset the idle time of everything held, so no other consumer claims it."""
         ids = list(self.held)
         with contextlib.suppress(*_TRANSIENT):
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 await self.broker.client.xclaim(self.key, self.group, self.name, 0, chunk, justid=True)
-
-
-def _decode(fields: dict[bytes, bytes] | None) -> tuple[dict[str, str] | None, bytes]:
-    if not fields:
-        return None, b""
-    body = fields.get(BODY)
-    raw = fields.get(HEADERS)
-    if body is None or raw is None or len(raw) > MAX_HEADERS_BYTES:
-        return None, body or b""
-    try:
-        return _headers.decode(raw), body
-    except msgspec.DecodeError:
-        return None, body
-
-
-def _chunks(ids: list[bytes]) -> list[list[bytes]]:
-    return [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value

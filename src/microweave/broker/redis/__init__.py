@@ -28,7 +28,8 @@ of every process. Broadcast subscribers get a group of their own each (`*broadca
 delivery counts and redelivery like queue members (the conformance suite's failing-handler and
 manual-ack tests subscribe without a queue). That group is destroyed on unsubscribe; one a
 crashed process left behind is destroyed by the next subscriber of the stream once its consumer
-has been idle for an hour.
+has been idle for an hour, and so is an idle queue member holding nothing:
+    test_what_crashed_subscribers_left_is_swept_by_the_next_one
 
 Delivery: each subscription reads with XREADGROUP COUNT n BLOCK (at most 1 s), n being how many
 more entries it may hold: entries in handlers plus entries waiting for a redelivery never exceed

@@ -54,6 +54,7 @@ BROKERS: dict[str, tuple[str, str, str | None]] = {
     "rabbitmq": ("microweave.broker.rabbitmq", "RabbitMQBroker", "rabbitmq"),
     "amqp": ("microweave.broker.rabbitmq", "RabbitMQBroker", "rabbitmq"),
     "redis": ("microweave.broker.redis", "RedisBroker", "redis"),
+    "rediss": ("microweave.broker.redis", "RedisBroker", "redis"),
 }
 DEFAULT_BROKER = "direct://"
 

@@ -496,7 +496,8 @@ async def test_rediss_over_tls(tmp_path: Path) -> None:
     server.start()
     try:
         url = f"rediss://127.0.0.1:{port}?ssl_ca_certs={ca}&retry_for=0.5"
-        broker = RedisBroker.from_url(parse_url(url))
+        broker = load_broker(url)
+        assert isinstance(broker, RedisBroker)
         assert broker.url == f"rediss://127.0.0.1:{port}/0"
         topic = unique_topic()
         async with broker:

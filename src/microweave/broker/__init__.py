@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import contextlib
 import logging
 import uuid
@@ -138,7 +139,8 @@ class Event:
     ) -> None:
         self.topic = topic
         self.body = body
-        self.headers: dict[str, str] = dict(headers)
+        # a backend hands over a dict of its own (decoded per message): not copied again
+        self.headers: dict[str, str] = headers if type(headers) is dict else dict(headers)
         #: `Micro-Id` as published; "" when the publisher sent none
         self.id = header(headers, MESSAGE_ID) or ""
         #: 1 on the first delivery, counted by the broker where it can (JetStream, RabbitMQ
@@ -155,7 +157,11 @@ class Event:
     @property
     def content_type(self) -> str:
         """The body's media type without parameters (`application/json; charset=utf-8` is JSON)."""
-        value = self.header(CONTENT_TYPE)
+        value = self.headers.get(CONTENT_TYPE)
+        if value == JSON:
+            return JSON
+        if value is None:
+            value = self.header(CONTENT_TYPE)
         return value.partition(";")[0].strip().lower() if value else JSON
 
     def decode(self, tp: type[T]) -> T:
@@ -207,7 +213,9 @@ class Subscription:
         self.ack = ack
         self.max_in_flight = max_in_flight
         self.tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(max_in_flight)
+        #: dispatchers waiting for a free slot, woken one per finished handler
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.active = True
         #: a backend's own state (its consumer, channel, ...)
         self.state: Any = None
@@ -218,14 +226,38 @@ class Subscription:
         return self.max_in_flight - len(self.tasks)
 
     async def dispatch(self, event: Event) -> None:
-        await self._slots.acquire()
-        task = asyncio.get_running_loop().create_task(self._run(event))
-        self.tasks.add(task)
+        # the hot path of every backend: no lock or semaphore coroutine while a slot is free
+        tasks = self.tasks
+        while len(tasks) >= self.max_in_flight:
+            await self._slot()
+        loop = self._loop or self._bind_loop()
+        task = loop.create_task(self._run(event))
+        tasks.add(task)
         task.add_done_callback(self._finished)
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    async def _slot(self) -> None:
+        waiter = (self._loop or self._bind_loop()).create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(waiter)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
-        self._slots.release()
+        waiting = self._waiting
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
 
     async def _run(self, event: Event) -> None:
         try:
@@ -239,7 +271,9 @@ class Subscription:
             await self._failed(event, exc)
         else:
             if not event.settled:
-                if self.ack == "manual":
+                if event._settle is _no_settle:
+                    event.settled = "ack"  # nothing to tell anyone: no coroutine to await
+                elif self.ack == "manual":
                     log.warning(
                         "subscriber of %s left event %s unsettled in manual ack mode: nacked",
                         self.topic, event.id,

@@ -55,7 +55,7 @@ class MemoryBroker(Broker):
         turn = next(self._bus.turns)
         targets += [members[turn % len(members)] for members in groups.values()]
         for sub in targets:
-            await sub.dispatch(Event(topic, body, headers, queue=sub.queue))
+            await sub.dispatch(Event(topic, body, dict(headers), queue=sub.queue))  # a dict each
 
     async def _subscribe(self, sub: Subscription) -> None:
         self._bus.subscriptions.setdefault(sub.topic, []).append(sub)

@@ -79,6 +79,8 @@ DEFAULT_MAX_DELIVERIES: Final = 5
 DEAD_LETTER_SUFFIX: Final = ".dead-letter"
 #: the header a dead-lettered event carries: why it was given up on
 DEAD_LETTER_REASON: Final = "Micro-Dead-Letter-Reason"
+#: seconds cancelled handlers get to end before unsubscribe stops waiting for them
+CANCEL_WAIT: Final = 2.0
 #: the largest number a subscriber may ask for: each slot may hold a message in memory
 MAX_IN_FLIGHT_LIMIT: Final = 10_000
 
@@ -262,13 +264,18 @@ class Subscription:
     async def _run(self, event: Event) -> None:
         try:
             await self.handler(event)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and not task.cancelling():
+                # nobody cancelled it: the handler let its own CancelledError out, a failure
+                await self._failed(event, exc)
+                return
             # stopped after the grace: left unsettled, an at-least-once broker redelivers it
             with contextlib.suppress(Exception):
                 await event.nack(requeue=True, delay=0.0)
             raise
-        except Exception as exc:
-            await self._failed(event, exc)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt from a handler too: the
+            await self._failed(event, exc)  # subscriber goes on, as a call's boundary does
         else:
             if not event.settled:
                 if event._settle is _no_settle:
@@ -282,12 +289,16 @@ class Subscription:
                 else:
                     await self._settle_quietly(event, ack=True)
 
-    async def _failed(self, event: Event, exc: Exception) -> None:
+    async def _failed(self, event: Event, exc: BaseException) -> None:
         broker = self.broker
         poison = isinstance(exc, BadRequest)
         last = event.attempt >= broker.max_deliveries
         requeue = broker.redelivers and not poison and not last
         why = exc.detail if isinstance(exc, MicroError) else f"{type(exc).__name__}"
+        if not isinstance(exc, MicroError):
+            # a raw handler's own exception (a Service's subscribers come through the pipeline,
+            # whose boundary already logged the traceback under a correlation id)
+            log.error("subscriber of %s raised on event %s", self.topic, event.id, exc_info=exc)
         if requeue:
             log.warning(
                 "event %s on %s failed on delivery %d (%s); redelivering",
@@ -331,7 +342,12 @@ class Subscription:
         if not await self.drain(grace):
             for task in list(self.tasks):
                 task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+            # bounded too: a handler that swallows its cancellation must not hold the stop
+            if not await self.drain(CANCEL_WAIT):
+                log.error(
+                    "%d handler(s) of %s ignored their cancellation; leaving them behind",
+                    len(self.tasks), self.topic,
+                )  # fmt: skip
         self.broker.subscriptions.discard(self)
         with contextlib.suppress(Exception):
             await self.broker._after_unsubscribe(self)
@@ -357,6 +373,7 @@ class Broker(abc.ABC):
         self.name = name
         self.subscriptions: set[Subscription] = set()
         self.connected = False
+        self.closed = False
         self._connect_lock: asyncio.Lock | None = None
 
     @classmethod
@@ -398,6 +415,10 @@ class Broker(abc.ABC):
     async def connect(self) -> None:
         if self.connected:
             return
+        if self.closed:
+            raise BrokerError(
+                f"{self!r} is closed; build a new broker to connect again", id="microweave.broker"
+            )
         if self._connect_lock is None:
             self._connect_lock = asyncio.Lock()
         async with self._connect_lock:
@@ -462,7 +483,9 @@ class Broker(abc.ABC):
         return sub
 
     async def aclose(self, *, grace: float = 10.0) -> None:
-        """Unsubscribe everything (handlers get `grace` seconds), then disconnect."""
+        """Unsubscribe everything (handlers get `grace` seconds), then disconnect; a closed
+        broker refuses to publish or subscribe (it would reconnect behind its owner's back)."""
+        self.closed = True
         await asyncio.gather(*(s.unsubscribe(grace=grace) for s in list(self.subscriptions)))
         if self.connected:
             self.connected = False

@@ -33,7 +33,7 @@ def decode(payload: bytes) -> tuple[dict[str, str], bytes, bool]:
     if payload[:1] == b"{":
         try:
             envelope = _decoder.decode(payload)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # nested past msgspec's depth: not ours
             pass
         else:
             if len(envelope.Header) <= MAX_HEADERS:

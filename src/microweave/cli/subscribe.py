@@ -65,7 +65,7 @@ def json_body(event: Event) -> tuple[bool, Any]:
         return False, None
     try:
         return True, json.loads(event.body.decode("utf-8"), parse_constant=_not_json)
-    except ValueError:  # UnicodeDecodeError is one too
+    except (ValueError, RecursionError):  # UnicodeDecodeError is one too
         return False, None
 
 

@@ -168,6 +168,16 @@ class Puller:
                 await msg.nak()
             return
         self.held[event] = msg
+        if event.attempt > self.broker.max_deliveries:
+            # delivered that often without ever being settled (its consumers died on it):
+            # dead-lettered without running it again, as on RabbitMQ and Redis
+            log.error(
+                "event %s of %s was delivered %d times and never settled: dead-lettered",
+                event.id, event.topic, event.attempt,
+            )  # fmt: skip
+            self.held.pop(event, None)
+            await self._dead_letter(event, msg)
+            return
         try:
             await self.sub.dispatch(event)
         except asyncio.CancelledError:

@@ -181,3 +181,16 @@ async def test_bad_subscription_options_fail_the_start_clearly() -> None:
     with pytest.raises(ConfigurationError, match="max_in_flight"):
         await svc.start()
     assert not svc.running
+
+
+async def test_a_closed_broker_does_not_reconnect_behind_its_owner() -> None:
+    from microweave import BrokerError
+    from microweave._backends import load_broker
+
+    broker = load_broker(f"memory://{uuid.uuid4().hex}")
+    async with broker:
+        await broker.publish("t", b"{}")
+    with pytest.raises(BrokerError, match="closed"):
+        await broker.publish("t", b"{}")
+    with pytest.raises(BrokerError, match="closed"):
+        await broker.subscribe("t", lambda event: asyncio.sleep(0))

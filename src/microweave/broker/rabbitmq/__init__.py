@@ -26,6 +26,7 @@ conformance suite tests/conformance/test_broker.py):
   (conformance: test_one_publisher_order_is_kept_for_one_subscriber)
 - Durability: group queues are quorum queues (on disk, replicated in a cluster) holding
   persistent messages: a broker restart keeps every confirmed event.
+  Also after a restart, before the group's consumers are back: see Decisions.
   (test_broker_restart_mid_stream_loses_no_confirmed_publish)
 - Consumer crash: what it held unacknowledged is redelivered to another member of the group,
   with `attempt` counted by RabbitMQ (`x-delivery-count` + 1).
@@ -53,6 +54,11 @@ conformance suite tests/conformance/test_broker.py):
 
 Decisions:
 
+- Our queues are bound to `microweave:<exchange>`, a durable topic exchange bound to `micro`
+  with `#`, not to `micro` itself: `micro` is not durable (go-micro's), so a broker restart
+  drops every binding to it, and events published before each group's consumer bound again
+  would be lost. (exchanges.py says more; test_broker_restart_mid_stream_loses_no_confirmed_publish
+  brings the consumer back last to show it.)
 - Queue names: a group's queue is `microweave:<group>:<topic>` (names.group_queue_name says
   why: shared by members, one per topic, never go-micro's `<group>`, which is non-durable and
   auto-delete, so one name for both would fail with PRECONDITION_FAILED).

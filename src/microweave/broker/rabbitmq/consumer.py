@@ -25,8 +25,8 @@ import aiormq.exceptions
 
 from ...errors import BrokerError, ConfigurationError
 from .. import DEAD_LETTER_REASON, MESSAGE_ID, Event, broker_error, dead_letter_topic, header
+from .exchanges import declare_exchanges, durable_exchange_name
 from .names import broadcast_queue_name, group_queue_arguments, group_queue_name, text_headers
-from .publisher import declare_exchange
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
@@ -65,8 +65,8 @@ class Consumer:
         await channel.initialize()
         try:
             await channel.set_qos(prefetch_count=sub.max_in_flight)
-            exchange = broker.options.exchange
-            await declare_exchange(channel, exchange, broker.public)
+            await declare_exchanges(channel, broker.options.exchange, broker.public)
+            exchange = durable_exchange_name(broker.options.exchange)
             if sub.queue is None:
                 name = broadcast_queue_name(sub.topic)
                 queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
@@ -86,7 +86,9 @@ class Consumer:
         broker = self.broker
         name = group_queue_name(group, topic)
         arguments = group_queue_arguments(
-            exchange=broker.options.exchange, topic=topic, delivery_limit=broker.options.delivery_limit
+            exchange=durable_exchange_name(broker.options.exchange),
+            topic=topic,
+            delivery_limit=broker.options.delivery_limit,
         )
         try:
             queue = await channel.declare_queue(name, durable=True, arguments=arguments)
@@ -99,13 +101,15 @@ class Consumer:
                     "the group must use the same exchange and delivery_limit; or delete the queue"
                 ),
             ) from None
-        await queue.bind(broker.options.exchange, topic)
+        await queue.bind(durable_exchange_name(broker.options.exchange), topic)
         return queue
 
     async def cancel(self) -> None:
         """No new deliveries; running handlers may still settle theirs on this channel."""
         if self.queue is not None and self.tag:
             tag, self.tag = self.tag, ""
+            if self.channel is None or self.channel.is_closed:
+                return  # gone with its channel (and close() keeps aio-pika from restoring it)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(STOP_TIMEOUT):
                     await self.queue.cancel(tag)

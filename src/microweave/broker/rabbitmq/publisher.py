@@ -24,42 +24,23 @@ from typing import TYPE_CHECKING
 
 import aiormq
 import aiormq.exceptions
-from aio_pika import ExchangeType
 from aiormq.abc import DeliveredMessage
 
 from ...errors import BrokerError
 from .. import CONTENT_TYPE, MESSAGE_ID, backoff, broker_error, header
 from .connect import explain, is_transient
+from .exchanges import declare_exchanges
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
     from .options import Options
 
-__all__ = ["Publisher", "declare_exchange"]
+__all__ = ["Publisher"]
 
 log = logging.getLogger("microweave.broker.rabbitmq")
 
 PERSISTENT = 2  # AMQP delivery mode: written to disk by a durable queue
-
-
-async def declare_exchange(channel: AbstractRobustChannel, name: str, public: str) -> None:
-    """The topic exchange, declared exactly as go-micro declares `micro` (not durable, not
-    auto-delete, no arguments): any other declaration of an existing `micro` is refused.
-    Declared on every channel of ours, so restoring any channel after a broker restart (a
-    non-durable exchange does not survive one) declares it again first."""
-    try:
-        await channel.declare_exchange(name, ExchangeType.TOPIC, durable=False, auto_delete=False)
-    except aiormq.exceptions.ChannelPreconditionFailed as exc:
-        raise broker_error(
-            public,
-            f"declare exchange {name!r}",
-            BrokerError(
-                f"it exists with other settings ({exc.args[0] if exc.args else exc}); microweave declares "
-                "it as go-micro does (topic, not durable, not auto-delete): delete it, or name another "
-                "exchange with ?exchange="
-            ),
-        ) from None
 
 
 class Publisher:
@@ -79,7 +60,7 @@ class Publisher:
         channel = self._connection.channel(publisher_confirms=True, on_return_raises=False)
         await channel.initialize()
         self._channel = channel
-        await declare_exchange(channel, self._exchange, self._public)
+        await declare_exchanges(channel, self._exchange, self._public)
         self._underlay = await channel.get_underlay_channel()
 
     async def close(self) -> None:
@@ -146,6 +127,8 @@ class Publisher:
                 raise broker_error(self._public, f"publish to {topic}", BrokerError(why))
             try:
                 async with asyncio.timeout(remaining):
+                    # ready(): reconnected, and the channel's exchanges and bindings restored
+                    await self._channel.ready()
                     underlay = self._underlay = await self._channel.get_underlay_channel()
             except TimeoutError:
                 last = aiormq.exceptions.ConnectionClosed(320, "lost")  # and not back yet
@@ -181,8 +164,8 @@ class Publisher:
                 self._public,
                 f"publish to {topic}",
                 BrokerError(
-                    f"not confirmed within {self._confirm_timeout:g} s (is the broker blocked by a memory "
-                    "or disk alarm?)"
+                    f"not confirmed within {self._confirm_timeout:g} s, so it may or may not be published "
+                    "(is the broker blocked by a memory or disk alarm?)"
                 ),
             ) from None
         if isinstance(exc, aiormq.exceptions.DeliveryError):

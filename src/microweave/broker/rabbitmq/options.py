@@ -102,7 +102,8 @@ def split_url(url: str) -> tuple[str, str]:
     port = port or "5672"
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     path = "/" + quote(vhost, safe="")
-    return f"amqp://{userinfo}@{host}:{port}{path}", f"amqp://{host}:{port}{path}"
+    shown = "/" if vhost == "/" else path  # the default virtual host, as people write it
+    return f"amqp://{userinfo}@{host}:{port}{path}", f"amqp://{host}:{port}{shown}"
 
 
 def from_backend_url(url: BackendURL, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:

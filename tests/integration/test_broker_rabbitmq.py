@@ -208,7 +208,7 @@ async def test_broker_down_during_publish_raises_after_bounded_retries_and_publi
 ) -> None:
     topic = unique_topic("down")
     inbox = Inbox()
-    async with open_broker(rabbitmq_engine.url, retry_time=1.5) as broker:
+    async with open_broker(rabbitmq_engine.url, retry_time=1.5, connect_timeout=1.0) as broker:
         await broker.subscribe(topic, inbox, queue="down")
         first = await broker.publish(topic, OrderPlaced(order="before", amount=1))
         await inbox.wait(1)
@@ -371,6 +371,7 @@ async def test_an_event_its_consumers_keep_dying_on_is_dead_lettered_without_run
             await taken.wait(1)
             connection = rabbit(dying).connection
             await connection.close()  # gone without a word: no ack, no reject
+            await dying.aclose(grace=0.1)  # its handler never returns: no need to wait for it
     survivor = Inbox()
     async with open_broker(url, max_deliveries=3) as broker:
         dead = Inbox()

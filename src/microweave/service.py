@@ -363,13 +363,14 @@ class Service:
             raise
         self.running = True
         log.info(
-            "%s %s serving %s on %s (node %s, registry %r)",
+            "%s %s serving %s on %s (node %s, registry %r%s)",
             self.name,
             self.version,
             ", ".join([*self.router.by_name, *self.router.servicer_names(), *self._topics()]) or "nothing",
             ", ".join(f"{k} {v}" for k, v in self.addresses.items()),
             self.node_id,
             self.registry,
+            f", broker {self.broker!r}" if self.router.subscribers else "",
         )
 
     def _topics(self) -> list[str]:

@@ -358,7 +358,11 @@ async def test_no_subscriber_is_nothing_to_do_and_a_fresh_one_is_found_at_once(r
         open_broker("direct://", registry=registry_url) as publisher,
         open_broker("direct://", registry=registry_url) as subscriber,
     ):
-        await publisher.publish(topic, Order(n=0))  # nobody listens: returns, nothing raised
+        with capture_logs(logging.WARNING, logger="microweave.broker") as logs:
+            first = await publisher.publish(topic, Order(n=0))  # nobody listens: nothing raised
+            await publisher.publish(topic, Order(n=0))
+        said = [e["message"] for e in logs if topic in e["message"]]
+        assert len(said) == 1 and first in said[0] and "no subscriber" in said[0], "said once, with the id"
         inbox = Inbox()
         await subscriber.subscribe(topic, inbox)
         sent = await publisher.publish(topic, Order(n=1))  # the same publisher, at once
@@ -454,3 +458,21 @@ async def test_a_registry_outage_keeps_known_subscribers_reachable(etcd_own: Etc
         finally:
             etcd_own.start()
     assert got == [1, 2], "the publisher that knew the subscriber kept reaching it"
+
+
+async def test_subscribers_on_another_broker_are_named_to_a_publisher_that_finds_nobody(
+    registry_url: str,
+) -> None:
+    """A publisher on direct:// and a subscriber on another broker never meet: the publisher is
+    told so, naming the subscriber's broker, instead of dropping every event in silence."""
+    topic = unique_topic()
+    elsewhere = Service("elsewhere", registry=registry_url, broker=f"memory://{uuid.uuid4().hex}")
+
+    @elsewhere.subscriber(topic)
+    async def handle(order: Order) -> None: ...
+
+    async with elsewhere, open_broker("direct://", registry=registry_url) as publisher:
+        with capture_logs(logging.WARNING, logger="microweave.broker") as logs:
+            sent = await publisher.publish(topic, Order(n=1))
+    said = [e["message"] for e in logs if sent in e["message"]]
+    assert len(said) == 1 and "memory broker" in said[0] and "MICRO_BROKER" in said[0]

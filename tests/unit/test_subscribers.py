@@ -194,3 +194,21 @@ async def test_a_closed_broker_does_not_reconnect_behind_its_owner() -> None:
         await broker.publish("t", b"{}")
     with pytest.raises(BrokerError, match="closed"):
         await broker.subscribe("t", lambda event: asyncio.sleep(0))
+
+
+async def test_handlers_cut_short_by_the_grace_are_logged_with_their_event_ids() -> None:
+    svc = service(grace=0.3)
+    started = asyncio.Event()
+
+    @svc.subscriber("slow")
+    async def slow(user: UserCreated) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    with capture_logs(logging.WARNING, logger="microweave.broker") as logs:
+        await svc.start()
+        sent = await svc.client.publish("slow", UserCreated(id=1))
+        await asyncio.wait_for(started.wait(), 10)
+        await svc.stop()
+    [line] = [e["message"] for e in logs if "grace" in e["message"]]
+    assert sent in line and "lost" in line

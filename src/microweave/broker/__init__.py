@@ -1,6 +1,6 @@
 """Broker: services publish events; every subscriber gets each one, or one per queue group.
 
-    broker = load_broker("nats://127.0.0.1:4222")     # or memory://, direct://, nats+jetstream://, ...
+    broker = microweave.broker.from_url("nats://127.0.0.1:4222")   # or direct://, redis://, ...
     await broker.connect()
     await broker.subscribe("user.created", handle, queue="mailer")   # handle(event: Event)
     await broker.publish("user.created", UserCreated(id=7))
@@ -59,6 +59,7 @@ __all__ = [
     "backoff",
     "broker_error",
     "dead_letter_topic",
+    "from_url",
     "header",
     "new_message_id",
 ]
@@ -105,6 +106,13 @@ def dead_letter_topic(topic: str) -> str:
     `max_deliveries` failures, or at once for a payload that does not decode). Subscribe to it
     like any topic; each event keeps its `Micro-Id` and headers, plus `Micro-Dead-Letter-Reason`."""
     return topic + DEAD_LETTER_SUFFIX
+
+
+def from_url(url: str | None = None, **kwargs: Any) -> Broker:
+    """A broker from a URL such as `nats://host:4222` (None: MICRO_BROKER, else `direct://`)."""
+    from .._backends import load_broker
+
+    return load_broker(url, **kwargs)
 
 
 def new_message_id() -> str:
@@ -214,7 +222,8 @@ class Subscription:
         self.queue = queue
         self.ack = ack
         self.max_in_flight = max_in_flight
-        self.tasks: set[asyncio.Task[None]] = set()
+        #: each running handler's task, and the event it runs for
+        self.tasks: dict[asyncio.Task[None], Event] = {}
         #: dispatchers waiting for a free slot, woken one per finished handler
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -234,7 +243,7 @@ class Subscription:
             await self._slot()
         loop = self._loop or self._bind_loop()
         task = loop.create_task(self._run(event))
-        tasks.add(task)
+        tasks[task] = event
         task.add_done_callback(self._finished)
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
@@ -253,7 +262,7 @@ class Subscription:
                 self._waiting.remove(waiter)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
+        self.tasks.pop(task, None)
         waiting = self._waiting
         while waiting:
             waiter = waiting.popleft()
@@ -340,6 +349,12 @@ class Subscription:
         with contextlib.suppress(Exception):
             await self.broker._unsubscribe(self)
         if not await self.drain(grace):
+            log.warning(
+                "%d handler(s) of %s still running after the grace of %gs are cancelled: events %s "
+                "(%s)",
+                len(self.tasks), self.topic, grace, ", ".join(e.id for e in self.tasks.values()),
+                "the broker redelivers them" if self.broker.redelivers else "they are lost: at most once",
+            )  # fmt: skip
             for task in list(self.tasks):
                 task.cancel()
             # bounded too: a handler that swallows its cancellation must not hold the stop

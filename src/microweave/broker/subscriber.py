@@ -128,6 +128,7 @@ def _decoder(tp: Any) -> Callable[[bytes, str], Any]:
             return codec.decode(body, content_type)
         except BadRequest as exc:
             shown = getattr(tp, "__name__", tp)
-            raise BadRequest(f"event payload does not decode as {shown}: {exc.detail}") from None
+            why = exc.detail.removeprefix("invalid request body: ")
+            raise BadRequest(f"event payload does not decode as {shown}: {why}") from None
 
     return decode

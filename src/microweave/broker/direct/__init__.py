@@ -105,6 +105,8 @@ if TYPE_CHECKING:
 __all__ = ["DirectBroker"]
 
 log = logging.getLogger("microweave.broker")
+#: seconds between two "nobody subscribes to this topic" lines for one topic
+NOBODY_EVERY: Final = 60.0
 
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_REFRESH: Final = 1.0
@@ -159,6 +161,7 @@ class DirectBroker(Broker):
         self._client: Client | None = None
         self._directory: Directory | None = None
         self._courier: Courier | None = None
+        self._said_nobody: dict[str, float] = {}  # topic -> when "nobody subscribes" was logged
         self._node: OwnNode | None = None
         self._node_lock = asyncio.Lock()
 
@@ -232,7 +235,7 @@ class DirectBroker(Broker):
             ) from None  # fmt: skip
         event_id = header(headers, MESSAGE_ID) or ""
         if not found:
-            log.debug("event %s on %s: no subscriber in %r", event_id, topic, client.registry)
+            self._nobody(topic, event_id, repr(client.registry))
             return
         encoded = encode_headers(headers)
         if len(encoded) > MAX_HEADER_BYTES:
@@ -243,6 +246,30 @@ class DirectBroker(Broker):
         metadata = {HEADERS_KEY: encoded}
         content_type = header(headers, CONTENT_TYPE) or JSON
         await self._courier.deliver(found, topic, event_id, body, metadata, content_type, deadline=deadline)
+
+    def _nobody(self, topic: str, event_id: str, registry: str) -> None:
+        """No direct:// subscriber: said once a minute per topic (a typo in a topic, or a
+        subscriber on another broker, is otherwise invisible)."""
+        now = asyncio.get_running_loop().time()
+        said = self._said_nobody
+        if now - said.get(topic, -NOBODY_EVERY) < NOBODY_EVERY:
+            return
+        if len(said) >= 1024:  # bounded: publishers may invent topics
+            said.clear()
+        said[topic] = now
+        others = self._directory.elsewhere.get(topic) if self._directory is not None else None
+        if others:
+            log.warning(
+                "event %s on %s reaches nobody: its subscribers use the %s broker, not direct://; "
+                "give publisher and subscribers the same broker (MICRO_BROKER or broker=)",
+                event_id, topic, ", ".join(sorted(others)),
+            )  # fmt: skip
+        else:
+            log.warning(
+                "event %s on %s reaches nobody: no subscriber of it in %s (direct:// delivers only "
+                "to subscribers running now; said once a minute per topic)",
+                event_id, topic, registry,
+            )  # fmt: skip
 
     async def _subscribe(self, sub: Subscription) -> None:
         handler = sub.handler

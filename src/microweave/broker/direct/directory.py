@@ -114,6 +114,9 @@ class Directory:
         self._empty: set[str] = set()  # listed, but no node when read: skipped until the next list
         self._built_from: tuple[tuple[str, ...], list[list[Service]]] = ((), [])
         self._index: dict[str, Subscribers] = {}
+        #: topic -> the other brokers ("nats", ...) of nodes that subscribe to it: not ours to
+        #: call, but worth telling a publisher that finds nobody
+        self.elsewhere: dict[str, set[str]] = {}
 
     async def find(self, topic: str) -> Subscribers:
         now = asyncio.get_running_loop().time()
@@ -227,10 +230,15 @@ class Directory:
 
     def _rebuild(self, names: tuple[str, ...], records: list[list[Service]]) -> None:
         index: dict[str, Subscribers] = {}
+        elsewhere: dict[str, set[str]] = {}
         for services in records:
             for record in services:
                 endpoints = [e for e in record.endpoints if _subscribes(e.metadata)]
                 nodes = [n for n in record.nodes if n.metadata.get("broker") == "direct"]
+                if endpoints and len(nodes) < len(record.nodes):
+                    others = {n.metadata.get("broker") or "?" for n in record.nodes} - {"direct"}
+                    for endpoint in endpoints:
+                        elsewhere.setdefault(endpoint.metadata["topic"], set()).update(others)
                 if not endpoints or not nodes:
                     continue
                 for endpoint in endpoints:
@@ -244,6 +252,7 @@ class Directory:
             for members in found.groups.values():
                 members.sort(key=_by_node)
         self._index = index
+        self.elsewhere = elsewhere
         self._built_from = (names, records)
 
     async def aclose(self) -> None:

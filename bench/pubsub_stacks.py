@@ -8,6 +8,7 @@ publish time (CLOCK_MONOTONIC, shared by the processes of one host).
 
 - `microweave-*`: `load_broker(url)`, `await broker.publish(topic, body)`;
   `broker.subscribe(topic, handler, queue=group)`, the handler does `event.decode(Tick)` (msgspec).
+  `microweave-nats` gets `?pending_msgs=524288`: nats-py's default, the bound raw-nats has.
 - `raw-nats`: nats-py `nc.publish`; `nc.subscribe(topic, queue=group, cb=...)`, msgspec decode.
 - `faststream-nats`: `NatsBroker.publish(Tick(...), topic)`; a subscriber typed with the pydantic
   `Tick` in queue group `group` (faststream's usual way).
@@ -49,6 +50,8 @@ IN_FLIGHT = 64
 RABBIT_EXCHANGE = "micro"
 #: microweave's queue groups are durable quorum queues: the raw stacks get the same kind
 QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
+#: nats-py's per-subscription bound on waiting messages (DEFAULT_SUB_PENDING_MSGS_LIMIT)
+NATS_PY_PENDING_MSGS = 512 * 1024
 INSTALL_EXTRA = "pip install -e '.[bench]' (faststream[nats,rabbit], nats-py, aio-pika, redis)"
 
 Record = Callable[[int, int], None]
@@ -150,7 +153,14 @@ class Microweave(PubSubStack):
         return None
 
     def _url(self, url: str) -> str:
-        return url.replace("nats://", f"{self.scheme}://", 1) if self.engine == "jetstream" else url
+        if self.engine == "jetstream":
+            return url.replace("nats://", f"{self.scheme}://", 1)
+        if self.scheme == "nats":
+            # the same bound on waiting messages as raw-nats has (nats-py's default): with its
+            # own (65,536) a flooding publisher overruns a subscriber slowed by a busy machine,
+            # and NATS drops the rest (at most once, by design), which is another workload
+            return f"{url}?pending_msgs={NATS_PY_PENDING_MSGS}"
+        return url
 
     async def publisher(self, url: str, topic: str) -> Publisher:
         from microweave._backends import load_broker

@@ -95,7 +95,7 @@ class Commands:
         self.lines: asyncio.Queue[str] = asyncio.Queue()
         self._buffer = b""
         # whatever it is doing (publishing, consuming), the process stops when the bench is gone
-        self._main = asyncio.current_task()
+        self._main: asyncio.Task[Any] | None = asyncio.current_task()
         loop = asyncio.get_running_loop()
         self._fd = sys.stdin.fileno()
         loop.add_reader(self._fd, self._readable)
@@ -110,13 +110,18 @@ class Commands:
             self.lines.put_nowait("eof")
             if self._main is not None:
                 self._main.cancel("stdin closed: the bench is gone")
-            # drivers may swallow a cancellation (redis-py shields its commands): exit anyway
-            asyncio.get_running_loop().call_later(EOF_GRACE, os._exit, 1)
+                # drivers may swallow a cancellation (redis-py shields its commands): exit anyway
+                asyncio.get_running_loop().call_later(EOF_GRACE, os._exit, 1)
             return
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:
             self.lines.put_nowait(line.decode().strip())
+
+    def done(self) -> None:
+        """The result is out: the bench closing our stdin now is the normal way to end, and the
+        connections close in their own time."""
+        self._main = None
 
     async def next(self) -> str:
         line = await self.lines.get()
@@ -217,6 +222,7 @@ async def _subscribe(args: argparse.Namespace) -> None:
                 "cpu_s": cpu,
             }
         )
+        commands.done()
     finally:
         await subscriber.aclose()
 
@@ -272,6 +278,7 @@ async def _publish(args: argparse.Namespace) -> None:
                 "cpu_s": cpu,
             }
         )
+        commands.done()
         if errors:
             print(f"pubsub_worker: {len(errors)} failed publishes, first: {errors[0]}", file=sys.stderr)
     finally:

@@ -28,7 +28,7 @@ import pytest
 from broker_kit import Inbox, open_broker, settle_time, unique_topic
 from engines import free_port
 from engines.nats import NatsServer, nats_server
-from helpers import SERVICES, LoggedProcess, wait_until
+from helpers import SERVICES, LoggedProcess, async_wait_until, wait_until
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServerError
 
@@ -202,6 +202,47 @@ async def test_poison_is_dead_lettered_after_max_deliveries_and_consuming_goes_o
     assert [e.attempt for e in inbox.events if e.id == failing] == [1, 2, 3]
     assert [e.attempt for e in inbox.events if e.id == poison] == [1]
     assert set(fine) <= set(inbox.ids), "the subscriber went on consuming, one slot and all"
+
+
+async def test_dead_letters_written_before_anyone_subscribed_are_read_later(
+    jetstream_engine: NatsServer, broker: Broker
+) -> None:
+    """Nobody listens on the dead-letter topic when the poison event dies; a new queue group and
+    a new broadcast subscriber of it, made afterwards, both get it. A new group on the ordinary
+    topic does not get what was published before it existed."""
+    topic = unique_topic()
+
+    async def handle(event: Event) -> None:
+        event.decode(OrderPlaced)  # the body does not decode: BadRequest, dead at once
+
+    inbox = Inbox(handle)
+    await broker.subscribe(topic, inbox, queue="billing")
+    poison = await broker.publish(topic, b"\xff not json")
+    plain = await nats.connect(jetstream_engine.url)
+    try:
+        js = plain.jetstream()
+        stream = await js.find_stream_name_by_subject(topic)
+
+        async def dead_lettered() -> bool:
+            try:
+                await js.get_last_msg(stream, dead_letter_topic(topic))
+            except NotFoundError:
+                return False
+            return True
+
+        await async_wait_until(dead_lettered, timeout=WAIT, what="the poison event to be dead-lettered")
+    finally:
+        await plain.close()
+    in_queue, broadcast, late = Inbox(), Inbox(), Inbox()
+    await broker.subscribe(dead_letter_topic(topic), in_queue, queue="inspect")
+    await broker.subscribe(dead_letter_topic(topic), broadcast)
+    await broker.subscribe(topic, late, queue="late")
+    await in_queue.wait(1)
+    await broadcast.wait(1)
+    await settle_time(broker)
+    assert in_queue.ids == [poison] and broadcast.ids == [poison]
+    assert in_queue.events[0].header(DEAD_LETTER_REASON)
+    assert late.ids == [], "an ordinary new group gets only what is published after it subscribed"
 
 
 async def test_server_down_at_start_is_a_clear_error(tmp_path: Path) -> None:

@@ -233,6 +233,38 @@ async def test_poison_and_failing_events_go_to_the_dead_letter_stream_and_consum
     assert all(h["Micro-Topic"] == topic and h[DEAD_LETTER_REASON] for h in headers)
 
 
+async def test_dead_letters_written_before_anyone_subscribed_are_read_later(
+    redis_engine: RedisServer, raw: Any
+) -> None:
+    """Nobody listens on the dead-letter topic when the poison event dies; a new queue group and
+    a new broadcast subscriber of it, made afterwards, both get it. A new group on the ordinary
+    topic does not get what was published before it existed."""
+    topic = unique_topic()
+    async with open_broker(redis_url(redis_engine)) as broker:
+
+        async def handle(event: Event) -> None:
+            event.decode(OrderPlaced)  # the body does not decode: BadRequest, dead at once
+
+        inbox = Inbox(handle)
+        await broker.subscribe(topic, inbox, queue="billing")
+        poison = await broker.publish(topic, b"\xff not json")
+
+        async def dead_lettered() -> bool:
+            return bool(await raw.xlen(dead_letter_topic(topic)))
+
+        await async_wait_until(dead_lettered, timeout=WAIT, what="the poison event to be dead-lettered")
+        in_queue, broadcast, late = Inbox(), Inbox(), Inbox()
+        await broker.subscribe(dead_letter_topic(topic), in_queue, queue="inspect")
+        await broker.subscribe(dead_letter_topic(topic), broadcast)
+        await broker.subscribe(topic, late, queue="late")
+        await in_queue.wait(1)
+        await broadcast.wait(1)
+        await settle_time(broker)
+    assert in_queue.ids == [poison] and broadcast.ids == [poison]
+    assert in_queue.events[0].header(DEAD_LETTER_REASON)
+    assert late.ids == [], "an ordinary new group gets only what is published after it subscribed"
+
+
 async def test_an_entry_another_writer_put_on_the_stream_is_dead_lettered_not_handled(
     redis_engine: RedisServer, raw: Any
 ) -> None:

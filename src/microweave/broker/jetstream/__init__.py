@@ -22,7 +22,10 @@ Options: `ack_wait`, `max_deliveries`, `publish_timeout`, `connect_timeout` (sec
 - Consumers: a queue group is a durable pull consumer named after the queue and topic, shared by
   its members (it outlives them: a group that subscribes again resumes where it left off); a
   subscriber without a queue gets an ephemeral consumer of its own, deleted when it
-  unsubscribes. Both deliver only messages published after the consumer was created.
+  unsubscribes. Both deliver only messages published after the consumer was created, except
+  on a dead-letter topic: there a new consumer starts from the oldest dead letter the stream
+  still holds, so dead letters written while nobody listened can be read later
+  (test_broker_jetstream.py: test_dead_letters_written_before_anyone_subscribed_are_read_later).
   Each subscriber asks for at most its free handler slots (`max_in_flight`); see consumer.py.
 - Ordering: one publisher's order per subscriber while nothing is redelivered, with
   `max_in_flight=1` (conformance: test_one_publisher_order_is_kept_for_one_subscriber); a

@@ -32,7 +32,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from ...errors import BrokerError
 from ...registry.outage import Backoff, _describe
-from .. import DEAD_LETTER_REASON, Event, Subscription, backoff, dead_letter_topic
+from .. import DEAD_LETTER_REASON, DEAD_LETTER_SUFFIX, Event, Subscription, backoff, dead_letter_topic
 from .._nats_link import unwrap
 from ..envelope import encode
 
@@ -57,7 +57,8 @@ _PENDING = "Nats-Pending-Messages"
 
 class Puller:
     """The consumer behind one Subscription (`durable`: a queue group's, shared by its members;
-    else an ephemeral one of this subscriber's own, delivering only new messages)."""
+    else an ephemeral one of this subscriber's own). It delivers only new messages, except on a
+    dead-letter topic: there it starts from the oldest dead letter the stream still holds."""
 
     def __init__(
         self, broker: JetStreamBroker, sub: Subscription, *, stream: str, name: str, durable: bool
@@ -88,14 +89,22 @@ class Puller:
 
     def config(self, start: int = 0) -> ConsumerConfig:
         """Only what is published from now on, or from stream sequence `start` (a consumer
-        created again resumes where the one that was lost stopped)."""
+        created again resumes where the one that was lost stopped). A dead-letter topic's
+        consumer starts from its oldest message: dead letters are written while nobody may be
+        listening, to be read later."""
         broker = self.broker
+        if start:
+            policy = DeliverPolicy.BY_START_SEQUENCE
+        elif self.sub.topic.endswith(DEAD_LETTER_SUFFIX):
+            policy = DeliverPolicy.ALL
+        else:
+            policy = DeliverPolicy.NEW
         return ConsumerConfig(
             name=self.name,
             durable_name=self.name if self.durable else None,
             filter_subject=self.sub.topic,
             ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.NEW,
+            deliver_policy=policy,
             opt_start_seq=start or None,
             ack_wait=broker.ack_wait,
             # above ours, so that our max_deliveries decides (dead-letter), not the server

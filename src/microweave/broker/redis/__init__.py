@@ -21,7 +21,12 @@ entry trimmed while pending is not redelivered. Size `maxlen` above any group's 
 
 Queue groups: a consumer group named after the queue, created at the stream's end (`$`, with
 MKSTREAM; BUSYGROUP ignored) when a member subscribes, so a new group gets the events published
-from then on, as a newly bound queue does on RabbitMQ. Each subscription is a consumer of its
+from then on, as a newly bound queue does on RabbitMQ. A group on a dead-letter topic (a
+topic ending in `.dead-letter`, queue or broadcast) is created at the stream's start (`0`)
+instead, so a new reader gets every dead letter the stream still holds, written before anyone
+subscribed to it:
+    test_dead_letters_written_before_anyone_subscribed_are_read_later
+Each subscription is a consumer of its
 own (`<service>@<host>:<pid>:<random>:<n>`), so a group spreads entries over every subscription
 of every process. Broadcast subscribers get a group of their own each (`*broadcast*<consumer>`;
 `*` cannot occur in a queue name), not a plain XREAD from `$`, so they get acks, nacks,
@@ -68,7 +73,8 @@ On unsubscribe a queue member hands what it still holds to the others at once (m
 
 Broker restart: each subscription's reader logs the outage once, retries with backoff (up to
 5 s apart) and goes on where its group stands: with AOF the groups and their pending lists
-survive; a group that is gone (its data lost) is created again at `$`. An ack that fails during
+survive; a group that is gone (its data lost) is created again at `$` (at `0` on a
+dead-letter topic). An ack that fails during
 the outage is retried for `retry_for` seconds; if it still fails its entry stays pending and is
 claimed and delivered again after `claim_idle`: a duplicate, at most one per entry held when
 Redis went away (the restart test counts them).

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final
 from redis import exceptions as redis_errors
 
 from ..._tasks import cancel_all
-from .. import DEAD_LETTER_REASON, Event, Subscription, dead_letter_topic
+from .. import DEAD_LETTER_REASON, DEAD_LETTER_SUFFIX, Event, Subscription, dead_letter_topic
 from . import BROADCAST_GROUP
 from ._acker import Acker
 from ._entries import CHUNK, chunks, decode_entry, text
@@ -102,9 +102,12 @@ class Consumer:
 
     async def _create_group(self) -> None:
         """The group starts at the stream's end ("$"): a new group gets the events published
-        from now on, as a new queue would on the other brokers."""
+        from now on, as a new queue would on the other brokers. On a dead-letter topic it starts
+        at the oldest entry ("0"): dead letters are written while nobody may be listening, to
+        be read later."""
+        start = "0" if self.topic.endswith(DEAD_LETTER_SUFFIX) else "$"
         try:
-            await self.broker.client.xgroup_create(self.key, self.group, id="$", mkstream=True)
+            await self.broker.client.xgroup_create(self.key, self.group, id=start, mkstream=True)
         except redis_errors.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise

@@ -212,3 +212,22 @@ async def test_handlers_cut_short_by_the_grace_are_logged_with_their_event_ids()
         await svc.stop()
     [line] = [e["message"] for e in logs if "grace" in e["message"]]
     assert sent in line and "lost" in line
+
+
+async def test_content_type_goes_out_under_go_micros_exact_key_whatever_case_was_given() -> None:
+    from microweave._backends import load_broker
+
+    got: list[Event] = []
+
+    async def keep(event: Event) -> None:
+        got.append(event)
+
+    async with load_broker(f"memory://{uuid.uuid4().hex}") as broker:
+        await broker.subscribe("t", keep)
+        await broker.publish("t", b"{}", headers={"content-type": "application/json", "X-A": "1"})
+        await broker.publish("t", b"{}")
+        await wait_for(got, 2)  # type: ignore[arg-type]
+    first, second = got
+    assert first.headers["Content-Type"] == "application/json" and "content-type" not in first.headers
+    assert first.headers["X-A"] == "1" and len(first.id) == 32 and first.id != second.id
+    assert set(second.headers) == {"Content-Type", "Micro-Id", "Micro-Topic"}

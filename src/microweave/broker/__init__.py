@@ -32,7 +32,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-import uuid
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeVar
 
@@ -116,7 +116,8 @@ def from_url(url: str | None = None, **kwargs: Any) -> Broker:
 
 
 def new_message_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits in hex, as a uuid4's hex (a quarter of its cost, on every publish)."""
+    return os.urandom(16).hex()
 
 
 def backoff(attempt: int, *, base: float = 0.2, cap: float = 30.0) -> float:
@@ -453,18 +454,16 @@ class Broker(abc.ABC):
         protobuf message encoded) on `topic`; returns its `Micro-Id`. On at-least-once backends
         it returns once the engine confirmed the message; otherwise it raises `BrokerError`."""
         _check_topic(topic)
-        out: dict[str, str] = dict(headers) if headers else {}
-        if header(out, CONTENT_TYPE) is None:
-            out[CONTENT_TYPE] = content_type or JSON
+        if headers:
+            out = _with_our_headers(dict(headers), topic, content_type)
+            message_id = header(out, MESSAGE_ID) or ""
+        else:  # the common case: no lookups in a dict we build ourselves
+            message_id = new_message_id()
+            out = {CONTENT_TYPE: content_type or JSON, MESSAGE_ID: message_id, TOPIC: topic}
         if isinstance(message, bytes | bytearray | memoryview):
             body = bytes(message)
         else:
-            body = type_codec(type(message)).encode(message, header(out, CONTENT_TYPE) or JSON)
-        message_id = header(out, MESSAGE_ID)
-        if message_id is None:
-            message_id = out[MESSAGE_ID] = new_message_id()
-        if header(out, TOPIC) is None:
-            out[TOPIC] = topic
+            body = type_codec(type(message)).encode(message, out[CONTENT_TYPE])
         if not self.connected:
             await self.connect()
         await self._publish(topic, body, out)
@@ -521,11 +520,33 @@ def _valid_name(name: str) -> bool:
     return bool(name) and len(name) <= 255 and not any(c in name for c in " \t\r\n*>")
 
 
+_valid_topics: set[str] = set()  # checked once each (bounded: publishers may invent topics)
+
+
 def _check_topic(topic: str) -> None:
+    if topic in _valid_topics:
+        return
     if not isinstance(topic, str) or not _valid_name(topic):
         raise ConfigurationError(
             f"topic {topic!r} must be a non-empty name of at most 255 characters, without spaces, '*' or '>'"
         )
+    if len(_valid_topics) < 4096:
+        _valid_topics.add(topic)
+
+
+def _with_our_headers(out: dict[str, str], topic: str, content_type: str | None) -> dict[str, str]:
+    """The caller's headers plus ours where missing. `Content-Type` is kept under that exact
+    key, whatever case the caller wrote it in: go-micro's subscribers read no other spelling."""
+    given = header(out, CONTENT_TYPE)
+    if given is None or CONTENT_TYPE not in out:
+        for key in [k for k in out if k.lower() == "content-type"]:
+            del out[key]
+        out[CONTENT_TYPE] = given or content_type or JSON
+    if header(out, MESSAGE_ID) is None:
+        out[MESSAGE_ID] = new_message_id()
+    if header(out, TOPIC) is None:
+        out[TOPIC] = topic
+    return out
 
 
 def broker_error(url: str, action: str, exc: BaseException) -> BrokerError:

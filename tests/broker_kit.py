@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import SERVICES, LoggedProcess, wait_until
 
 from microweave import Client
 from microweave._backends import load_broker
@@ -92,3 +97,25 @@ class Inbox:
 async def settle_time(broker: Broker) -> None:
     """Let a broker deliver anything still in flight before a test says "nothing more came"."""
     await asyncio.sleep(0.5 if broker.scheme in ("memory",) else 1.5)
+
+
+def start_consumer(
+    tmp_path: Path, url: str, topic: str, queue: str, mode: str, in_flight: int = 64
+) -> LoggedProcess:
+    """tests/integration/services/event_consumer.py in a process of its own, once subscribed
+    (mode `hold` never settles what it takes: SIGKILL it to crash a consumer holding events)."""
+    argv = [sys.executable, str(SERVICES / "event_consumer.py"), url, topic, queue, mode, str(in_flight)]
+    log_path = tmp_path / f"consumer-{uuid.uuid4().hex[:6]}.log"
+    process = LoggedProcess(argv, env={**os.environ, "PYTHONUNBUFFERED": "1"}, log_path=log_path)
+
+    def ready() -> bool:
+        assert process.alive(), process.output()
+        return "ready" in process.output().splitlines()
+
+    wait_until(ready, timeout=WAIT, what="the consumer process to subscribe")
+    return process
+
+
+def deliveries(process: LoggedProcess) -> list[dict[str, Any]]:
+    """What a consumer process printed: one {"id", "attempt", "body"} per delivery."""
+    return [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]

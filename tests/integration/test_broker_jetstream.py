@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
-import os
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,10 +22,10 @@ from pathlib import Path
 import msgspec
 import nats
 import pytest
-from broker_kit import Inbox, open_broker, settle_time, unique_topic
+from broker_kit import Inbox, deliveries, open_broker, settle_time, start_consumer, unique_topic
 from engines import free_port
 from engines.nats import NatsServer, nats_server
-from helpers import SERVICES, LoggedProcess, async_wait_until, wait_until
+from helpers import async_wait_until, wait_until
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServerError
 
@@ -55,26 +52,6 @@ def js_url(server: NatsServer, **options: object) -> str:
 async def broker(jetstream_engine: NatsServer) -> AsyncIterator[Broker]:
     async with open_broker(js_url(jetstream_engine)) as broker:
         yield broker
-
-
-def start_consumer(
-    tmp_path: Path, url: str, topic: str, queue: str, mode: str, in_flight: int
-) -> LoggedProcess:
-    """tests/integration/services/event_consumer.py in a process of its own, once subscribed."""
-    argv = [sys.executable, str(SERVICES / "event_consumer.py"), url, topic, queue, mode, str(in_flight)]
-    log_path = tmp_path / f"consumer-{uuid.uuid4().hex[:6]}.log"
-    process = LoggedProcess(argv, env={**os.environ, "PYTHONUNBUFFERED": "1"}, log_path=log_path)
-
-    def ready() -> bool:
-        assert process.alive(), process.output()
-        return "ready" in process.output().splitlines()
-
-    wait_until(ready, timeout=WAIT, what="the consumer process to subscribe")
-    return process
-
-
-def deliveries(process: LoggedProcess) -> list[dict[str, object]]:
-    return [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
 
 
 async def test_a_killed_consumer_s_messages_go_to_another_member(

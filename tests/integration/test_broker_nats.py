@@ -10,10 +10,7 @@ subscriber (and the drops of a flood are said).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,10 +18,10 @@ from pathlib import Path
 import msgspec
 import nats
 import pytest
-from broker_kit import Inbox, open_broker, settle_time, unique_topic
+from broker_kit import Inbox, deliveries, open_broker, settle_time, start_consumer, unique_topic
 from engines import free_port
 from engines.nats import NatsServer, nats_server
-from helpers import SERVICES, LoggedProcess, wait_until
+from helpers import wait_until
 
 from microweave import Service
 from microweave._backends import load_broker
@@ -45,24 +42,6 @@ class OrderPlaced(msgspec.Struct):
 async def broker(nats_engine: NatsServer) -> AsyncIterator[Broker]:
     async with open_broker(nats_engine.url) as broker:
         yield broker
-
-
-def start_consumer(tmp_path: Path, url: str, topic: str, queue: str, mode: str) -> LoggedProcess:
-    """tests/integration/services/event_consumer.py in a process of its own, once subscribed."""
-    argv = [sys.executable, str(SERVICES / "event_consumer.py"), url, topic, queue, mode]
-    log_path = tmp_path / f"consumer-{uuid.uuid4().hex[:6]}.log"
-    process = LoggedProcess(argv, env={**os.environ, "PYTHONUNBUFFERED": "1"}, log_path=log_path)
-
-    def ready() -> bool:
-        assert process.alive(), process.output()
-        return "ready" in process.output().splitlines()
-
-    wait_until(ready, timeout=WAIT, what="the consumer process to subscribe")
-    return process
-
-
-def deliveries(process: LoggedProcess) -> list[dict[str, object]]:
-    return [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
 
 
 async def test_a_queue_group_spans_two_processes(

@@ -12,10 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -25,10 +23,10 @@ from typing import Any
 import aio_pika
 import msgspec
 import pytest
-from broker_kit import Inbox, open_broker, settle_time, unique_topic
+from broker_kit import Inbox, deliveries, open_broker, settle_time, start_consumer, unique_topic
 from engines import free_port
 from engines.rabbitmq import RABBITMQ_SCRIPTS, RabbitMQServer
-from helpers import SERVICES, LoggedProcess, async_wait_until, wait_until
+from helpers import async_wait_until, wait_until
 
 from microweave import Service
 from microweave._backends import load_broker
@@ -79,26 +77,6 @@ async def messages_in(server: RabbitMQServer, queue: str) -> int:
         count = declared.declaration_result.message_count
         assert count is not None
         return count
-
-
-def start_consumer(
-    tmp_path: Path, url: str, topic: str, queue: str, mode: str, in_flight: int
-) -> LoggedProcess:
-    """tests/integration/services/event_consumer.py in a process of its own, once subscribed."""
-    argv = [sys.executable, str(SERVICES / "event_consumer.py"), url, topic, queue, mode, str(in_flight)]
-    log_path = tmp_path / f"consumer-{uuid.uuid4().hex[:6]}.log"
-    process = LoggedProcess(argv, env={**os.environ, "PYTHONUNBUFFERED": "1"}, log_path=log_path)
-
-    def ready() -> bool:
-        assert process.alive(), process.output()
-        return "ready" in process.output().splitlines()
-
-    wait_until(ready, timeout=WAIT, what="the consumer process to subscribe")
-    return process
-
-
-def deliveries(process: LoggedProcess) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
 
 
 # -- consumer crash ------------------------------------------------------------------------------

@@ -17,10 +17,8 @@ import asyncio
 import collections
 import json
 import logging
-import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,10 +27,10 @@ from typing import Any
 import msgspec
 import pytest
 import redis.asyncio as aioredis
-from broker_kit import Inbox, open_broker, settle_time, unique_topic
+from broker_kit import Inbox, deliveries, open_broker, settle_time, start_consumer, unique_topic
 from engines import Engine, find_binary, free_port
 from engines.redis import RedisServer
-from helpers import SERVICES, LoggedProcess, async_wait_until, wait_until
+from helpers import async_wait_until, wait_until
 
 from microweave import MessageContext, Service
 from microweave._backends import load_broker, parse_url
@@ -61,26 +59,6 @@ async def raw(redis_engine: RedisServer) -> AsyncIterator[Any]:
     client = aioredis.Redis(port=redis_engine.port)
     yield client
     await client.aclose()
-
-
-def start_consumer(
-    tmp_path: Path, url: str, topic: str, queue: str, mode: str, in_flight: int
-) -> LoggedProcess:
-    """tests/integration/services/event_consumer.py in a process of its own, once subscribed."""
-    argv = [sys.executable, str(SERVICES / "event_consumer.py"), url, topic, queue, mode, str(in_flight)]
-    log_path = tmp_path / f"consumer-{uuid.uuid4().hex[:6]}.log"
-    process = LoggedProcess(argv, env={**os.environ, "PYTHONUNBUFFERED": "1"}, log_path=log_path)
-
-    def ready() -> bool:
-        assert process.alive(), process.output()
-        return "ready" in process.output().splitlines()
-
-    wait_until(ready, timeout=WAIT, what="the consumer process to subscribe")
-    return process
-
-
-def deliveries(process: LoggedProcess) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
 
 
 async def pending_count(raw: Any, topic: str, group: str) -> int:

@@ -148,6 +148,13 @@ def _load(kind: str, group: str, builtin: dict[str, tuple[str, str, str | None]]
         ) from None
 
 
+def _build(
+    kind: str, group: str, table: dict[str, tuple[str, str, str | None]], url: str, kwargs: dict[str, Any]
+) -> Any:
+    parsed = parse_url(url)
+    return _load(kind, group, table, parsed.scheme).from_url(parsed, **kwargs)
+
+
 def _env_url(kind: str, address: str | None) -> str:
     """MICRO_X (a URL, or go-micro style a scheme: `etcd`) and MICRO_X_ADDRESS (host:port
     list, or a whole URL as go-micro's RabbitMQ broker takes: `amqp://user:pw@host:5672/`)."""
@@ -166,9 +173,7 @@ def load_registry(url: str | None = None, **kwargs: Any) -> Registry:
     if url is None:
         env = settings()
         url = _env_url(env.registry or DEFAULT_REGISTRY, env.registry_address)
-    parsed = parse_url(url)
-    cls = _load("registry", "microweave.registries", REGISTRIES, parsed.scheme)
-    registry: Registry = cls.from_url(parsed, **kwargs)
+    registry: Registry = _build("registry", "microweave.registries", REGISTRIES, url, kwargs)
     return registry
 
 
@@ -177,9 +182,7 @@ def load_broker(url: str | None = None, **kwargs: Any) -> Broker:
     if url is None:
         env = settings()
         url = _env_url(env.broker or DEFAULT_BROKER, env.broker_address)
-    parsed = parse_url(url)
-    cls = _load("broker", "microweave.brokers", BROKERS, parsed.scheme)
-    broker: Broker = cls.from_url(parsed, **kwargs)
+    broker: Broker = _build("broker", "microweave.brokers", BROKERS, url, kwargs)
     return broker
 
 

@@ -14,7 +14,6 @@ import asyncio
 import gc
 import logging
 import signal
-import socket
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -32,7 +31,7 @@ from .registry import Service as ServiceRecord
 from .server import Kind, Router
 from .server.pipeline import Pipeline
 from .server.threads import DEFAULT_THREADS, WorkerThreads
-from .transport import ServerTransport
+from .transport import ServerTransport, advertised
 
 if TYPE_CHECKING:
     from .broker import AckMode
@@ -51,17 +50,6 @@ def _split_address(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ConfigurationError(f"address {address!r} must be host:port (port 0 picks a free one)")
     return host or "0.0.0.0", int(port)
-
-
-def _advertised(address: str) -> str:
-    """Callers cannot dial 0.0.0.0: advertise this host's name-resolved address instead."""
-    host, port = address.rsplit(":", 1)
-    if host in ("0.0.0.0", "::", "[::]"):
-        try:
-            host = socket.gethostbyname(socket.gethostname())
-        except OSError:
-            host = "127.0.0.1"
-    return f"{host}:{port}"
 
 
 def _value(data: dict[str, Any] | None) -> Value | None:
@@ -340,7 +328,7 @@ class Service:
             config=self.config,
         )
         listening = Listeners(
-            self.pipeline, self._listeners(), node_id=self.node_id, grace=self.grace, advertise=_advertised
+            self.pipeline, self._listeners(), node_id=self.node_id, grace=self.grace, advertise=advertised
         )
         self.transports = [t for t, _ in listening.listeners]
         self.addresses = listening.addresses

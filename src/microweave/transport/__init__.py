@@ -14,6 +14,7 @@ have, and an error with `remote=True` when the node answered with it.
 from __future__ import annotations
 
 import abc
+import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,19 @@ if TYPE_CHECKING:
     from ..server import Kind
     from ..server.pipeline import Pipeline
 
-__all__ = ["ClientTransport", "ServerTransport", "StreamBody"]
+__all__ = ["ClientTransport", "ServerTransport", "StreamBody", "advertised"]
+
+
+def advertised(address: str) -> str:
+    """Callers cannot dial 0.0.0.0: advertise this host's name-resolved address instead."""
+    host, port = address.rsplit(":", 1)
+    if host in ("0.0.0.0", "::", "[::]"):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    return f"{host}:{port}"
+
 
 #: one body (unary and server-streaming calls) or an async iterator of bodies (client/bidi)
 StreamBody = bytes | AsyncIterator[bytes]

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import socket
 import uuid
 from typing import TYPE_CHECKING, Final
 
@@ -24,6 +23,7 @@ from ...server import Router, grpc_path
 from ...server.handlers import camel
 from ...server.pipeline import Pipeline
 from ...server.threads import WorkerThreads
+from ...transport import advertised
 from .. import Event, Subscription
 from ..subscriber import SUBSCRIBER_HANDLER, Subscriber
 from .inbound import Inbound
@@ -37,17 +37,6 @@ log = logging.getLogger("microweave.broker")
 
 #: seconds a deregistration may take on unsubscribe (the TTL removes the record anyway)
 DEREGISTER_TIMEOUT: Final = 5.0
-
-
-def _advertised(address: str) -> str:
-    """Callers cannot dial 0.0.0.0: advertise this host's name-resolved address instead."""
-    host, port = address.rsplit(":", 1)
-    if host in ("0.0.0.0", "::", "[::]"):
-        try:
-            host = socket.gethostbyname(socket.gethostname())
-        except OSError:
-            host = "127.0.0.1"
-    return f"{host}:{port}"
 
 
 def _handler_name(handler: object) -> str:
@@ -80,7 +69,7 @@ class OwnNode:
         self._transport = self._tcp(max_message)
         self.listeners = Listeners(
             self.pipeline, [(self._transport, address)], node_id=self.node_id, grace=grace,
-            advertise=_advertised,
+            advertise=advertised,
         )  # fmt: skip
         self._started = False
         self._starting = asyncio.Lock()

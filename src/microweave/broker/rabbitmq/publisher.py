@@ -97,19 +97,28 @@ class Publisher:
         underlay = self._underlay
         if underlay is not None and not underlay.is_closed:
             try:
-                result = await underlay.basic_publish(
-                    body,
-                    exchange=self._exchange,
-                    routing_key=topic,
-                    properties=properties,
-                    mandatory=True,
-                    timeout=self._confirm_timeout,
-                )
+                return await self._send_on(underlay, topic, body, properties)
             except BaseException as exc:
                 self._give_up_unless_transient(topic, exc)
-            else:
-                return not isinstance(result, DeliveredMessage)
         return await self._send_retrying(topic, body, properties)
+
+    async def _send_on(
+        self,
+        underlay: aiormq.abc.AbstractChannel,
+        topic: str,
+        body: bytes,
+        properties: aiormq.spec.Basic.Properties,
+    ) -> bool:
+        """One confirmed, mandatory publish; True when routed (False: returned unroutable)."""
+        result = await underlay.basic_publish(
+            body,
+            exchange=self._exchange,
+            routing_key=topic,
+            properties=properties,
+            mandatory=True,
+            timeout=self._confirm_timeout,
+        )
+        return not isinstance(result, DeliveredMessage)
 
     async def _send_retrying(self, topic: str, body: bytes, properties: aiormq.spec.Basic.Properties) -> bool:
         """The slow path: wait for the channel (the connection may be coming back), send, and
@@ -137,19 +146,12 @@ class Publisher:
                 last = aiormq.exceptions.ChannelInvalidStateError("the channel is being restored")
             else:
                 try:
-                    result = await underlay.basic_publish(
-                        body,
-                        exchange=self._exchange,
-                        routing_key=topic,
-                        properties=properties,
-                        mandatory=True,
-                        timeout=self._confirm_timeout,
-                    )
+                    routed = await self._send_on(underlay, topic, body, properties)
                 except BaseException as exc:
                     self._give_up_unless_transient(topic, exc)
                     last = exc
                 else:
-                    return not isinstance(result, DeliveredMessage)
+                    return routed
             await asyncio.sleep(min(backoff(attempt, base=0.05, cap=0.5), max(0.0, deadline - loop.time())))
 
     def _give_up_unless_transient(self, topic: str, exc: BaseException) -> None:

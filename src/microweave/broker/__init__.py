@@ -153,7 +153,7 @@ class Event:
         # a backend hands over a dict of its own (decoded per message): not copied again
         self.headers: dict[str, str] = headers if type(headers) is dict else dict(headers)
         #: `Micro-Id` as published; "" when the publisher sent none
-        self.id = header(headers, MESSAGE_ID) or ""
+        self.id = headers.get(MESSAGE_ID) or header(headers, MESSAGE_ID) or ""
         #: 1 on the first delivery, counted by the broker where it can (JetStream, RabbitMQ
         #: quorum queues, Redis pending entries); at-most-once backends always say 1
         self.attempt = attempt
@@ -223,10 +223,16 @@ class Subscription:
         self.queue = queue
         self.ack = ack
         self.max_in_flight = max_in_flight
-        #: each running handler's task, and the event it runs for
-        self.tasks: dict[asyncio.Task[None], Event] = {}
+        #: dispatched events no worker has taken yet (at most `max_in_flight` with those running)
+        self._queue: collections.deque[Event] = collections.deque()
+        #: worker tasks, each with the event it runs (None: idle); at most `max_in_flight`
+        self._workers: dict[asyncio.Task[None], Event | None] = {}
+        self._idle: collections.deque[asyncio.Future[None]] = collections.deque()
+        #: events dispatched and not finished (queued or running)
+        self._busy = 0
         #: dispatchers waiting for a free slot, woken one per finished handler
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._drained: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.active = True
         #: a backend's own state (its consumer, channel, ...)
@@ -235,17 +241,68 @@ class Subscription:
     @property
     def free(self) -> int:
         """How many more events may be dispatched without waiting."""
-        return self.max_in_flight - len(self.tasks)
+        return self.max_in_flight - self._busy
+
+    @property
+    def running(self) -> list[Event]:
+        """The events whose handlers are running now."""
+        return [event for event in self._workers.values() if event is not None]
+
+    # Handlers run on long-lived worker tasks (at most max_in_flight, started as needed): waking
+    # an idle worker costs about half of creating a task per event, on the hot path of every
+    # backend (measured: ~1 us of ~2 per event).
+
+    def dispatch_nowait(self, event: Event) -> bool:
+        """Hand the event to a worker at once if a slot is free (True); else the caller awaits
+        `dispatch`. Push backends call this first: no coroutine per event while not full."""
+        if self._busy >= self.max_in_flight or self._waiting:
+            return False
+        self._start(event)
+        return True
 
     async def dispatch(self, event: Event) -> None:
-        # the hot path of every backend: no lock or semaphore coroutine while a slot is free
-        tasks = self.tasks
-        while len(tasks) >= self.max_in_flight:
+        """Hand the event to a worker, waiting while `max_in_flight` handlers are busy."""
+        while self._busy >= self.max_in_flight:
             await self._slot()
+        self._start(event)
+
+    def _start(self, event: Event) -> None:
+        self._busy += 1
+        self._queue.append(event)
+        idle = self._idle
+        while idle:
+            waiter = idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        if len(self._workers) < self._busy:
+            task = (self._loop or self._bind_loop()).create_task(self._work())
+            self._workers[task] = None
+
+    async def _work(self) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        workers, queue = self._workers, self._queue
         loop = self._loop or self._bind_loop()
-        task = loop.create_task(self._run(event))
-        tasks[task] = event
-        task.add_done_callback(self._finished)
+        try:
+            while True:
+                while queue:
+                    event = queue.popleft()
+                    workers[me] = event
+                    try:
+                        await self._run(event)
+                    except Exception:  # _run settles and logs; this is a bug of ours: the
+                        log.exception("event %s on %s", event.id, self.topic)  # worker goes on
+                    finally:
+                        workers[me] = None
+                        self._finished()
+                if not self.active:
+                    return
+                waiter = loop.create_future()
+                self._idle.append(waiter)
+                await waiter
+        finally:
+            workers.pop(me, None)
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         self._loop = asyncio.get_running_loop()
@@ -262,14 +319,16 @@ class Subscription:
             with contextlib.suppress(ValueError):
                 self._waiting.remove(waiter)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self.tasks.pop(task, None)
+    def _finished(self) -> None:
+        self._busy -= 1
         waiting = self._waiting
         while waiting:
             waiter = waiting.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 break
+        if not self._busy and self._drained is not None:
+            self._drained.set()
 
     async def _run(self, event: Event) -> None:
         try:
@@ -336,10 +395,12 @@ class Subscription:
             log.warning("could not settle event %s on %s: %s", event.id, self.topic, exc)
 
     async def drain(self, timeout: float) -> bool:
-        """Wait up to `timeout` s for running handlers; True when none is left."""
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=timeout)
-        return not self.tasks
+        """Wait up to `timeout` s for dispatched events to be handled; True when none is left."""
+        if self._busy:
+            self._drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), timeout)
+        return not self._busy
 
     async def unsubscribe(self, *, grace: float = 10.0) -> None:
         """Stop taking events, let running handlers finish for `grace` seconds, cancel the rest
@@ -349,24 +410,39 @@ class Subscription:
         self.active = False
         with contextlib.suppress(Exception):
             await self.broker._unsubscribe(self)
+        self._release_idle()
         if not await self.drain(grace):
+            running = self.running
             log.warning(
                 "%d handler(s) of %s still running after the grace of %gs are cancelled: events %s "
                 "(%s)",
-                len(self.tasks), self.topic, grace, ", ".join(e.id for e in self.tasks.values()),
+                len(running), self.topic, grace, ", ".join(e.id for e in running),
                 "the broker redelivers them" if self.broker.redelivers else "they are lost: at most once",
             )  # fmt: skip
-            for task in list(self.tasks):
+            for task in list(self._workers):
                 task.cancel()
             # bounded too: a handler that swallows its cancellation must not hold the stop
             if not await self.drain(CANCEL_WAIT):
                 log.error(
                     "%d handler(s) of %s ignored their cancellation; leaving them behind",
-                    len(self.tasks), self.topic,
+                    len(self.running), self.topic,
                 )  # fmt: skip
+        while self._queue:  # taken but never started (their worker was cancelled): handed back
+            event = self._queue.popleft()
+            self._finished()
+            with contextlib.suppress(Exception):
+                await event.nack(requeue=True, delay=0.0)
+        self._release_idle()
         self.broker.subscriptions.discard(self)
         with contextlib.suppress(Exception):
             await self.broker._after_unsubscribe(self)
+
+    def _release_idle(self) -> None:
+        """Idle workers see `active` is False and end."""
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     def __repr__(self) -> str:
         return f"Subscription({self.topic!r}, queue={self.queue!r}, ack={self.ack!r})"

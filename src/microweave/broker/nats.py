@@ -127,12 +127,14 @@ class NatsBroker(Broker):
             raise broker_error(self.url.public, f"publish to {topic}", exc) from None
 
     async def _subscribe(self, sub: Subscription) -> None:
-        topic, queue, dispatch = sub.topic, sub.queue, sub.dispatch
+        topic, queue, dispatch, dispatch_nowait = sub.topic, sub.queue, sub.dispatch, sub.dispatch_nowait
 
         async def deliver(msg: Msg) -> None:
             # the hot path: nats-py calls this once per message, one at a time per subscription
             headers, body = unwrap(msg)
-            await dispatch(Event(topic, body, headers, queue=queue))
+            event = Event(topic, body, headers, queue=queue)
+            if not dispatch_nowait(event):
+                await dispatch(event)
 
         nc = self.link.client()
         nsub: NatsSubscription | None = None

@@ -12,20 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import MicroError, RegistryError
-
-if TYPE_CHECKING:
-    from .broker import Broker, Event, Subscription
-    from .broker.subscriber import Subscriber
 from .registry import Registry
 from .registry import Service as ServiceRecord
 from .registry.cache import unavailable
 from .registry.outage import Outage
 from .server.pipeline import Pipeline
 from .transport import ServerTransport, local
+
+if TYPE_CHECKING:
+    from .broker import Broker, Subscription
+    from .broker.subscriber import Subscriber
 
 __all__ = ["ABORT_FLUSH", "Component", "Listeners", "Registration", "Subscriptions"]
 
@@ -124,7 +124,7 @@ class Subscriptions:
                 self.subscriptions.append(
                     await broker.subscribe(
                         subscriber.topic,
-                        self._handler(subscriber, broker),
+                        broker.service_handler(subscriber, self.pipeline),
                         queue=subscriber.queue,
                         ack=subscriber.ack,
                         max_in_flight=subscriber.max_in_flight,
@@ -133,20 +133,6 @@ class Subscriptions:
         except BaseException:
             await self.stop()
             raise
-
-    def _handler(self, subscriber: Subscriber, broker: Broker) -> Callable[[Event], Awaitable[None]]:
-        if broker.scheme == "direct":
-            from .broker.direct import DirectBroker
-            from .broker.direct.inbound import ServedByNode
-
-            if isinstance(broker, DirectBroker):
-                return ServedByNode(subscriber, self.pipeline)
-        deliver, transport = self.pipeline.deliver, broker.scheme
-
-        async def handle(event: Event) -> None:
-            await deliver(subscriber, event, transport=transport)
-
-        return handle
 
     async def stop(self) -> None:
         subscriptions, self.subscriptions = self.subscriptions, []

@@ -42,6 +42,8 @@ from ..errors import BadRequest, BrokerError, ConfigurationError, MicroError
 if TYPE_CHECKING:
     from .._backends import BackendURL
     from ..client import Client
+    from ..server.pipeline import Pipeline
+    from .subscriber import Subscriber
 
 __all__ = [
     "CONTENT_TYPE",
@@ -475,6 +477,16 @@ class Broker(abc.ABC):
     def bind(self, client: Client) -> None:  # noqa: B027 - optional hook
         """Called with the client that publishes through this broker (and, for a service, the
         client its node uses): `direct://` finds subscribers and calls them through it."""
+
+    def service_handler(self, subscriber: Subscriber, pipeline: Pipeline) -> EventHandler:
+        """How a Service's `subscriber` takes this broker's events: each one through the
+        service's pipeline (`direct://` overrides it: its events already came through as calls)."""
+        deliver, transport = pipeline.deliver, self.scheme
+
+        async def handle(event: Event) -> None:
+            await deliver(subscriber, event, transport=transport)
+
+        return handle
 
     # -- what a backend writes ---------------------------------------------------------
 

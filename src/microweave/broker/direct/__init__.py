@@ -91,7 +91,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ...codec import JSON
 from ...errors import ConfigurationError, MicroError
 from ...registry.url_options import typed_options
-from .. import CONTENT_TYPE, MESSAGE_ID, Broker, Subscription, broker_error, header
+from .. import CONTENT_TYPE, MESSAGE_ID, Broker, EventHandler, Subscription, broker_error, header
 from ..subscriber import Subscriber
 from .delivery import Courier
 from .directory import Directory
@@ -100,6 +100,7 @@ from .inbound import HEADERS_KEY, Inbound, ServedByNode, encode_headers
 if TYPE_CHECKING:
     from ..._backends import BackendURL
     from ...client import Client
+    from ...server.pipeline import Pipeline
     from .node import OwnNode
 
 __all__ = ["DirectBroker"]
@@ -182,6 +183,10 @@ class DirectBroker(Broker):
     @staticmethod
     def _shown(url: BackendURL) -> str:
         return f"direct://{url.hosts[0] if url.hosts else ''}"
+
+    def service_handler(self, subscriber: Subscriber, pipeline: Pipeline) -> EventHandler:
+        """A Service's events come as calls over its own listeners, already through its pipeline."""
+        return ServedByNode(subscriber, pipeline)
 
     def bind(self, client: Client) -> None:
         """Publish through `client` (its registry cache, its pipeline) and register standalone

@@ -95,6 +95,11 @@ class Settings:
     config: str | None = None
     broker: str | None = None
     broker_address: str | None = None
+    #: the node's admin HTTP endpoint (/metrics, /health): host:port, or "off"
+    admin_address: str | None = None
+    log_level: str | None = None  # DEBUG, INFO, ... (MICRO_LOG_LEVEL)
+    log_format: str | None = None  # text | json (MICRO_LOG_FORMAT)
+    access_log: str | None = None  # a true value turns the access log on (MICRO_ACCESS_LOG)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -107,6 +112,10 @@ class Settings:
             config=env.get("MICRO_CONFIG") or None,
             broker=env.get("MICRO_BROKER") or None,
             broker_address=env.get("MICRO_BROKER_ADDRESS") or None,
+            admin_address=env.get("MICRO_ADMIN_ADDRESS") or None,
+            log_level=env.get("MICRO_LOG_LEVEL") or None,
+            log_format=env.get("MICRO_LOG_FORMAT") or None,
+            access_log=env.get("MICRO_ACCESS_LOG") or None,
         )
 
 

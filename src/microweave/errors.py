@@ -37,6 +37,7 @@ clients and plain grpcio clients both read it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, ClassVar
 
@@ -62,6 +63,7 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "Unavailable",
+    "code_of",
     "error_for_code",
     "from_grpc",
     "from_wire",
@@ -188,6 +190,18 @@ class ConfigurationError(MicroError):
     """A local mistake (bad URL, unknown scheme, missing driver); never crosses the wire."""
 
     default_code = 500
+
+
+def code_of(exc: BaseException | None) -> int:
+    """The code a call ended with, for metrics, spans and logs: 200 for none, a `MicroError`'s
+    own code, 499 for a cancellation, 500 for anything else (the error boundary answers that)."""
+    if exc is None:
+        return 200
+    if isinstance(exc, MicroError):
+        return exc.code
+    if isinstance(exc, asyncio.CancelledError):
+        return 499
+    return 500
 
 
 _STATUS_TEXT = {

@@ -98,6 +98,7 @@ class Service:
         transports: Sequence[ServerTransport] | None = None,
         config: Config | Sequence[str | Source] | str | None = None,
         broker: Broker | str | None = None,
+        metrics: bool = True,
     ) -> None:
         """`middleware` wraps every call this node serves, first outermost; `threads` sizes the
         pool that runs sync handlers (a deadline cannot stop a thread: size it for the slowest
@@ -135,6 +136,7 @@ class Service:
         self._registry: Registry | None = registry if isinstance(registry, Registry) else None
         self.router = Router(package=name)
         self.middleware = list(middleware)
+        self.metrics = metrics  # Prometheus metrics of its calls (and its client's)
         self.threads = threads
         self._transports = list(transports) if transports is not None else None
         self.transports: list[ServerTransport] = []
@@ -231,7 +233,11 @@ class Service:
         """A client that shares this service's registry and names it as the caller."""
         if self._client is None:
             self._client = Client(
-                registry=self.registry, name=self.name, node_id=self.node_id, broker=self._broker_arg
+                registry=self.registry,
+                name=self.name,
+                node_id=self.node_id,
+                broker=self._broker_arg,
+                metrics=self.metrics,
             )
         return self._client
 
@@ -315,7 +321,9 @@ class Service:
     async def start(self) -> None:
         if self.running:
             return
-        middleware = self.middleware
+        from .middleware.defaults import server_middleware
+
+        middleware = [*server_middleware(self.name, metrics=self.metrics), *self.middleware]
         if self.registry.counts_calls:  # it reports them (NATS: $SRV.STATS)
             from .server import stats
 

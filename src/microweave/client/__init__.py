@@ -80,6 +80,7 @@ class Client:
         transports: Sequence[str | ClientTransport] = ("local", "tcp", "grpc"),
         max_message: int = 4 * 1024 * 1024,
         broker: Broker | str | None = None,
+        metrics: bool = True,
     ) -> None:
         """`timeout` is the default for calls (None: no deadline); `transports` in order of
         preference, by name or as instances (a node is reached by the first one it offers).
@@ -106,9 +107,11 @@ class Client:
         #: in order of preference
         self.transports = tuple(_transport(t, max_message) for t in transports)
         self.routing = Routing(self.cache, self.selector, self.transports, repr(registry))
+        from ..middleware.defaults import client_middleware
         from .pipeline import ClientPipeline
 
-        self.pipeline = ClientPipeline(self, middleware)
+        self.metrics = metrics
+        self.pipeline = ClientPipeline(self, [*client_middleware(name, metrics=metrics), *middleware])
 
     def _deadline(self, timeout: float | Unset | None) -> float | None:
         """When this call must end: its own timeout, or the client's, shrunk to what the

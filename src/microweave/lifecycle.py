@@ -60,6 +60,9 @@ class Listeners:
         self._advertise = advertise
         self.addresses: dict[str, str] = {}
         self._started: list[ServerTransport] = []
+        from .logs import bind_node
+
+        bind_node(pipeline, node_id)  # the log records of its calls say which node wrote them
 
     async def start(self) -> None:
         try:

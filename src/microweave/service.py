@@ -436,11 +436,13 @@ class Service:
         """Serve until SIGTERM/SIGINT (blocking); uses uvloop when it is installed. A setup
         error (bad configuration, a registry or config source it cannot use) ends the process
         with its message and exit code 2, not a traceback."""
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
+            if not logging.getLogger().handlers:  # a user who configured logging keeps theirs
+                from . import logs
+
+                logs.configure()  # MICRO_LOG_LEVEL, MICRO_LOG_FORMAT
             run_async(self.serve())
-        except MicroError as exc:  # only start() raises these: stop() logs what it meets
+        except MicroError as exc:  # a bad MICRO_LOG_*, or from start(): stop() logs what it meets
             log.error("%s cannot start: %s", self.name, exc.detail)
             raise SystemExit(2) from None
 

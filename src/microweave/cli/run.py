@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Annotated
 
 import typer
-from rich.logging import RichHandler
 
+from .. import logs
 from .options import RegistryOption, open_registry, registry_url
-from .output import CliError, err, reporting_errors
+from .output import CliError, reporting_errors
 from .target import load_service
 
 __all__ = ["run"]
@@ -24,9 +25,11 @@ def _check_address(address: str) -> str:
 
 
 def _log_to_stderr() -> None:
-    """Service logs to stderr, readable in a terminal; `Service.run` keeps handlers it finds."""
-    handler = RichHandler(console=err, show_path=False, rich_tracebacks=True, markup=False)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", datefmt="[%X]", handlers=[handler])
+    """Service logs to stderr (MICRO_LOG_LEVEL, MICRO_LOG_FORMAT=text|json): colored in a
+    terminal. Logging the service's module set up at import is left alone, as `Service.run`
+    leaves it."""
+    if not logging.getLogger().handlers:
+        logs.configure(stream=sys.stderr)
 
 
 def run(

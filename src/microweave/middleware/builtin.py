@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 
 from ..client.call import ClientCall
 from ..context import FROM_NODE, FROM_SERVICE, current_context
-from ..errors import MicroError, NotImplementedError_, Timeout, TooManyRequests
+from ..errors import NotImplementedError_, Timeout, TooManyRequests, code_of
+from ..logs import trace_ids
 from ..server import Router
 from ..server.call import Call
 from . import Before, ClientMiddleware, ServerMiddleware, StreamNext, UnaryNext
@@ -85,46 +87,75 @@ class PropagateMetadata(Before[ClientCall], ClientMiddleware):
 
 
 class AccessLog(ServerMiddleware):
-    """One log line per call: endpoint, transport, caller, outcome and duration (off by default:
-    add it to `Service(middleware=[AccessLog()])`)."""
+    """One log line per call on logger "microweave.access": service, endpoint, transport,
+    caller, code, duration and trace id, each also a field of the record (JSON logs carry them as
+    keys). Answers are logged at `level` (INFO) whatever their code, a caller's mistake is not
+    the server's problem; 5xx at `failed` (WARNING). On with MICRO_ACCESS_LOG=1, or in
+    `Service(middleware=[AccessLog()])`."""
 
-    def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger | None = None,
+        level: int = logging.INFO,
+        *,
+        failed: int = logging.WARNING,
+    ) -> None:
         self.log = logger or logging.getLogger("microweave.access")
         self.level = level
+        self.failed = failed
 
     async def unary(self, call: Call, call_next: UnaryNext[Call]) -> bytes:
         started = time.perf_counter()
-        outcome = "500"
+        error: BaseException | None = None
         try:
-            reply = await call_next(call)
-            outcome = "ok"
-            return reply
-        except MicroError as exc:
-            outcome = f"{exc.code}"
+            return await call_next(call)
+        except BaseException as exc:  # inside the error boundary: raw exceptions too
+            error = exc
             raise
         finally:
-            self.write(call, outcome, started)
+            self.write(call, code_of(error), started)
 
     async def stream(self, call: Call, call_next: StreamNext[Call]) -> AsyncIterator[bytes]:
         started = time.perf_counter()
-        outcome, sent = "500", 0
+        error: BaseException | None = None
+        sent = 0
         try:
             async for reply in call_next(call):
                 sent += 1
                 yield reply
-            outcome = "ok"
-        except MicroError as exc:
-            outcome = f"{exc.code}"
+        except GeneratorExit:  # the caller stopped reading: it went away
+            error = asyncio.CancelledError()
+            raise
+        except BaseException as exc:
+            error = exc
             raise
         finally:
-            self.write(call, f"{outcome} ({sent} replies)", started)
+            self.write(call, code_of(error), started, replies=sent)
 
-    def write(self, call: Call, outcome: str, started: float) -> None:
-        elapsed = (time.perf_counter() - started) * 1e3
+    def write(self, call: Call, code: int, started: float, *, replies: int | None = None) -> None:
+        level = self.failed if code >= 500 else self.level
+        if not self.log.isEnabledFor(level):
+            return
+        elapsed = round((time.perf_counter() - started) * 1e3, 3)
+        ctx = call.ctx
+        caller = ctx.caller or call.peer or "-"
+        fields: dict[str, object] = {
+            "service": call.service,
+            "endpoint": call.endpoint,
+            "transport": call.transport,
+            "caller": caller,
+            "code": code,
+            "duration_ms": elapsed,
+        }
+        ids = trace_ids(ctx.metadata)
+        if ids is not None:
+            fields["trace_id"], fields["span_id"] = ids
+        if replies is not None:
+            fields["replies"] = replies
         self.log.log(
-            self.level,
-            "%s %s via %s from %s: %s in %.1f ms",
-            call.service, call.endpoint, call.transport, call.ctx.caller or call.peer or "-",
-            outcome, elapsed,
-            extra={"service": call.service, "endpoint": call.endpoint, "transport": call.transport},
+            level,
+            "%s %s via %s from %s: %d in %.1f ms%s",
+            call.service, call.endpoint, call.transport, caller, code, elapsed,
+            "" if replies is None else f" ({replies} replies)",
+            extra=fields,
         )  # fmt: skip

@@ -19,6 +19,12 @@ __all__ = ["client_middleware", "server_middleware"]
 def server_middleware(service: str, *, metrics: bool = True) -> list[ServerMiddleware]:
     """The framework's middleware for a node of `service`, outermost first."""
     out: list[ServerMiddleware] = []
+    from ..logs import access_log_enabled
+
+    if access_log_enabled():  # MICRO_ACCESS_LOG; last: innermost of the defaults
+        from .builtin import AccessLog
+
+        out.append(AccessLog())
     return out
 
 

@@ -187,6 +187,39 @@ class Registration:
         )
         #: register() calls made (start and heartbeat), successful or not
         self.attempts = 0
+        self._health_watchers: list[Callable[[bool], None]] = []
+
+    @property
+    def healthy(self) -> bool:
+        """False from the first failed register() until one succeeds again: the registry is
+        unreachable or refuses this node (its readiness reads this)."""
+        return not self._outage.down
+
+    @property
+    def failing_since(self) -> float | None:
+        """When (time.monotonic()) register() began failing; None while healthy."""
+        return self._outage.down_since
+
+    def watch_health(self, watcher: Callable[[bool], None]) -> None:
+        """Call `watcher(healthy)` each time `healthy` changes."""
+        self._health_watchers.append(watcher)
+
+    def _failed(self, exc: BaseException) -> float:
+        was = self.healthy
+        delay = self._outage.failed(exc)
+        if was:
+            self._tell(False)
+        return delay
+
+    def _recovered(self) -> None:
+        was = self.healthy
+        self._outage.recovered()
+        if not was:
+            self._tell(True)
+
+    def _tell(self, healthy: bool) -> None:
+        for watcher in self._health_watchers:
+            watcher(healthy)
 
     def __repr__(self) -> str:
         name = self._record.name if self._record is not None else "?"
@@ -203,7 +236,7 @@ class Registration:
                 if not unavailable(exc) or self.registry.scheme in _AT_HAND:
                     self._record = None
                     raise
-                delay = self._outage.failed(exc)
+                delay = self._failed(exc)
                 left = deadline - asyncio.get_running_loop().time()
                 if left <= 0:
                     self._record = None
@@ -213,7 +246,7 @@ class Registration:
                         f"{detail}; is the registry running at that address?"
                     ) from None
                 await asyncio.sleep(min(delay, left))
-        self._outage.recovered()
+        self._recovered()
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
     async def _register(self) -> None:
@@ -232,9 +265,9 @@ class Registration:
             try:
                 await self._register()
             except Exception as exc:  # the registry may come back: retry sooner than the beat
-                delay = min(self._outage.failed(exc), self.interval)
+                delay = min(self._failed(exc), self.interval)
             else:
-                self._outage.recovered()
+                self._recovered()
                 delay = self.interval
 
     async def stop(self) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._backends import config_urls, load_registry, settings
+from .admin import AdminServer, CheckFunction, Readiness, admin_bind
 from .broker import DEFAULT_MAX_IN_FLIGHT, Broker
 from .broker.subscriber import describe_subscriber
 from .client import Client
@@ -41,6 +42,7 @@ __all__ = ["Service"]
 
 log = logging.getLogger("microweave.service")
 H = TypeVar("H")
+C = TypeVar("C", bound=CheckFunction)
 
 DEFAULT_TTL = 15.0
 
@@ -99,6 +101,7 @@ class Service:
         config: Config | Sequence[str | Source] | str | None = None,
         broker: Broker | str | None = None,
         metrics: bool = True,
+        admin_address: str | Literal[False] | None = None,
     ) -> None:
         """`middleware` wraps every call this node serves, first outermost; `threads` sizes the
         pool that runs sync handlers (a deadline cannot stop a thread: size it for the slowest
@@ -109,7 +112,8 @@ class Service:
         Handlers read it as `ctx.config`; it is read before the node listens. `broker` carries
         its subscribers' events and `client.publish` (a URL, else MICRO_BROKER, else
         `direct://`: no server, events go over the transports to subscribers found in the
-        registry)."""
+        registry). `admin_address` serves /metrics and /health (host:port; default
+        MICRO_ADMIN_ADDRESS, else a free port on this service's host; False or "off": none)."""
         if not name or any(c in name for c in "/ "):
             raise ConfigurationError(f"service name {name!r} must be non-empty, without '/' or spaces")
         self.name = name
@@ -127,11 +131,19 @@ class Service:
         )
         if self.tcp_address:
             _split_address(self.tcp_address)
+        self._admin_bind = admin_bind(
+            admin_address, settings().admin_address, _split_address(self.address)[0]
+        )
+        if self._admin_bind:
+            _split_address(self._admin_bind)
+        self._admin: AdminServer | None = None
         self.ttl = ttl
         self.grace = grace
         self.drain_delay = drain_delay
         self.max_message = max_message  # per message, both transports (gRPC's default, 4 MiB)
         self.node_id = f"{name}-{uuid.uuid4()}"
+        #: readiness and health checks: /health/ready and grpc.health.v1 report it
+        self.health = Readiness(name, version=version, node_id=self.node_id)
         self._registry_arg = registry
         self._registry: Registry | None = registry if isinstance(registry, Registry) else None
         self.router = Router(package=name)
@@ -190,6 +202,31 @@ class Service:
         """Serve a grpcio-generated servicer: `service.add_servicer(S(), add_SServicer_to_server)`."""
         self.router.add_servicer(servicer, add_to_server)
 
+    def add_health_check(
+        self,
+        name: str,
+        check: CheckFunction,
+        *,
+        critical: bool = True,
+        timeout: float = 5.0,
+        interval: float = 10.0,
+    ) -> None:
+        """Run `check()` (sync or async; raising or returning False is failing) every `interval`
+        seconds, cut off after `timeout`: a failing critical check makes the node not ready
+        (/health/ready, gRPC health); every check shows in /health."""
+        self.health.add_check(name, check, critical=critical, timeout=timeout, interval=interval)
+
+    def health_check(
+        self, name: str, *, critical: bool = True, timeout: float = 5.0, interval: float = 10.0
+    ) -> Callable[[C], C]:
+        """`add_health_check` as a decorator: `@service.health_check("database")`."""
+
+        def add(check: C) -> C:
+            self.add_health_check(name, check, critical=critical, timeout=timeout, interval=interval)
+            return check
+
+        return add
+
     # -- collaborators ----------------------------------------------------------------
 
     @property
@@ -207,6 +244,12 @@ class Service:
         self._registry_arg = registry
         self._registry = registry if isinstance(registry, Registry) else None
         self._client, self._owns_client = None, True  # it was bound to the old registry
+
+    @property
+    def admin_address(self) -> str | None:
+        """Where this node's admin endpoint (/metrics, /health) answers: the advertised
+        host:port once started; None before, or when it is off."""
+        return self._admin.address if self._admin is not None else None
 
     @property
     def broker(self) -> Broker:
@@ -287,6 +330,7 @@ class Service:
             "registry": self.registry.scheme,
             # go-micro reads `address` (gRPC); our faster transports advertise here
             **{f"{k}_address": v for k, v in self.addresses.items() if k != "grpc"},
+            **({"admin_address": self.admin_address} if self.admin_address else {}),
             # go-micro's key: the broker carrying its subscribers' events (direct:// calls only
             # the nodes that say "direct")
             **({"broker": self.broker.scheme} if self.router.subscribers else {}),
@@ -341,11 +385,17 @@ class Service:
         self.transports = [t for t, _ in listening.listeners]
         self.addresses = listening.addresses
         subscribers = list(self.router.subscribers.values())
+        registration = Registration(self.registry, self.record, ttl=self.ttl, drain_delay=self.drain_delay)
+        admin = AdminServer(self.health, self._admin_bind, advertise=advertised) if self._admin_bind else None
+        self._admin = admin
         self.components = [
+            # first: /health/live answers while the rest starts; stopped last
+            _Health(self, registration),
+            *([admin] if admin else []),
             _Configured(self.config, owned=not isinstance(self._config_arg, Config)),
             listening,
             Subscriptions(lambda: self.broker, self.pipeline, subscribers, grace=self.grace),
-            Registration(self.registry, self.record, ttl=self.ttl, drain_delay=self.drain_delay),
+            registration,
         ]
         started: list[Component] = []
         try:
@@ -358,12 +408,14 @@ class Service:
             await self._release()  # a failed start owns nothing afterwards either
             raise
         self.running = True
+        self.health.serving()
+        await self.health.settled()  # gRPC health says SERVING once start() returns
         log.info(
             "%s %s serving %s on %s (node %s, registry %r%s)",
             self.name,
             self.version,
             ", ".join([*self.router.by_name, *self.router.servicer_names(), *self._topics()]) or "nothing",
-            ", ".join(f"{k} {v}" for k, v in self.addresses.items()),
+            ", ".join(f"{k} {v}" for k, v in [*self.addresses.items(), ("admin", self.admin_address)] if v),
             self.node_id,
             self.registry,
             f", broker {self.broker!r}" if self.router.subscribers else "",
@@ -377,6 +429,9 @@ class Service:
             if not self.running:
                 return
             self.running = False
+            # not ready from the first moment, before the node leaves the registry
+            self.health.draining()
+            await self.health.settled()
             for component in reversed(self.components):
                 try:
                     await component.stop()
@@ -445,6 +500,33 @@ class Service:
         except MicroError as exc:  # a bad MICRO_LOG_*, or from start(): stop() logs what it meets
             log.error("%s cannot start: %s", self.name, exc.detail)
             raise SystemExit(2) from None
+
+
+class _Health:
+    """The service's readiness for one run: starting until `start()` completes (the service
+    then says serving), following this run's registration, telling its gRPC servers; stopped
+    (not alive) when everything else has stopped."""
+
+    def __init__(self, service: Service, registration: Registration) -> None:
+        self.service = service
+        self.registration = registration
+        self._unwatch: list[Callable[[], None]] = []
+
+    async def start(self) -> None:
+        health = self.service.health
+        await health.start()
+        health.follow(self.registration)
+        for transport in self.service.transports:
+            report = getattr(transport, "set_serving", None)  # the gRPC server's health service
+            if report is not None:
+                self._unwatch.append(health.watch(report))
+        await health.settled()
+
+    async def stop(self) -> None:
+        for unwatch in self._unwatch:
+            unwatch()
+        self._unwatch = []
+        await self.service.health.stop()
 
 
 class _Configured:

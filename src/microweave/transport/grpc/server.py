@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -161,6 +161,10 @@ class GrpcServer(ServerTransport):
         ]
         self._server: Any = None
         self.health: Any = None
+        #: what grpc.health.v1 reports for "" and each service: its node's readiness, when the
+        #: node tells (`set_serving`); a server on its own serves as soon as it listens
+        self.serving = True
+        self._health_names: list[str] = []
         #: stopping: new calls are answered UNAVAILABLE with `REFUSED_KEY`, never run
         self.draining = False
         self._pipeline: Pipeline | None = None
@@ -168,6 +172,7 @@ class GrpcServer(ServerTransport):
     async def start(self, pipeline: Pipeline, *, host: str, port: int) -> str:
         router = pipeline.router
         server = grpc.aio.server(options=self._options)
+        self.draining = False
         by_service: dict[str, dict[str, Any]] = {}
         for target in router.targets.values():
             service, _, name = target.path[1:].partition("/")
@@ -179,8 +184,8 @@ class GrpcServer(ServerTransport):
 
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, _GenericOnly(server))
-        for name in ["", *by_service]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._health_names = ["", *by_service]
+        await self._report_serving()
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection.aio.ReflectionServicer(
                 [*router.servicer_names(), health.SERVICE_NAME, reflection.SERVICE_NAME]
@@ -198,8 +203,21 @@ class GrpcServer(ServerTransport):
         await server.start()
         self._server = server
         self._pipeline = pipeline
-        self.draining = False
         return f"{host}:{bound}"
+
+    def set_serving(self, serving: bool) -> Awaitable[None] | None:
+        """The node's readiness changed: report it in grpc.health.v1 (a readiness watcher)."""
+        self.serving = serving
+        return self._report_serving() if self.health is not None else None
+
+    async def _report_serving(self) -> None:
+        # reads `serving` when it runs: reports applied out of order still end on the latest
+        status = self.serving and not self.draining
+        value = (
+            health_pb2.HealthCheckResponse.SERVING if status else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self._health_names:
+            await self.health.set(name, value)
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls as not delivered (callers retry them on another node) while the

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import MicroError, RegistryError
+from .metrics import RegistrationHealth, registration_health, registry_stats
 from .registry import Registry
 from .registry import Service as ServiceRecord
 from .registry.cache import unavailable
@@ -187,6 +188,8 @@ class Registration:
         )
         #: register() calls made (start and heartbeat), successful or not
         self.attempts = 0
+        self._stats = registry_stats(registry.scheme)  # its register/deregister errors
+        self._up = RegistrationHealth("")  # replaced on start, once the record names the service
         self._health_watchers: list[Callable[[bool], None]] = []
 
     @property
@@ -227,6 +230,7 @@ class Registration:
 
     async def start(self) -> None:
         self._record = self._make_record()
+        self._up = registration_health(self._record.name)  # micro_registration_up
         deadline = asyncio.get_running_loop().time() + self.start_timeout
         while True:
             try:
@@ -253,8 +257,14 @@ class Registration:
         assert self._record is not None
         self.attempts += 1
         # a heartbeat that hangs is as good as failed: the next one must not wait behind it
-        async with asyncio.timeout(max(self.interval, 1.0)):
-            await self.registry.register(self._record, ttl=self.ttl)
+        try:
+            async with asyncio.timeout(max(self.interval, 1.0)):
+                await self.registry.register(self._record, ttl=self.ttl)
+        except Exception:
+            self._stats.error("register")
+            self._up.up = False
+            raise
+        self._up.up = True
 
     async def _beat(self) -> None:
         delay = self.interval
@@ -278,9 +288,11 @@ class Registration:
             self._heartbeat = None
         if self._record is None:
             return
+        self._up.registered = False
         try:
             await self.registry.deregister(self._record)
         except Exception as exc:  # still drain and stop: the TTL removes the node anyway
+            self._stats.error("deregister")
             log.warning("could not deregister from %r: %s", self.registry, exc)
         self._record = None
         if self.drain_delay > 0:

@@ -365,6 +365,7 @@ class Service:
     async def start(self) -> None:
         if self.running:
             return
+        from .metrics import watch_pipeline
         from .middleware.defaults import server_middleware
 
         middleware = [*server_middleware(self.name, metrics=self.metrics), *self.middleware]
@@ -379,6 +380,8 @@ class Service:
             threads=WorkerThreads(self.threads, name=f"{self.name}-worker"),
             config=self.config,
         )
+        if self.metrics:  # micro_server_in_flight: its running calls, read at scrape time
+            watch_pipeline(self.pipeline)
         listening = Listeners(
             self.pipeline, self._listeners(), node_id=self.node_id, grace=self.grace, advertise=advertised
         )

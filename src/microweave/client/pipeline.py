@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import ConnectionLost, MicroError, NotDelivered, Timeout, Unavailable
+from ..metrics import CLIENT
 from ..middleware import ClientMiddleware, chain
 from ..middleware.builtin import ClientDeadline, PropagateMetadata
 from .call import ClientCall
@@ -72,6 +73,8 @@ class ClientPipeline:
         if not self.client.routing.has_untried_node(call):
             return False
         call.attempt += 1
+        if self.client.metrics:
+            CLIENT.retried(call.service, call.endpoint)  # micro_client_retries_total
         return True
 
     @staticmethod

@@ -19,6 +19,10 @@ __all__ = ["client_middleware", "server_middleware"]
 def server_middleware(service: str, *, metrics: bool = True) -> list[ServerMiddleware]:
     """The framework's middleware for a node of `service`, outermost first."""
     out: list[ServerMiddleware] = []
+    if metrics:  # after tracing, so its span covers what metrics time
+        from .metrics import ServerMetrics
+
+        out.append(ServerMetrics(service))
     from ..logs import access_log_enabled
 
     if access_log_enabled():  # MICRO_ACCESS_LOG; last: innermost of the defaults
@@ -31,4 +35,8 @@ def server_middleware(service: str, *, metrics: bool = True) -> list[ServerMiddl
 def client_middleware(name: str, *, metrics: bool = True) -> list[ClientMiddleware]:
     """The framework's middleware for a client (`name`: the calling service, or "")."""
     out: list[ClientMiddleware] = []
+    if metrics:
+        from .metrics import ClientMetrics
+
+        out.append(ClientMetrics())
     return out

@@ -32,6 +32,7 @@ import logging
 import time
 
 from ..errors import MicroError, RegistryError
+from ..metrics import registry_stats
 from . import Action, Event, Registry, Service, Watcher
 from .outage import Outage
 
@@ -86,6 +87,7 @@ class RegistryCache:
         self._due: set[str] = set()  # to refetch now (RESYNC, a watch lost or re-established)
         self._wake = asyncio.Event()
         self._closed = False
+        self._stats = registry_stats(registry.scheme)  # lookups, cache hits, errors
 
     def __repr__(self) -> str:
         return f"<RegistryCache of {self.registry!r}>"
@@ -97,6 +99,7 @@ class RegistryCache:
         While the registry is away this includes stale entries: they serve until it is back."""
         entry = self._entries.get(name)
         if entry is not None and time.monotonic() < entry.expires:
+            self._stats.hits += 1
             return entry.services
         return None
 
@@ -104,11 +107,13 @@ class RegistryCache:
         entry = self._entries.get(name)
         now = time.monotonic()
         if entry is not None and now < entry.expires:
+            self._stats.hits += 1
             return entry.services
         task = self._inflight.get(name)
         if task is None:
             if now < self._retry_at:  # the registry is away: no read before the backoff is over
                 if entry is not None:
+                    self._stats.hits += 1
                     return entry.services
                 raise self._unreachable(name)
             task = self._start_fetch(name)
@@ -139,9 +144,11 @@ class RegistryCache:
     async def _fetch(self, name: str) -> list[Service]:
         await self._ensure_watching()
         self._pending[name] = []
+        self._stats.lookups += 1
         try:
             services = await self.registry.get_service(name)
         except Exception as exc:
+            self._stats.error("lookup")
             return self._failed(name, exc)
         finally:
             pending = self._pending.pop(name, [])
@@ -243,6 +250,7 @@ class RegistryCache:
                 try:
                     watcher = self._watcher = await self.registry.watch()
                 except Exception as exc:
+                    self._stats.error("watch")
                     failure = exc
                 else:
                     self._watching = True
@@ -259,6 +267,7 @@ class RegistryCache:
                                 self._watch_outage.recovered()  # an event proves it works
                                 self._apply(event)
                     except Exception as exc:
+                        self._stats.error("watch")
                         failure = exc
                     finally:
                         stable.cancel()

@@ -15,6 +15,8 @@ import inspect
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from ...metrics import connections
+
 __all__ = ["Channels"]
 
 K = TypeVar("K", bound=Hashable)
@@ -31,11 +33,13 @@ class Channels(dict[K, C], Generic[K, C]):
         super().__init__()
         self._open = open_
         self._close = close
+        self._counted = connections("grpc", "client")  # channels count as connections
 
     def channel(self, key: K) -> C:
         channel = self.get(key)
         if channel is None:
             channel = self[key] = self._open(key)
+            self._counted.connected()
         return channel
 
     async def forget(self, key: K) -> None:
@@ -52,6 +56,7 @@ class Channels(dict[K, C], Generic[K, C]):
             await self._closed(channel)
 
     async def _closed(self, channel: C) -> None:
+        self._counted.disconnected()
         done = self._close(channel)
         if inspect.isawaitable(done):
             await done

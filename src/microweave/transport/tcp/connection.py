@@ -23,6 +23,7 @@ import sys
 import time
 from typing import Any
 
+from ...metrics import ConnectionStats, connections
 from ...server import Kind
 from .. import limits
 from . import frames as f
@@ -127,11 +128,14 @@ class Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.done = self.loop.create_future()  # resolves when the connection closes
         self.ready = self.loop.create_future()  # resolves when the peer's SETTINGS arrive
+        self._counted: ConnectionStats | None = None  # in micro_transport_connections while open
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self._counted = connections("tcp", "server" if self.is_server else "client")
+        self._counted.connected()
         transport.write(f.PREFACE + f.encode_settings(self.settings))
         self._opened = time.monotonic()
         self._schedule_keepalive(min(KEEPALIVE, self.handshake_timeout))
@@ -240,6 +244,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._counted is not None:  # not one refused over the server's cap
+            self._counted.disconnected()
+            self._counted = None
         if self._keepalive is not None:
             self._keepalive.cancel()
         if self._sweep is not None:

@@ -13,6 +13,7 @@ are emitted: a disabled `log.debug(...)` costs what it always did.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -61,6 +62,7 @@ _RECORD_ATTRS: Final = frozenset(
     {*logging.LogRecord("", 0, "", 0, "", None, None).__dict__, "message", "asctime", "taskName"}
 )
 _SKIP: Final = _RECORD_ATTRS | frozenset(_JSON_CORE)
+_RENAMED: Final = frozenset({"time", "level", "logger"})
 
 
 # -- settings --------------------------------------------------------------------------------------
@@ -173,8 +175,6 @@ def _node_of(service: str | None) -> tuple[str, str] | None:
         return found[0][1].service, found[0][0]
     if service is None or not found:
         return None
-    import asyncio
-
     try:
         task = asyncio.current_task()
     except RuntimeError:  # no loop in this thread (a blocking handler's worker)
@@ -314,6 +314,8 @@ class JsonFormatter(logging.Formatter):
         for key, value in fields.items():
             if key not in _SKIP:
                 out[key] = value
+            elif key in _RENAMED:  # an extra named like a core key: kept, under another name
+                out[f"extra_{key}"] = value
         return self.dumps(out)
 
     def dumps(self, out: dict[str, Any]) -> str:

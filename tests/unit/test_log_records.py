@@ -81,6 +81,12 @@ def test_json_line_has_the_core_fields_and_the_extras() -> None:
     assert "args" not in out and "msg" not in out and "pathname" not in out
 
 
+def test_json_extras_named_like_core_keys_are_kept_apart() -> None:
+    out = one_json_line(logs.JsonFormatter().format(record("x", time="soon", level=3, logger="mine")))
+    assert RFC3339_MS_UTC.match(out["time"]) and (out["level"], out["logger"]) == ("INFO", "app.part")
+    assert (out["extra_time"], out["extra_level"], out["extra_logger"]) == ("soon", 3, "mine")
+
+
 def test_json_time_is_utc_with_milliseconds() -> None:
     rec = record("x")
     rec.created, rec.msecs = 0.25, 250.0

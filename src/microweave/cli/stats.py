@@ -78,7 +78,7 @@ async def read_nodes(
 
 def _count(value: float) -> float | int:
     """A counter's value as JSON shows it: an int when it is one (Prometheus sends floats)."""
-    return int(value) if value.is_integer() else value
+    return int(value) if float(value).is_integer() else value
 
 
 def _percent(part: float, whole: float) -> float | None:

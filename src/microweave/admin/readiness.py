@@ -21,6 +21,7 @@ reported down until it returns). Whoever watches (the gRPC health service) is to
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import platform
 import time
@@ -44,6 +45,9 @@ Watcher = Callable[[bool], Awaitable[None] | None]
 
 #: characters of a failing check's message shown in /health
 MAX_ERROR = 200
+#: threads running sync checks: their own, so checks that hang never starve the loop's default
+#: executor (name resolution runs there)
+CHECK_THREADS = 4
 
 
 @dataclass
@@ -69,6 +73,7 @@ class Readiness:
         self._told: bool | None = None  # what watchers were last told
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._pushes: set[asyncio.Task[None]] = set()
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return f"<Readiness {self.info['service']} {self.phase} ready={self.ready}>"
@@ -137,6 +142,9 @@ class Readiness:
         tasks, self._tasks = list(self._tasks.values()), {}
         await cancel_all(tasks)
         self._registration = None
+        if self._threads is not None:  # a sync check still running finishes on its own
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
 
     async def settled(self) -> None:
         """Wait for what watchers started on the last changes (the gRPC health statuses set)."""
@@ -229,7 +237,11 @@ class Readiness:
                 async with asyncio.timeout(check.timeout):
                     outcome = await check.function()
             else:
-                running = asyncio.get_running_loop().run_in_executor(None, check.function)
+                if self._threads is None:
+                    self._threads = concurrent.futures.ThreadPoolExecutor(
+                        CHECK_THREADS, thread_name_prefix="health-check"
+                    )
+                running = asyncio.get_running_loop().run_in_executor(self._threads, check.function)
                 try:
                     outcome = await asyncio.wait_for(asyncio.shield(running), check.timeout)
                 except TimeoutError:

@@ -42,6 +42,7 @@ from ..errors import BadRequest, BrokerError, ConfigurationError, MicroError
 if TYPE_CHECKING:
     from .._backends import BackendURL
     from ..client import Client
+    from ..middleware.tracing import ProducerTracing
     from ..server.pipeline import Pipeline
     from .subscriber import Subscriber
 
@@ -458,6 +459,8 @@ class Broker(abc.ABC):
     guarantee: ClassVar[Literal["at-most-once", "at-least-once"]] = "at-most-once"
     #: whether a nacked event comes back (False: ack and nack do nothing)
     redelivers: ClassVar[bool] = False
+    #: a PRODUCER span per publish, when this process traces (decided at connect)
+    _producer: ProducerTracing | None = None
 
     def __init__(self, *, max_deliveries: int = DEFAULT_MAX_DELIVERIES, name: str = "") -> None:
         if max_deliveries < 1:
@@ -529,6 +532,9 @@ class Broker(abc.ABC):
             if not self.connected:
                 await self._connect()
                 self.connected = True
+                from ..middleware.otel_setup import producer_tracing
+
+                self._producer = producer_tracing(self.name)
 
     async def publish(
         self,
@@ -554,7 +560,11 @@ class Broker(abc.ABC):
             body = type_codec(type(message)).encode(message, out[CONTENT_TYPE])
         if not self.connected:
             await self.connect()
-        await self._publish(topic, body, out)
+        if self._producer is None:
+            await self._publish(topic, body, out)
+        else:
+            send = lambda: self._publish(topic, body, out)  # noqa: E731 - inside the span
+            await self._producer.publish(self.scheme, topic, message_id, out, send)
         return message_id
 
     async def subscribe(

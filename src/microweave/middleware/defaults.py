@@ -19,6 +19,13 @@ __all__ = ["client_middleware", "server_middleware"]
 def server_middleware(service: str, *, metrics: bool = True) -> list[ServerMiddleware]:
     """The framework's middleware for a node of `service`, outermost first."""
     out: list[ServerMiddleware] = []
+    from .otel_setup import tracer_provider
+
+    provider = tracer_provider(service)
+    if provider is not None:  # first: the span covers everything else
+        from .tracing import ServerTracing
+
+        out.append(ServerTracing(tracer_provider=provider))
     if metrics:  # after tracing, so its span covers what metrics time
         from .metrics import ServerMetrics
 
@@ -35,6 +42,13 @@ def server_middleware(service: str, *, metrics: bool = True) -> list[ServerMiddl
 def client_middleware(name: str, *, metrics: bool = True) -> list[ClientMiddleware]:
     """The framework's middleware for a client (`name`: the calling service, or "")."""
     out: list[ClientMiddleware] = []
+    from .otel_setup import tracer_provider
+
+    provider = tracer_provider(name)
+    if provider is not None:
+        from .tracing import ClientTracing
+
+        out.append(ClientTracing(tracer_provider=provider))
     if metrics:
         from .metrics import ClientMetrics
 

@@ -125,14 +125,14 @@ class CallTable:
                 self._pairs.add((service, endpoint))
                 self._services.add(service)
                 return service, endpoint
-        return self.service_label(service), "other"
+        return (service if service in self._services else "other"), "other"
 
     def service_label(self, service: str) -> str:
         """A service's label value: itself, or "other" for one first seen past the cap."""
         if self._cap is None or service in self._services:
             return service
         with _lock:
-            if len(self._services) < self._cap:
+            if len(self._pairs) < self._cap and len(self._services) < self._cap:
                 self._services.add(service)
                 return service
         return "other"

@@ -22,12 +22,15 @@ from engines import Engine, find_binary, free_port, run
 
 __all__ = ["PrometheusServer"]
 
-_CONFIG = """\
+_GLOBAL = """\
 global:
   scrape_interval: 1s
   scrape_timeout: 1s
   evaluation_interval: 1s
 scrape_configs:
+"""
+#: the default job: the targets `microweave prometheus-sd --output` writes
+_FILE_SD = """\
   - job_name: microweave
     file_sd_configs:
       - files: [{targets}]
@@ -37,15 +40,17 @@ scrape_configs:
 
 class PrometheusServer:
     """One Prometheus on a free loopback port, its TSDB in a temporary directory, its scrape
-    targets in `targets_file` (not written here: the test writes it)."""
+    targets in `targets_file` (not written here: the test writes it), or from `scrape_configs`
+    (YAML list items, indented two spaces) when given."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, *, scrape_configs: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.targets_file = base / "targets" / "microweave.json"
         self.targets_file.parent.mkdir(parents=True)
         self.config_file = base / "prometheus.yml"
-        self.config_file.write_text(_CONFIG.format(targets=json.dumps(str(self.targets_file))))
+        jobs = scrape_configs or _FILE_SD.format(targets=json.dumps(str(self.targets_file)))
+        self.config_file.write_text(_GLOBAL + jobs)
         argv = [
             find_binary("prometheus", debian="prometheus"),
             f"--config.file={self.config_file}",
@@ -87,7 +92,7 @@ class PrometheusServer:
         limit = time.monotonic() + timeout
         while True:
             targets = self.targets()
-            found = {t["discoveredLabels"]["__address__"]: t for t in targets}
+            found = {t["labels"]["instance"]: t for t in targets}  # the address after relabeling
             if set(found) == addresses and all(t["health"] == "up" for t in targets):
                 return targets
             if time.monotonic() > limit:

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import CliProcess, cli, registry_env, wait_for_service
+from cli_helpers import REPO, CliProcess, cli, registry_env, wait_for_service
 
 SERVICES = "tests/integration/services/logged.py"
 DIRECT = "11111111111111111111111111111111"
 RELAYED = "22222222222222222222222222222222"
 FAILED = "33333333333333333333333333333333"
+TRACED = "44444444444444444444444444444444"
 SPAN = "00f067aa0ba902b7"
 
 
@@ -187,3 +191,47 @@ def test_a_bad_log_format_stops_the_service_naming_the_allowed_ones(
     assert ran.returncode == 2, ran.stderr
     assert "MICRO_LOG_FORMAT='xml'" in ran.stderr and "text or json" in ran.stderr, ran.stderr
     assert "Traceback" not in ran.stderr
+
+
+def test_with_tracing_on_lines_carry_the_span_the_node_recorded(env: dict[str, str], tmp_path: Path) -> None:
+    """An OpenTelemetry SDK configured (OTEL_TRACES_EXPORTER=console: spans to stdout, logs stay
+    on stderr): the handler's line and the access line carry the caller's trace id and the id
+    of the server span the node exported for the call, a child of the caller's span."""
+    traced = {**env, "MICRO_REGISTRY_ADDRESS": str(tmp_path / "registry"), "OTEL_TRACES_EXPORTER": "console"}
+    stdout, stderr = tmp_path / "spans.out", tmp_path / "logs.err"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "microweave.cli", "run", f"{SERVICES}:back"],
+            env=traced, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+        )  # fmt: skip
+        try:
+            wait_for_service("logged-back", env=traced, timeout=60)
+            caller = {**env, "MICRO_REGISTRY_ADDRESS": traced["MICRO_REGISTRY_ADDRESS"]}  # traces nothing
+            noted = cli(
+                "call", "logged-back", "Back.Note", '{"text": "t"}', "-m", traceparent(TRACED), env=caller
+            )
+            assert noted.returncode == 0, noted.stderr
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(60)
+    assert code == 0, stderr.read_text()
+    lines = [json.loads(line) for line in stderr.read_text(encoding="utf-8").removesuffix("\n").split("\n")]
+    spans = _console_spans(stdout.read_text(encoding="utf-8"))
+    servers = [
+        s for s in spans if s["context"]["trace_id"] == f"0x{TRACED}" and s.get("parent_id") == f"0x{SPAN}"
+    ]
+    assert len(servers) == 1, stdout.read_text()
+    server_span = servers[0]["context"]["span_id"].removeprefix("0x")
+    assert server_span != SPAN
+    for logger in ("logged.handlers", "microweave.access"):
+        line = only(lines, logger=logger, trace_id=TRACED)
+        assert line["span_id"] == server_span, (line, servers)
+
+
+def _console_spans(text: str) -> list[dict[str, Any]]:
+    """The spans OpenTelemetry's console exporter printed: indented JSON objects, one after another."""
+    decoder, spans, at = json.JSONDecoder(), [], 0
+    while (at := text.find("{", at)) != -1:
+        span, at = decoder.raw_decode(text, at)
+        spans.append(span)
+    return spans

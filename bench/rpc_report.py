@@ -22,6 +22,9 @@ RATIOS = (
     ("microweave-tcp", "grpc-aio"),
     ("microweave-tcp", "raw-tcp"),
     ("microweave-tcp-mw3", "microweave-tcp"),
+    # metrics on (the default) over metrics off; tracing to nowhere over OTel absent
+    ("microweave-tcp", "microweave-tcp-nometrics"),
+    ("microweave-tcp-otel", "microweave-tcp"),
     ("microweave-tcp", "faststream-nats"),
     ("microweave-tcp", "nats-py"),
 )
@@ -32,6 +35,8 @@ TARGETS = (
     ("microweave-tcp", "raw-tcp", 64, 0.35),
     # three no-op middlewares on each side cost at most 10%
     ("microweave-tcp-mw3", "microweave-tcp", 64, 0.90),
+    # Prometheus metrics on both sides cost at most 10% (issue 11)
+    ("microweave-tcp", "microweave-tcp-nometrics", 64, 0.90),
     ("microweave-tcp", "faststream-nats", 64, 5.0),
     # ahead of raw nats-py
     ("microweave-tcp", "nats-py", 64, 1.0),

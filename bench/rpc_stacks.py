@@ -151,6 +151,59 @@ class MicroweaveTcp(MicroweaveGrpc):
     transports = ("tcp",)
 
 
+class MicroweaveTcpNoMetrics(MicroweaveTcp):
+    """microweave-tcp with Prometheus metrics off on both sides: what metrics cost (issue 11)."""
+
+    name = "microweave-tcp-nometrics"
+    description = "microweave-tcp with Service(metrics=False) and Client(metrics=False)"
+
+    def service_options(self) -> dict[str, Any]:
+        return {"metrics": False}
+
+    def client_options(self) -> dict[str, Any]:
+        return {"metrics": False}
+
+
+def _otel_to_nowhere() -> None:
+    """An OpenTelemetry SDK tracing every call (100% sampling), its spans batched to an exporter
+    that drops them: the cost of tracing without an exporter's I/O. Set globally before the
+    service or client is built (microweave traces only when an SDK provider is set)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    trace.set_tracer_provider(provider)
+
+
+class MicroweaveTcpOtel(MicroweaveTcp):
+    """microweave-tcp (metrics on) with the OpenTelemetry SDK tracing every call on both sides."""
+
+    name = "microweave-tcp-otel"
+    description = "microweave-tcp, OTel SDK at 100% sampling, BatchSpanProcessor to a dropping exporter"
+
+    def unavailable(self) -> str | None:
+        try:
+            import opentelemetry.sdk.trace  # noqa: F401
+        except ImportError:
+            return 'the OpenTelemetry SDK is not installed (pip install "microweave[otel]")'
+        return super().unavailable()
+
+    async def serve(self, host: str) -> Server:
+        _otel_to_nowhere()
+        return await super().serve(host)
+
+    async def client(self, address: str) -> StackClient:
+        _otel_to_nowhere()
+        return await super().client(address)
+
+
 MIDDLEWARES = 3
 
 
@@ -424,6 +477,8 @@ STACKS: dict[str, Stack] = {
         MicroweaveGrpc(),
         MicroweaveTcp(),
         MicroweaveTcpMiddleware(),
+        MicroweaveTcpNoMetrics(),
+        MicroweaveTcpOtel(),
         GrpcAio(),
         RawTcp(),
         *NATS_STACKS,

@@ -193,6 +193,16 @@ def test_a_bad_log_format_stops_the_service_naming_the_allowed_ones(
     assert "Traceback" not in ran.stderr
 
 
+def test_logging_the_service_set_up_itself_is_kept(env: dict[str, str], tmp_path: Path) -> None:
+    own = {**env, "MICRO_REGISTRY_ADDRESS": str(tmp_path / "registry"), "LOGGED_OWN_LOGGING": "1"}
+    with CliProcess("run", f"{SERVICES}:back", env=own, log=tmp_path / "own.log") as process:
+        wait_for_service("logged-back", env=own, process=process)
+        assert process.stop() == 0
+    lines = (tmp_path / "own.log").read_text().splitlines()
+    assert lines and all(line.startswith("OWN ") for line in lines), lines
+    assert any("serving Back.Fail, Back.Note" in line for line in lines), lines
+
+
 def test_with_tracing_on_lines_carry_the_span_the_node_recorded(env: dict[str, str], tmp_path: Path) -> None:
     """An OpenTelemetry SDK configured (OTEL_TRACES_EXPORTER=console: spans to stdout, logs stay
     on stderr): the handler's line and the access line carry the caller's trace id and the id

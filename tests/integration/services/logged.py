@@ -4,12 +4,14 @@
 `front`'s `Front.Relay` calls `back`'s `Back.Note` (another process, found through the registry),
 so a test sees the trace id it sent in both processes' logs. `Back.Fail` raises an exception
 nobody meant for the caller, with a message over several lines, to see its traceback logged in
-one JSON line under the correlation id the caller is told.
+one JSON line under the correlation id the caller is told. With LOGGED_OWN_LOGGING set, the
+module sets up logging itself, as a user may (which `microweave run` and `Service.run` keep).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import msgspec
 
@@ -21,6 +23,8 @@ class Note(msgspec.Struct):
 
 
 log = logging.getLogger("logged.handlers")
+if os.environ.get("LOGGED_OWN_LOGGING"):
+    logging.basicConfig(level=logging.INFO, format="OWN %(levelname)s %(message)s")
 
 back = Service("logged-back")
 front = Service("logged-front")

@@ -78,6 +78,7 @@ def test_prints_a_group_per_node_and_filters_by_service(tmp_path: Path) -> None:
         assert only.returncode == 0, only.stderr
         assert [g["labels"]["microweave_service"] for g in json.loads(only.stdout)] == ["backend"]
         assert "frontend-old" not in only.stderr
+        assert "note: no node of nobody in <LocalRegistry" in only.stderr
 
 
 def test_watch_rewrites_the_file_as_nodes_start_and_stop(tmp_path: Path) -> None:

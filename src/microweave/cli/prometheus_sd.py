@@ -101,12 +101,23 @@ class Notes:
         self._said: set[tuple[str, str, str]] = set()
 
     def skipped(self, nodes: Sequence[AdminNode]) -> None:
+        current: set[tuple[str, str, str]] = set()
         for node in nodes:
+            if node.admin_address is not None:
+                continue
             key = (node.service, node.node, node.reason)
-            if node.admin_address is None and key not in self._said:
-                self._said.add(key)
+            current.add(key)
+            if key not in self._said:
                 where = f"{escape(node.node)} of {escape(node.service)}"
                 err.print(f"[dim]note:[/] skipped node {where}: {escape(node.reason)}")
+        self._said = current  # only nodes still there: bounded by the registry, not by its history
+
+    @staticmethod
+    def absent(names: Sequence[str], nodes: Sequence[AdminNode], where: str) -> None:
+        found = {node.service for node in nodes}
+        for name in names:
+            if name not in found:
+                err.print(f"[dim]note:[/] no node of {escape(name)} in {escape(where)}")
 
 
 def _summary(nodes: Sequence[AdminNode]) -> str:
@@ -117,7 +128,9 @@ def _summary(nodes: Sequence[AdminNode]) -> str:
 
 async def _once(url: str | None, names: Sequence[str]) -> list[AdminNode]:
     async with open_registry(url) as registry:
-        return split_admin_nodes(await list_records(registry, names))
+        nodes = split_admin_nodes(await list_records(registry, names))
+        Notes.absent(names, nodes, repr(registry))
+        return nodes
 
 
 async def _follow(registry: Registry, names: Sequence[str], changed: asyncio.Event) -> None:

@@ -442,6 +442,9 @@ class Service:
                     log.exception("stopping %s of %s failed", type(component).__name__, self.name)
             self.components = []
             await self._release()
+            from .middleware.otel_setup import flush_traces  # the node's last spans go out now
+
+            await flush_traces()
             log.info("%s stopped (node %s)", self.name, self.node_id)
 
     async def _release(self) -> None:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 
 import msgspec
 import pytest
-from helpers import ServiceProcesses
+from helpers import ServiceProcesses, async_wait_until
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -436,3 +436,47 @@ async def test_a_three_process_chain_is_one_trace_exported_over_otlp(processes: 
     assert_chain(spans, run)
     c_server = [s for s in spans if s.service == "chain-c" and s.status == "error"]
     assert len(c_server) == 1 and c_server[0].attributes["error.type"] == "500"
+
+
+async def test_an_untraced_node_in_the_middle_passes_the_context_on(registry_dir: object) -> None:
+    """tester (traced) -> relay (no tracing at all) -> greeter (traced): the greeter's span is the
+    child of the tester's, because the relay carries the metadata its call came with on."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    greeter = Service("greeter", drain_delay=0, grace=2, middleware=[ServerTracing(tracer_provider=provider)])
+    greeter.handler(Greeter)
+    relay = Service("relay", drain_delay=0, grace=2)
+    relay.handler(Relay(relay))
+    tracing = ClientTracing(tracer_provider=provider)
+    async with greeter, relay, Client(transports=("tcp",), timeout=20, middleware=[tracing]) as client:
+        relay.client = Client(transports=("tcp",), name="relay", timeout=20)
+        try:
+            seen = await client.call("relay", "Relay.Hop", Msg(endpoint="Greeter.Seen"), response=Seen)
+        finally:
+            await relay.client.aclose()
+    provider.shutdown()
+    spans = exporter.get_finished_spans()
+    assert [s.name for s in spans if s.name.startswith("relay/")] == ["relay/Relay.Hop"]  # the client's only
+    tester = one(spans, "relay/Relay.Hop", SpanKind.CLIENT)
+    assert_child(one(spans, "greeter/Greeter.Seen", SpanKind.SERVER), tester)
+    assert int(seen.traceparent.split("-")[2], 16) == tester.context.span_id
+
+
+async def test_a_service_flushes_its_spans_when_it_stops(processes: ServiceProcesses) -> None:
+    """Spans are batched (here: every ten minutes); stopping a Service sends them at once."""
+    receiver = OtlpReceiver()
+    await receiver.start()
+    try:
+        env = {**tracing_env(receiver.endpoint), "OTEL_BSP_SCHEDULE_DELAY": "600000"}
+        process = processes.start("traced_stop.py", name="lingering", env=env, wait=False)
+
+        async def exported() -> list[str]:
+            names = sorted(f"{s.kind} {s.name}" for s in receiver.spans)
+            return names if len(names) >= 2 else []
+
+        spans = await async_wait_until(exported, timeout=60, what="the spans of the stopped service")
+        assert "stopped" in process.output() and process.alive()  # not the exit's flush
+    finally:
+        await receiver.stop()
+    assert spans == ["client lingering/Echo.Ping", "server lingering/Echo.Ping"]

@@ -14,6 +14,7 @@ Nothing here imports opentelemetry unless one of the two holds.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
     from .tracing import ProducerTracing
 
-__all__ = ["INSTALL_HINT", "env_asks_for_tracing", "flush", "producer_tracing", "tracer_provider"]
+__all__ = ["INSTALL_HINT", "env_asks_for_tracing", "flush_traces", "producer_tracing", "tracer_provider"]
 
 log = logging.getLogger("microweave.tracing")
 
@@ -75,13 +76,15 @@ def env_asks_for_tracing() -> bool:
     )
 
 
-def flush(timeout: float = 5.0) -> None:
-    """Export the spans still queued in the provider built here (a no-op otherwise). The SDK
-    also shuts that provider down, flushing it, when the process exits."""
-    if _configured is not None:
-        force_flush = getattr(_configured, "force_flush", None)
-        if force_flush is not None:
-            force_flush(int(timeout * 1000))
+async def flush_traces(timeout: float = 5.0) -> None:
+    """Export the spans still queued in the provider built here, waiting at most `timeout`
+    seconds (in a thread: the loop keeps serving). Service.stop calls it, so a node's last
+    spans go out when it stops, not only when the process exits (the SDK flushes then too).
+    A provider the application set is the application's to flush."""
+    provider = _configured
+    force_flush = getattr(provider, "force_flush", None)
+    if force_flush is not None:
+        await asyncio.to_thread(force_flush, int(timeout * 1000))
 
 
 def _global_provider() -> TracerProvider | None:

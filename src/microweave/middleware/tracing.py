@@ -98,20 +98,34 @@ class _Shape:
         return attributes
 
 
-def _ended(span: Span, code: int, exc: BaseException | None, *, is_error: bool, transport: str) -> None:
-    """Record how a call (or a publish, or an event's handling) ended and end its span."""
+def _ended(
+    span: Span,
+    code: int,
+    exc: BaseException | None,
+    *,
+    is_error: bool,
+    transport: str,
+    replies: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Record how a call (or a publish, or an event's handling) ended and end its span; the
+    attributes go in one call (each costs the SDK a lock)."""
     if span.is_recording():
+        attributes = extra if extra is not None else {}
         if getattr(span, "kind", None) in _RPC_KINDS:  # the SDK's spans say; messaging spans differ
-            span.set_attribute("rpc.response.status_code", str(code))
+            attributes["rpc.response.status_code"] = str(code)
         if transport == "grpc":
-            span.set_attribute("rpc.grpc.status_code", _grpc_code(code))
+            attributes["rpc.grpc.status_code"] = _grpc_code(code)
+        if replies is not None:
+            attributes["microweave.stream.replies"] = replies
         if exc is not None:
             if not isinstance(exc, GeneratorExit):
                 span.record_exception(exc)
             if is_error:
-                span.set_attribute("error.type", str(code))
+                attributes["error.type"] = str(code)
                 detail = exc.detail if isinstance(exc, MicroError) else type(exc).__name__
                 span.set_status(Status(StatusCode.ERROR, detail))
+        span.set_attributes(attributes)
     span.end()
 
 
@@ -155,17 +169,14 @@ class ServerTracing(ServerMiddleware):
                 sent += 1
                 yield reply
         except GeneratorExit as exc:  # the caller stopped reading: not this node's failure
-            _replies(span, sent)
-            _ended(span, 499, exc, is_error=False, transport=call.transport)
+            _ended(span, 499, exc, is_error=False, transport=call.transport, replies=sent)
             raise
         except BaseException as exc:
             code = code_of(exc)
-            _replies(span, sent)
-            _ended(span, code, exc, is_error=_server_error(code), transport=call.transport)
+            _ended(span, code, exc, is_error=_server_error(code), transport=call.transport, replies=sent)
             raise
         else:
-            _replies(span, sent)
-            _ended(span, 200, None, is_error=False, transport=call.transport)
+            _ended(span, 200, None, is_error=False, transport=call.transport, replies=sent)
         finally:
             close = getattr(replies, "aclose", None)
             if close is not None:
@@ -223,11 +234,6 @@ def _consumer_attributes(ctx: MessageContext, transport: str) -> dict[str, Any]:
     return out
 
 
-def _replies(span: Span, count: int) -> None:
-    if span.is_recording():
-        span.set_attribute("microweave.stream.replies", count)
-
-
 # the context a span was made current in, to be restored when it ends
 _Token = tuple["contextvars.Token[otel_context.Context]", otel_context.Context]
 
@@ -261,9 +267,11 @@ class ClientTracing(ClientMiddleware):
         try:
             reply = await call_next(call)
         except BaseException as exc:
-            _ended(span, code_of(exc), exc, is_error=True, transport=self._routed(span, call))
+            _ended(
+                span, code_of(exc), exc, is_error=True, transport=call.transport, extra=_routed(span, call)
+            )
             raise
-        _ended(span, 200, None, is_error=False, transport=self._routed(span, call))
+        _ended(span, 200, None, is_error=False, transport=call.transport, extra=_routed(span, call))
         return reply
 
     async def stream(self, call: ClientCall, call_next: StreamNext[ClientCall]) -> AsyncIterator[bytes]:
@@ -274,16 +282,24 @@ class ClientTracing(ClientMiddleware):
                 received += 1
                 yield reply
         except GeneratorExit as exc:  # the caller stopped reading early: its choice, not an error
-            _replies(span, received)
-            _ended(span, 499, exc, is_error=False, transport=self._routed(span, call))
+            where = _routed(span, call)
+            _ended(span, 499, exc, is_error=False, transport=call.transport, replies=received, extra=where)
             raise
         except BaseException as exc:
-            _replies(span, received)
-            _ended(span, code_of(exc), exc, is_error=True, transport=self._routed(span, call))
+            where = _routed(span, call)
+            _ended(
+                span,
+                code_of(exc),
+                exc,
+                is_error=True,
+                transport=call.transport,
+                replies=received,
+                extra=where,
+            )
             raise
         else:
-            _replies(span, received)
-            _ended(span, 200, None, is_error=False, transport=self._routed(span, call))
+            where = _routed(span, call)
+            _ended(span, 200, None, is_error=False, transport=call.transport, replies=received, extra=where)
         finally:
             close = getattr(replies, "aclose", None)
             if close is not None:
@@ -306,22 +322,21 @@ class ClientTracing(ClientMiddleware):
             self._shapes[key] = shape
         return shape
 
-    @staticmethod
-    def _routed(span: Span, call: ClientCall) -> str:
-        """Record where the attempt went; returns its transport."""
-        transport = call.transport
-        if not span.is_recording() or not transport:
-            return transport
-        span.set_attributes(_transport_attributes(transport))
-        node = call.node
-        address = None
-        if node is not None and transport != "local":
-            address = node.address if transport == "grpc" else node.metadata.get(f"{transport}_address")
-        if address:
-            host, _, port = address.rpartition(":")
-            if host and port.isdigit():
-                span.set_attributes({"server.address": host.strip("[]"), "server.port": int(port)})
-        return transport
+
+def _routed(span: Span, call: ClientCall) -> dict[str, Any] | None:
+    """Where the attempt went (known once it was routed): transport, node address and port."""
+    transport = call.transport
+    if not transport or not span.is_recording():
+        return None
+    out = _transport_attributes(transport)
+    node = call.node
+    if node is not None and transport != "local":
+        address = node.address if transport == "grpc" else node.metadata.get(f"{transport}_address")
+        host, _, port = (address or "").rpartition(":")
+        if host and port.isdigit():
+            out["server.address"] = host.strip("[]")
+            out["server.port"] = int(port)
+    return out
 
 
 # -- events -----------------------------------------------------------------------------------

@@ -244,9 +244,8 @@ def prometheus_sd(
     ] = 1.0,
     registry: RegistryOption = None,
 ) -> None:
-    """Write Prometheus file-based service discovery targets: one group per node, its admin
-    address (`/metrics`) with labels microweave_service, microweave_version and microweave_node. Nodes without
-    an admin_address in their metadata are skipped with a note."""
+    """Write Prometheus file-based service discovery targets: the admin address (/metrics) of
+    every node in the registry, labelled microweave_service, microweave_version, microweave_node."""
     url = registry_url(ctx, registry)
     names = service or []
     with reporting_errors():

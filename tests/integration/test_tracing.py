@@ -192,6 +192,19 @@ async def test_a_call_chain_is_one_trace_of_client_and_server_spans(world: World
         assert greeter_server.attributes["rpc.grpc.status_code"] == 0
 
 
+async def test_a_trace_context_the_caller_hands_in_is_continued_not_replaced(world: World) -> None:
+    """Outside any span, a `traceparent` in the call's own metadata (a gateway passing one on,
+    `microweave call -m traceparent=...`) is the parent of the client span."""
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    await world.client.call(
+        "relay", "Relay.Hop", Msg(text="x"), metadata={"traceparent": f"00-{trace_id}-{parent_id}-01"}
+    )
+    spans = world.spans()
+    outer = one(spans, "relay/Relay.Hop", SpanKind.CLIENT)
+    assert outer.parent is not None and f"{outer.parent.span_id:016x}" == parent_id
+    assert {f"{s.context.trace_id:032x}" for s in spans} == {trace_id}
+
+
 async def test_a_handler_raising_marks_the_spans_as_errors_with_the_code(world: World) -> None:
     with pytest.raises(InternalServerError) as info:
         await world.client.call("relay", "Relay.Hop", Msg(endpoint="Greeter.Boom"))

@@ -308,7 +308,14 @@ class ClientTracing(ClientMiddleware):
     def _start(self, call: ClientCall) -> Span:
         key = (call.service, call.endpoint)
         shape = self._shapes.get(key) or self._shape(key, call.path)
-        span = self.tracer.start_span(shape.name, kind=SpanKind.CLIENT, attributes=shape.attributes)
+        parent = None
+        if "traceparent" in call.metadata and not trace.get_current_span().get_span_context().is_valid:
+            # outside any span the caller may hand a trace context of its own (`microweave call -m
+            # traceparent=...`, a gateway passing one on): continue that trace, not a new one
+            parent = extract(call.metadata)
+        span = self.tracer.start_span(
+            shape.name, context=parent, kind=SpanKind.CLIENT, attributes=shape.attributes
+        )
         inject(call.metadata, context=trace.set_span_in_context(span))
         return span
 

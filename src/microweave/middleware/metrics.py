@@ -32,6 +32,7 @@ __all__ = ["ClientMetrics", "ServerMetrics"]
 
 _UNARY = Kind.UNARY
 _clock = time.perf_counter
+_FIRST = BUCKETS[0]  # most calls on a fast transport end under it: no bisect for them
 
 
 def _code(exc: BaseException, call: Call) -> int:
@@ -76,7 +77,7 @@ class ServerMetrics(ServerMiddleware):
         elapsed = _clock() - started
         by_path = self._by_transport.get(call.transport)
         series = (by_path.get(call.path) if by_path is not None else None) or self.series(call)
-        series.ok[bisect_left(BUCKETS, elapsed)] += 1
+        series.ok[0 if elapsed <= _FIRST else bisect_left(BUCKETS, elapsed)] += 1
         series.ok_sum += elapsed
         return reply
 
@@ -93,7 +94,7 @@ class ServerMetrics(ServerMiddleware):
             raise
         elapsed = _clock() - started
         series.sent += 1
-        series.ok[bisect_left(BUCKETS, elapsed)] += 1
+        series.ok[0 if elapsed <= _FIRST else bisect_left(BUCKETS, elapsed)] += 1
         series.ok_sum += elapsed
         return reply
 
@@ -120,7 +121,7 @@ class ServerMetrics(ServerMiddleware):
             series.failed(_code(exc, call), _clock() - started)
             raise
         elapsed = _clock() - started
-        series.ok[bisect_left(BUCKETS, elapsed)] += 1
+        series.ok[0 if elapsed <= _FIRST else bisect_left(BUCKETS, elapsed)] += 1
         series.ok_sum += elapsed
 
 
@@ -151,7 +152,7 @@ class ClientMetrics(ClientMiddleware):
         elapsed = _clock() - started
         gauge.value -= 1
         series = CLIENT.series.get((call.service, call.endpoint, call.transport)) or _client_series(call)
-        series.ok[bisect_left(BUCKETS, elapsed)] += 1
+        series.ok[0 if elapsed <= _FIRST else bisect_left(BUCKETS, elapsed)] += 1
         series.ok_sum += elapsed
         return reply
 
@@ -172,7 +173,7 @@ class ClientMetrics(ClientMiddleware):
         series = _client_series(call)
         series.streamed = True
         series.received += 1
-        series.ok[bisect_left(BUCKETS, elapsed)] += 1
+        series.ok[0 if elapsed <= _FIRST else bisect_left(BUCKETS, elapsed)] += 1
         series.ok_sum += elapsed
         return reply
 
@@ -219,7 +220,7 @@ def _client_done(
     if exc is not None:
         series.failed(code_of(exc), seconds)
         return
-    series.ok[bisect_left(BUCKETS, seconds)] += 1
+    series.ok[0 if seconds <= _FIRST else bisect_left(BUCKETS, seconds)] += 1
     series.ok_sum += seconds
 
 

@@ -63,6 +63,11 @@ class Greeter:
         await self.gate.wait()
         return req
 
+    async def many(self, req: Hello) -> AsyncIterator[Hello]:
+        for i in range(100):
+            yield Hello(name=str(i))
+            await asyncio.sleep(0.01)
+
 
 def unique(prefix: str = "metrics") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
@@ -146,6 +151,44 @@ async def test_every_call_is_counted_on_both_sides(registry_dir: Path, transport
         ("Greeter.Join", "server", "received"): 3, ("Greeter.Join", "server", "sent"): 1,
         ("Greeter.Join", "client", "sent"): 3, ("Greeter.Join", "client", "received"): 1,
     }  # fmt: skip
+    assert value(got, "micro_server_in_flight", service=name) == 0
+    assert value(got, "micro_client_in_flight", service=name) == 0
+
+
+async def test_a_deadline_is_408_and_a_stream_the_caller_left_is_499_on_both_sides(
+    registry_dir: Path,
+) -> None:
+    name = unique()
+    service, _ = node(name)
+    async with service:
+        for transport in TRANSPORTS:
+            async with Client(transports=(transport,), timeout=20) as client:
+                with pytest.raises(MicroError) as late:
+                    await client.call(name, "Greeter.Wait", Hello(name="x"), response=Hello, timeout=0.2)
+                assert late.value.code == 408
+                read = 0
+                async for _ in client.stream(name, "Greeter.Many", Hello(name="x"), response=Hello):
+                    read += 1
+                    if read == 2:
+                        break  # the caller stops reading: the call is cancelled
+
+        def outcomes(metric: str) -> dict[tuple[str, str, str, str], float]:
+            return requests_of(samples(), metric, name)
+
+        expected = {
+            **{("Greeter.Wait", "fail", "408", t): 1 for t in TRANSPORTS},
+            **{("Greeter.Many", "fail", "499", t): 1 for t in TRANSPORTS},
+        }
+        assert outcomes("micro_client_request_total") == expected
+
+        async def served() -> bool:  # the node learns of the cancellation a moment later
+            return outcomes("micro_request_total") == expected
+
+        await async_wait_until(served, timeout=15, what="the node to count both ends")
+        got = samples()
+    at = {"service": name, "endpoint": "Greeter.Many"}
+    assert value(got, "micro_stream_messages_total", **at, side="client", direction="received") == 6
+    assert (value(got, "micro_stream_messages_total", **at, side="server", direction="sent") or 0) >= 6
     assert value(got, "micro_server_in_flight", service=name) == 0
     assert value(got, "micro_client_in_flight", service=name) == 0
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable
 from typing import Any, Final
 
 __all__ = [
@@ -46,6 +45,8 @@ __all__ = [
     "install",
     "registration_health",
     "registry_stats",
+    "snapshot_connections",
+    "snapshot_registries",
     "watch_pipeline",
 ]
 
@@ -276,24 +277,26 @@ def connections(transport: str, side: str) -> ConnectionStats:
 
 
 def snapshot_registries() -> list[RegistryStats]:
+    """Every registry scheme's counters, for the collector."""
     return list(_registries.copy().values())
 
 
 def snapshot_connections() -> list[tuple[tuple[str, str], ConnectionStats]]:
+    """((transport, side), counts) of every transport side, for the collector."""
     return list(_connections.copy().items())
 
 
-_installed: Callable[[], None] | None = None
+_installed = False
 
 
 def install() -> None:
     """Register the collector on prometheus_client's default REGISTRY, once per process."""
     global _installed
-    if _installed is not None:
+    if _installed:
         return
     with _lock:
-        if _installed is None:
+        if not _installed:
             from .collector import register
 
             register()
-            _installed = register
+            _installed = True

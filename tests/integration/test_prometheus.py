@@ -7,6 +7,7 @@ HTTP API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -144,17 +145,30 @@ async def test_prometheus_scrapes_services_found_by_prometheus_sd_and_every_dash
             finally:
                 directory.unlink()
             await _wait(lambda: local_nodes(root, "backend"), what="the backend to register again")
-            for _ in range(20):  # calls after the outage too: rates over the last minute
-                await fetch()
 
-        failed = metric(
-            scrape(admin["backend"]), "micro_request_total", service="backend", status="fail", code="404"
-        )
-        assert failed == 1
+            failed = metric(
+                scrape(admin["backend"]), "micro_request_total", service="backend", status="fail", code="404"
+            )
+            assert failed == 1
 
-        queries = dashboard_queries()
-        missing = await _wait_for_queries(prometheus_server, queries, timeout=60.0)
-        assert not missing, "dashboard queries without data:\n" + "\n".join(missing)
+            # traffic while Prometheus is asked: a rate (and so a quantile) needs the counters
+            # to move between two of its samples inside the window; a series first scraped
+            # after the calls above would show none
+            async def traffic() -> None:
+                while True:
+                    await fetch()
+                    await asyncio.sleep(0.05)
+
+            calls = asyncio.create_task(traffic())
+            try:
+                missing = await _wait_for_queries(prometheus_server, dashboard_queries(), timeout=60.0)
+            finally:
+                calls.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await calls
+            assert not missing, (
+                "dashboard queries without data:\n" + "\n".join(missing) + _scrapes(prometheus_server)
+            )
 
         # the metrics' own `service` label reached Prometheus as it is (no exported_service):
         # the frontend's client series name the callee, its target labels name the frontend
@@ -194,3 +208,12 @@ async def _wait_for_queries(
             break
         await asyncio.sleep(1.0)
     return [f"{t}: {e}\n  -> {json.dumps(r)[:500]}" for (t, e), r in pending.items()]
+
+
+def _scrapes(prometheus: PrometheusServer) -> str:
+    """What Prometheus holds, for a failure message: its targets' health and the last samples
+    of the servers' request counters."""
+    targets = [(t["scrapeUrl"], t["health"], t["lastError"], t["lastScrape"]) for t in prometheus.targets()]
+    samples = prometheus.api("query", query='micro_request_total{status="success"}[2m]')["result"]
+    shown = [(s["metric"].get("service"), s["metric"].get("endpoint"), s["values"][-8:]) for s in samples]
+    return f"\ntargets: {targets}\nsamples: {json.dumps(shown)[:3000]}"

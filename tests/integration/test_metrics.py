@@ -349,7 +349,7 @@ async def test_transport_connections_open_and_opened(registry_dir: Path) -> None
         at = {"transport": transport, "side": side}
         return (
             value(got, "micro_transport_connections", **at) or 0,
-            value(got, "micro_transport_connections_total", **at) or 0,
+            value(got, "micro_transport_connections_opened_total", **at) or 0,
         )
 
     name = unique()

@@ -125,8 +125,8 @@ async def test_server_streams_count_their_messages() -> None:
 
 
 def test_both_exposition_formats_parse_with_every_family() -> None:
-    """The connections gauge and its opened counter share a stem: OpenMetrics refuses a counter
-    family of the gauge's name, so the counter must not be one (a parse error fails a scrape)."""
+    """Every family parses in both formats (OpenMetrics refuses a counter family named like a
+    gauge: the opened-connections counter is `micro_transport_connections_opened`)."""
     connections("tcp", "server")  # at least one sample in each transport family
     names = {family.name for family in text_string_to_metric_families(generate_latest().decode())}
     openmetrics = list(parse_openmetrics(generate_openmetrics(REGISTRY).decode()))
@@ -135,7 +135,7 @@ def test_both_exposition_formats_parse_with_every_family() -> None:
         "micro_client_request", "micro_client_request_duration_seconds", "micro_client_in_flight",
         "micro_client_retries", "micro_registry_lookups", "micro_registry_cache_hits",
         "micro_registry_errors", "micro_registration_up", "micro_transport_connections",
-        "micro_transport_connections_total",
+        "micro_transport_connections_opened",
     ):  # fmt: skip
         assert family in names, family
         assert any(f.name == family for f in openmetrics), family

@@ -165,13 +165,13 @@ def _transport() -> Iterator[Metric]:
         "micro_transport_connections", "Transport connections open now.",
         ["transport", "side"], (([t, side], c.open) for (t, side), c in stats),
     )  # fmt: skip
-    # A counter would be the family micro_transport_connections too (its samples add _total),
-    # which OpenMetrics refuses next to the gauge of that name: the whole scrape would fail. So
-    # it is untyped, under its full name; rate() and increase() work on it all the same.
-    name = "micro_transport_connections_total"
-    opened = Metric(name, "Transport connections opened.", "unknown")
+    # "_opened": a counter named micro_transport_connections_total would be the family
+    # micro_transport_connections, which OpenMetrics refuses next to the gauge of that name
+    opened = CounterMetricFamily(
+        "micro_transport_connections_opened", "Transport connections opened.", labels=["transport", "side"]
+    )
     for (transport, side), c in stats:
-        opened.add_sample(name, {"transport": transport, "side": side}, c.opened)
+        opened.add_metric([transport, side], c.opened)
     yield opened
 
 

@@ -19,10 +19,12 @@ A method left as it is here costs nothing: the chain skips it.
 Order, as grpc interceptors and starlette's middleware list: the first middleware in the list is
 the outermost. Each side runs, outermost first:
 
-- server: error boundary (the framework's, always outermost) -> your middleware -> `CallChecks`
-  (call kind, request size) -> `Deadline` -> decode -> handler -> encode.
-- client: retry -> your middleware -> `Deadline` -> `PropagateMetadata` -> select a node ->
-  transport. Retries happen outside your middleware, so it sees every attempt.
+- server: error boundary (the framework's, always outermost) -> the defaults (tracing when
+  configured, metrics, the access log when on: `middleware.defaults`) -> your middleware ->
+  `CallChecks` (call kind, request size) -> `Deadline` -> decode -> handler -> encode.
+- client: retry -> the defaults (tracing, metrics) -> your middleware -> `Deadline` ->
+  `PropagateMetadata` -> select a node -> transport. Retries happen outside your middleware, so
+  it sees every attempt.
 
 The built-in stages are middlewares too (`microweave.middleware.builtin`), and so is the
 optional `AccessLog`.

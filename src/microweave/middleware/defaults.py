@@ -2,8 +2,8 @@
 
 One place decides, so a Service and a Client agree and a reader finds it. Each side, outermost
 first: tracing (only when an OpenTelemetry SDK is configured: absent, it costs nothing), metrics
-(on unless turned off), the access log (off unless MICRO_ACCESS_LOG or `access_log=True`), then
-the user's own middleware.
+(on unless `metrics=False`), the access log (server side, off unless MICRO_ACCESS_LOG is true),
+then the user's own middleware.
 """
 
 from __future__ import annotations

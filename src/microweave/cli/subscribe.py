@@ -16,7 +16,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import signal
 import sys
 from datetime import datetime
 from typing import Annotated, Any
@@ -39,6 +38,7 @@ from .options import (
     reporting_broker_errors,
 )
 from .output import err, out
+from .signals import until_signal
 
 __all__ = ["MAX_SHOWN_CHARS", "MAX_SHOWN_LINES", "event_json", "render_body", "subscribe"]
 
@@ -159,18 +159,6 @@ async def _subscribe(
     printer: Printer,
 ) -> tuple[int, bool]:
     """Print events until `count` were shown or a signal came: (events shown, interrupted)."""
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    assert main is not None
-    signals: list[int] = []
-
-    def stop(signum: int) -> None:
-        signals.append(signum)
-        main.cancel()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers here
-            loop.add_signal_handler(signum, stop, signum)
     shown = 0
     done = asyncio.Event()
     broken: list[BrokenPipeError] = []
@@ -193,7 +181,8 @@ async def _subscribe(
             done.set()
 
     events = open_broker(broker)
-    try:
+
+    async def listen() -> None:
         async with contextlib.AsyncExitStack() as stack:
             # direct:// registers a node for this subscriber and serves it through this client
             client = await stack.enter_async_context(Client(registry=open_registry(registry), broker=events))
@@ -204,17 +193,11 @@ async def _subscribe(
                 f"listening on {escape(topic)}{escape(where)} at {escape(repr(events))}; Ctrl-C to stop"
             )
             await done.wait()
-    except asyncio.CancelledError:
-        if not signals:
-            raise
-        main.uncancel()  # the cancel was ours, from the signal: a clean stop
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signum)
+
+    interrupted = await until_signal(listen)
     if broken:
         raise broken[0]
-    return shown, bool(signals)
+    return shown, interrupted
 
 
 def subscribe(

@@ -138,8 +138,9 @@ class ClientMetrics(ClientMiddleware):
         install()
 
     async def unary(self, call: ClientCall, call_next: UnaryNext[ClientCall]) -> bytes:
-        if call.kind is not _UNARY:
-            return await self._client_streaming(call, call_next)
+        streaming = call.kind is not _UNARY  # client-streaming: its messages are counted too
+        if streaming and not isinstance(call.body, bytes):
+            call.body = _count_sent(call.body, call)
         gauge = CLIENT.in_flight.get(call.service) or CLIENT.gauge(call.service)
         gauge.value += 1
         started = _clock()
@@ -152,27 +153,9 @@ class ClientMetrics(ClientMiddleware):
         elapsed = _clock() - started
         gauge.value -= 1
         series = CLIENT.series.get((call.service, call.endpoint, call.transport)) or _client_series(call)
-        series.ok[0 if elapsed <= _FIRST else bisect_left(BUCKETS, elapsed)] += 1
-        series.ok_sum += elapsed
-        return reply
-
-    async def _client_streaming(self, call: ClientCall, call_next: UnaryNext[ClientCall]) -> bytes:
-        gauge = CLIENT.gauge(call.service)
-        if not isinstance(call.body, bytes):
-            call.body = _count_sent(call.body, call)
-        gauge.value += 1
-        started = _clock()
-        try:
-            reply = await call_next(call)
-        except BaseException as exc:
-            gauge.value -= 1
-            _client_series(call).failed(code_of(exc), _clock() - started)
-            raise
-        elapsed = _clock() - started
-        gauge.value -= 1
-        series = _client_series(call)
-        series.streamed = True
-        series.received += 1
+        if streaming:
+            series.streamed = True
+            series.received += 1
         series.ok[0 if elapsed <= _FIRST else bisect_left(BUCKETS, elapsed)] += 1
         series.ok_sum += elapsed
         return reply

@@ -36,6 +36,7 @@ __all__ = [
     "access_log_enabled",
     "bind_node",
     "configure",
+    "printable",
     "trace_ids",
 ]
 
@@ -242,6 +243,17 @@ class CallFilter(logging.Filter):
 
 
 # -- formatting ------------------------------------------------------------------------------------
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """`text` fit for a log line when a peer chose it (a path, a caller's name): control and
+    line-breaking characters escaped as Python writes them (`\\n`, `\\x1b`, `\\u2028`), so it can
+    neither start a line of its own nor colour or clear a terminal; cut after `limit` characters."""
+    if len(text) > limit:
+        text = f"{text[:limit]}..."
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _safe_str(value: object) -> str:

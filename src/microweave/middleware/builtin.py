@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from ..client.call import ClientCall
 from ..context import FROM_NODE, FROM_SERVICE, current_context
 from ..errors import NotImplementedError_, Timeout, TooManyRequests, code_of
-from ..logs import trace_ids
+from ..logs import printable, trace_ids
 from ..server import Router
 from ..server.call import Call
 from . import Before, ClientMiddleware, ServerMiddleware, StreamNext, UnaryNext
@@ -138,10 +138,12 @@ class AccessLog(ServerMiddleware):
             return
         elapsed = round((time.perf_counter() - started) * 1e3, 3)
         ctx = call.ctx
-        caller = ctx.caller or call.peer or "-"
+        # the caller's name and an unknown endpoint's path are the peer's to choose
+        caller = printable(ctx.caller or call.peer or "-")
+        endpoint = call.endpoint if call.target is not None else printable(call.endpoint)
         fields: dict[str, object] = {
             "service": call.service,
-            "endpoint": call.endpoint,
+            "endpoint": endpoint,
             "transport": call.transport,
             "caller": caller,
             "code": code,
@@ -155,7 +157,7 @@ class AccessLog(ServerMiddleware):
         self.log.log(
             level,
             "%s %s via %s from %s: %d in %.1f ms%s",
-            call.service, call.endpoint, call.transport, caller, code, elapsed,
+            call.service, endpoint, call.transport, caller, code, elapsed,
             "" if replies is None else f" ({replies} replies)",
             extra=fields,
         )  # fmt: skip

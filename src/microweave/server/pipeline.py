@@ -28,6 +28,7 @@ from ..errors import (
     Unavailable,
     error_for_code,
 )
+from ..logs import printable
 from ..middleware import ServerMiddleware, chain
 from ..middleware.builtin import CallChecks, Deadline
 from . import Kind, Router
@@ -241,7 +242,7 @@ class Pipeline:
             if self.aborting and not ctx.expired:
                 log.warning(
                     "cancelled %s from %s: %s; the caller is told it may have run",
-                    endpoint, ctx.caller or call.peer or "?", self.aborting,
+                    endpoint, printable(ctx.caller or call.peer or "?"), self.aborting,
                     extra={"service": self.service, "endpoint": endpoint},
                 )  # fmt: skip
                 return Unavailable(

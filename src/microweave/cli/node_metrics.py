@@ -22,6 +22,10 @@ __all__ = ["EndpointCounts", "NodeMetrics", "add", "parse_node_metrics", "quanti
 REQUESTS = "micro_request_total"
 DURATION_BUCKET = "micro_request_duration_seconds_bucket"
 IN_FLIGHT = "micro_server_in_flight"
+#: the largest count taken from a page: a float counts by one up to 2**53, and a bigger (or an
+#: infinite, or NaN) value is a broken or hostile node's; left out, so sums over nodes, rates
+#: and percentages stay finite numbers (JSON has no Infinity) and the table can print them
+MAX_VALUE = float(2**53)
 
 K = TypeVar("K")
 
@@ -52,7 +56,7 @@ def parse_node_metrics(text: str, service: str) -> NodeMetrics:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
-            if labels.get("service") != service or math.isnan(sample.value):
+            if labels.get("service") != service or not abs(sample.value) <= MAX_VALUE:
                 continue
             if sample.name == IN_FLIGHT:
                 found.in_flight += sample.value
@@ -67,10 +71,19 @@ def parse_node_metrics(text: str, service: str) -> NodeMetrics:
                     code = labels.get("code", "")
                     counts.codes[code] = counts.codes.get(code, 0.0) + sample.value
             else:
-                bound = float(labels.get("le", "nan"))
-                if not math.isnan(bound):
+                bound = _bound(labels.get("le", ""))
+                if bound is not None:
                     counts.buckets[bound] = counts.buckets.get(bound, 0.0) + sample.value
     return found
+
+
+def _bound(le: str) -> float | None:
+    """A bucket's upper bound: a finite number or +Inf (None for anything else)."""
+    try:
+        bound = float(le)
+    except ValueError:
+        return None
+    return bound if math.isfinite(bound) or bound == math.inf else None
 
 
 def _minus(now: Mapping[K, float], before: Mapping[K, float]) -> dict[K, float]:

@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import MicroError
+from ..logs import printable
 from ..registry import Registry
 from ..service import run_async
 from .admin_nodes import AdminNode, list_records, split_admin_nodes
@@ -185,7 +186,7 @@ def render(snapshot: dict[str, Any]) -> RenderableType:
         style = "dim" if idle and moved is not None else ""
         error_percent = shown["error_percent"]
         endpoints.add_row(
-            Text(row["endpoint"]),  # a peer's label value: Text, so no markup is interpreted
+            Text(printable(row["endpoint"])),  # a peer's label value: no markup, no terminal escape
             "-" if moved is None else f"{moved['calls_per_second']:.2f}",
             Text("-" if error_percent is None else f"{error_percent:.1f}", style=style),
             Text(_seconds(shown["p50_seconds"]), style=style),
@@ -207,11 +208,13 @@ def render(snapshot: dict[str, Any]) -> RenderableType:
         table.add_column(column, overflow="fold")
     for node in nodes:
         status = (
-            Text("ok", style="green") if node["status"] == "ok" else Text(node["error"] or "", style="red")
+            Text("ok", style="green")
+            if node["status"] == "ok"
+            else Text(printable(node["error"] or "", 300), style="red")
         )
         table.add_row(
-            Text(node["node"]),
-            Text(node["version"]),
+            Text(printable(node["node"])),  # the registry's strings: whoever registered chose them
+            Text(printable(node["version"])),
             Text(node["admin_address"] or "-"),
             "-" if node["in_flight"] is None else _number(node["in_flight"]),
             status,

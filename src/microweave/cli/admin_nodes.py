@@ -8,6 +8,8 @@ returned apart, so a command can say so instead of dropping them silently.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +21,8 @@ __all__ = ["AdminNode", "admin_address_of", "list_records", "split_admin_nodes"]
 LOOKUPS_AT_ONCE = 16
 #: the metadata key a node advertises its admin endpoint under
 ADMIN_KEY = "admin_address"
+#: a host name or an IPv4 address, as an admin address may name it
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,19 +47,28 @@ def admin_address_of(metadata: dict[str, str]) -> tuple[str | None, str]:
     if not value:
         return None, "no admin_address in its metadata (admin endpoint off, or not a microweave node)"
     host, sep, port = value.rpartition(":")
-    plain_host = (host.startswith("[") and host.endswith("]")) or bool(host and ":" not in host)
     if (
         not sep
-        or not plain_host
-        or not port.isdigit()
-        or not 0 < int(port) < 65536
-        or any(c.isspace() or c in "/?#@\\" for c in host)
         or len(value) > 300
+        or not _plain_host(host)
+        or not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536)
     ):
         return None, f"admin_address {value[:80]!r} is not host:port"
     if host in ("0.0.0.0", "[::]"):
         return None, f"admin_address {value!r} is a wildcard, not an address to dial"
     return value, ""
+
+
+def _plain_host(host: str) -> bool:
+    """A host name or IPv4 address (letters, digits, `.`, `-`, `_`), or an IPv6 address in
+    brackets: what Prometheus and a URL take as a host, nothing that escapes or steers either."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return "%" not in host  # no zone: its name could be anything
+    return _HOST_NAME.fullmatch(host) is not None
 
 
 async def list_records(registry: Registry, names: Sequence[str] = ()) -> list[Service]:

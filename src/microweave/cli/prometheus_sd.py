@@ -29,6 +29,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import MicroError
+from ..logs import printable
 from ..registry import Action, Registry
 from ..service import run_async
 from .admin_nodes import AdminNode, list_records, split_admin_nodes
@@ -108,7 +109,7 @@ class Notes:
             key = (node.service, node.node, node.reason)
             current.add(key)
             if key not in self._said:
-                where = f"{escape(node.node)} of {escape(node.service)}"
+                where = f"{escape(printable(node.node))} of {escape(printable(node.service))}"
                 err.print(f"[dim]note:[/] skipped node {where}: {escape(node.reason)}")
         self._said = current  # only nodes still there: bounded by the registry, not by its history
 

@@ -61,6 +61,39 @@ def test_peer_strings_in_text_access_lines_cannot_forge_lines_or_colour_them(tmp
     assert any("from evil\\n2026-01-01" in line for line in access), access
 
 
+def test_a_traced_node_logs_no_line_a_peer_wrote_in_its_baggage(tmp_path: Path) -> None:
+    """OpenTelemetry's baggage propagator warns about a header it drops, quoting it whole (up to
+    the 64 KiB a header block holds) or one line per bad member: a peer's newlines, escapes and
+    bulk in the node's log, and one request worth hundreds of lines."""
+    env = registry_env(tmp_path / "registry")
+    env.update(MICRO_LOG_FORMAT="text", MICRO_LOG_LEVEL="info", OTEL_TRACES_EXPORTER="console")
+    log = tmp_path / "back.log"
+    with CliProcess("run", f"{LOGGED}:back", env=env, log=log) as process:
+        wait_for_service("logged-back", env=env, process=process)
+
+        async def attack() -> None:
+            async with Client(registry=LocalRegistry(tmp_path / "registry"), transports=("tcp",)) as client:
+                for baggage in (
+                    "k=" + "v" * 9000 + f"\n{FORGED} whole header",  # over 8192 bytes: quoted whole
+                    f"bad key\n{FORGED} member=1",  # a member that does not parse
+                    "a;," * 2700,  # 8100 bytes of members that do not parse: one warning each
+                    "a b=c," * 1300 + "good=1",  # the same, members with an "="
+                    ",".join(f"k{i}=v" for i in range(1000)),  # over 180 members
+                    ",".join(["\u00e9=\x1b[2J"] * 100),  # non-ASCII, escapes
+                ):
+                    reply = await client.call(
+                        "logged-back", "Back.Note", {"text": "x"}, metadata={"baggage": baggage}
+                    )
+                    assert reply == {"text": "noted x"}
+
+        asyncio.run(attack())
+        assert process.stop() == 0, process.output()
+    text = log.read_text()
+    assert FORGED not in text and "\x1b" not in text, text[-3000:]
+    assert text.count("baggage") <= 8, text[-3000:]  # at most a line or two per request
+    assert len(text) < 64 * 1024, len(text)
+
+
 # -- metrics: whatever a peer sends, the series stay those of the endpoints served ----------------
 
 
@@ -148,7 +181,7 @@ micro_request_total{{service="evil",endpoint="E.Big",status="success",code="200"
 micro_request_total{{service="evil",endpoint="E.Nan",status="success",code="200",transport="tcp"}} NaN
 micro_request_total{{service="evil",endpoint="E.Neg",status="success",code="200",transport="tcp"}} -Inf
 micro_request_total{{service="evil",endpoint="E.Ok",status="success",code="200",transport="tcp"}} 3
-micro_request_total{{service="evil",endpoint="E.\x1b]0;title\x07\x1b[2J",status="success",code="200",transport="tcp"}} 1
+micro_request_total{{service="evil",endpoint="E.\x1b]0;title\x07\x1b[2J",status="success",transport="t"}} 1
 # TYPE micro_request_duration_seconds histogram
 {_OK_BUCKET},le="0.1"}} 3
 {_OK_BUCKET},le="-Inf"}} +Inf

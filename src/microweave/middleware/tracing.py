@@ -29,6 +29,7 @@ own span: the caller never sees it, exactly as with the error boundary's log lin
 from __future__ import annotations
 
 import contextvars
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -73,6 +74,38 @@ def _rpc_names(path: str) -> tuple[str, str]:
     """`/greeter.Greeter/SayHello` -> (`greeter.Greeter`, `SayHello`)."""
     service, _, method = path.lstrip("/").rpartition("/")
     return service, method
+
+
+#: W3C baggage limits (OpenTelemetry's propagator drops a header over them, with a warning)
+MAX_BAGGAGE: Final = 8192
+MAX_BAGGAGE_MEMBERS: Final = 180
+_OWS = "[ \t]*"
+_KEY = r"[!#-'*+\-.0-9A-Z^-z|~]+"
+_VALUE = r"[!#-+\--:<-\[\]-~]*"
+#: one list-member, `key=value;property;key=value`, as the W3C Baggage spec writes it
+_MEMBER: Final = re.compile(
+    rf"{_OWS}{_KEY}{_OWS}={_OWS}{_VALUE}{_OWS}(?:;{_OWS}{_KEY}{_OWS}(?:={_OWS}{_VALUE}{_OWS})?)*"
+)
+
+
+def _screened(metadata: dict[str, str]) -> dict[str, str]:
+    """`metadata` whose `baggage` holds only members OpenTelemetry's propagator takes without a
+    word: it logs a warning for each member it drops (quoting it) or for a header over the
+    limits (quoting it whole), which would put a peer's newlines, escapes and bulk in the node's
+    log, hundreds of lines for one call. Those members are dropped here, silently."""
+    baggage = metadata.get("baggage")
+    if baggage is None:
+        return metadata
+    members = baggage.split(",")
+    kept = [m for m in members if _MEMBER.fullmatch(m)][:MAX_BAGGAGE_MEMBERS]
+    while kept and sum(map(len, kept)) + len(kept) - 1 > MAX_BAGGAGE:
+        kept.pop()
+    if len(kept) == len(members):
+        return metadata
+    screened = {k: v for k, v in metadata.items() if k != "baggage"}
+    if kept:
+        screened["baggage"] = ",".join(kept)
+    return screened
 
 
 def _rpc_system(transport: str) -> str:
@@ -186,7 +219,7 @@ class ServerTracing(ServerMiddleware):
     def _start(self, call: Call) -> tuple[Span, _Token]:
         ctx = call.ctx
         # the parent comes from the wire only: a local call's task inherits its caller's context
-        parent = extract(ctx.metadata, context=otel_context.Context())
+        parent = extract(_screened(ctx.metadata), context=otel_context.Context())
         if isinstance(ctx, MessageContext):
             span = self.tracer.start_span(
                 f"process {ctx.topic}", parent, SpanKind.CONSUMER, _consumer_attributes(ctx, call.transport)
@@ -312,7 +345,7 @@ class ClientTracing(ClientMiddleware):
         if "traceparent" in call.metadata and not trace.get_current_span().get_span_context().is_valid:
             # outside any span the caller may hand a trace context of its own (`microweave call -m
             # traceparent=...`, a gateway passing one on): continue that trace, not a new one
-            parent = extract(call.metadata)
+            parent = extract(_screened(call.metadata))
         span = self.tracer.start_span(
             shape.name, context=parent, kind=SpanKind.CLIENT, attributes=shape.attributes
         )

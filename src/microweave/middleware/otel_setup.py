@@ -15,6 +15,8 @@ Nothing here imports opentelemetry unless one of the two holds.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import logging
 import os
 import sys
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import TracerProvider
 
@@ -36,9 +39,11 @@ log = logging.getLogger("microweave.tracing")
 INSTALL_HINT: Final = 'pip install "microweave[otel]"'
 EXPORTERS: Final = ("otlp", "console", "none")
 PROTOCOLS: Final = ("http/protobuf", "grpc")
+#: how long a stopping Service, and the process's exit, wait for the last spans to go out
+FLUSH_TIMEOUT: Final = 5.0
 
 _lock = threading.Lock()
-_configured: TracerProvider | None = None  # the provider built here from the environment
+_configured: SdkTracerProvider | None = None  # the provider built here from the environment
 _missing_sdk_logged = False
 
 
@@ -76,15 +81,41 @@ def env_asks_for_tracing() -> bool:
     )
 
 
-async def flush_traces(timeout: float = 5.0) -> None:
+async def flush_traces(timeout: float = FLUSH_TIMEOUT) -> None:
     """Export the spans still queued in the provider built here, waiting at most `timeout`
     seconds (in a thread: the loop keeps serving). Service.stop calls it, so a node's last
-    spans go out when it stops, not only when the process exits (the SDK flushes then too).
+    spans go out when it stops, not only when the process exits (flushed then too).
     A provider the application set is the application's to flush."""
     provider = _configured
-    force_flush = getattr(provider, "force_flush", None)
-    if force_flush is not None:
-        await asyncio.to_thread(force_flush, int(timeout * 1000))
+    if provider is None:
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def finished() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def flush() -> None:
+        try:
+            provider.force_flush()
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(finished)
+
+    # The SDK's force_flush ignores its timeout (opentelemetry-python#4568): with a collector
+    # that cannot be reached it retries every queued batch, 10 s or more each. A daemon thread
+    # of our own, waited for at most `timeout`: neither stop() nor the interpreter's exit (which
+    # joins the default executor's threads) waits for it.
+    threading.Thread(target=flush, name="microweave-flush-traces", daemon=True).start()
+    try:
+        await asyncio.wait_for(asyncio.shield(done), timeout)
+    except TimeoutError:
+        log.warning(
+            "could not export the last spans within %g s (is the OTLP endpoint reachable?); "
+            "stopping without them",
+            timeout,
+        )
 
 
 def _global_provider() -> TracerProvider | None:
@@ -124,9 +155,9 @@ def _configure_from_env(service_name: str) -> TracerProvider | None:
         # ours is the default; OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES override it
         defaults = {"service.name": service_name} if service_name else {}
         resource = Resource.create(defaults).merge(OTELResourceDetector().detect())
-        provider = SdkTracerProvider(
-            resource=resource
-        )  # sampler: OTEL_TRACES_SAMPLER, else parentbased_always_on
+        # sampler: OTEL_TRACES_SAMPLER, else parentbased_always_on; shut down at exit by ours
+        provider = SdkTracerProvider(resource=resource, shutdown_on_exit=False)
+        atexit.register(_shutdown_at_exit, provider)
         for exporter in exporters:
             provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
@@ -136,6 +167,19 @@ def _configure_from_env(service_name: str) -> TracerProvider | None:
             resource.attributes.get("service.name"),
         )
         return provider
+
+
+def _shutdown_at_exit(provider: SdkTracerProvider) -> None:
+    """The SDK's own exit hook waits up to 30 s per span processor, plus the exporter's retries
+    (a collector that cannot be reached holds the exit that long): export what is queued in
+    a daemon thread and wait for it at most FLUSH_TIMEOUT seconds."""
+    worker = threading.Thread(target=provider.shutdown, name="microweave-trace-shutdown", daemon=True)
+    worker.start()
+    worker.join(FLUSH_TIMEOUT)
+    if worker.is_alive():
+        log.warning(
+            "could not export the last spans within %g s at exit; exiting without them", FLUSH_TIMEOUT
+        )
 
 
 def _exporters() -> list[SpanExporter]:

@@ -47,10 +47,14 @@ C = TypeVar("C", bound=CheckFunction)
 DEFAULT_TTL = 15.0
 
 
-def _split_address(address: str) -> tuple[str, int]:
+def _split_address(address: str, what: str = "address") -> tuple[str, int]:
+    """host, port of `address`; `what` names the setting it came from, for the error."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigurationError(f"address {address!r} must be host:port (port 0 picks a free one)")
+    # a port above 65535 is no error to getaddrinfo: it would listen on the port modulo 65536
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigurationError(
+            f"{what} {address!r} must be host:port with a port from 0 to 65535 (0 picks a free one)"
+        )
     return host or "0.0.0.0", int(port)
 
 
@@ -121,7 +125,7 @@ class Service:
         # str(): a value that is not text (a Secret: masked) never reaches the registry as itself
         self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
         self.address = address or settings().server_address or "127.0.0.1:0"
-        _split_address(self.address)
+        _split_address(self.address, "the address (address= / MICRO_SERVER_ADDRESS)")
         # microweave's own transport listens beside gRPC: on the same host, a free port, unless
         # given an address of its own, or turned off with `tcp_address=False`
         self.tcp_address: str | None = (
@@ -130,12 +134,12 @@ class Service:
             else tcp_address or settings().tcp_address or f"{_split_address(self.address)[0]}:0"
         )
         if self.tcp_address:
-            _split_address(self.tcp_address)
+            _split_address(self.tcp_address, "the tcp address (tcp_address= / MICRO_TCP_ADDRESS)")
         self._admin_bind = admin_bind(
             admin_address, settings().admin_address, _split_address(self.address)[0]
         )
         if self._admin_bind:
-            _split_address(self._admin_bind)
+            _split_address(self._admin_bind, "the admin address (admin_address= / MICRO_ADMIN_ADDRESS)")
         self._admin: AdminServer | None = None
         self.ttl = ttl
         self.grace = grace

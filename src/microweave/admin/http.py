@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,14 @@ from .readiness import Readiness
 if TYPE_CHECKING:
     from aiohttp import web
 
-__all__ = ["KEEPALIVE_TIMEOUT", "MAX_CONNECTIONS", "MAX_HEADERS", "MAX_LINE", "AdminServer"]
+__all__ = [
+    "KEEPALIVE_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "MAX_HEADERS",
+    "MAX_LINE",
+    "AdminListenError",
+    "AdminServer",
+]
 
 log = logging.getLogger("microweave.admin")
 
@@ -46,6 +54,16 @@ SHUTDOWN_TIMEOUT = 1.0
 
 _JSON = "application/json"
 _ALLOWED = "GET, HEAD"
+
+
+def _reason(exc: OSError) -> str:
+    """ "address already in use", not asyncio's sentence around it that repeats the address."""
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+
+
+class AdminListenError(OSError):
+    """The admin endpoint could not listen where it was told: the port is taken, or the host
+    is not one of this machine's addresses."""
 
 
 class AdminServer:
@@ -87,6 +105,13 @@ class AdminServer:
         try:
             site = web.TCPSite(runner, host, int(port), reuse_address=True)
             await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise AdminListenError(
+                exc.errno,
+                f"the admin endpoint could not listen on {self.bind} ({_reason(exc)}): give "
+                "admin_address= or MICRO_ADMIN_ADDRESS a free host:port (port 0 picks one), or off",
+            ) from None
         except BaseException:
             await runner.cleanup()
             raise

@@ -24,7 +24,6 @@ from ..client import Client
 from ..errors import MicroError
 from ..registry import Registry
 from ..service import Service, run_async
-from .demo_services import HelloReply, HelloRequest, build
 from .describe import endpoints_table, nodes_table
 from .options import RegistryOption, open_registry, registry_url
 from .output import out, reporting_errors
@@ -56,6 +55,10 @@ def _show(label: str, value: Any) -> None:
 
 
 async def _tour(registry: Registry, services: tuple[Service, ...]) -> None:
+    # imported here, not with the CLI: the module builds its Services as it is imported, and
+    # a bad MICRO_* value (MICRO_ADMIN_ADDRESS=...) must fail `microweave demo`, not every command
+    from .demo_services import HelloReply, HelloRequest
+
     # no in-process shortcut: the demo should cross a real socket, as calls between processes do
     transports = ("tcp", "grpc")
     async with Client(registry=registry, transports=transports, name="microweave-demo") as client:
@@ -108,6 +111,8 @@ async def _demo(url: str | None) -> None:
             title_align="left",
         )
     )
+    from .demo_services import build  # not at import: see _tour
+
     services = build(registry)
     with out.status("starting greeter and frontend (listen, register) ..."):
         for service in services:

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from .. import logs
+from ..admin.http import AdminListenError
 from .options import RegistryOption, open_registry, registry_url
 from .output import CliError, reporting_errors
 from .target import load_service
@@ -102,5 +103,7 @@ def run(
         _log_to_stderr()
         try:
             service.run()
+        except AdminListenError as exc:  # its message says what to set
+            raise CliError(f"{service.name} could not start: {exc.strerror}") from None
         except OSError as exc:  # the address is taken, or not ours to bind
             raise CliError(f"{service.name} could not start: {exc}", hint="try another --address") from None

@@ -16,6 +16,7 @@ from types import ModuleType
 
 from rich.traceback import Traceback
 
+from ..errors import ConfigurationError
 from ..service import Service
 from .output import CliError, err
 
@@ -91,6 +92,13 @@ def _import(where: str) -> ModuleType:
         return _import_file(where) if _is_file(where) else _import_module(where)
     except CliError:
         raise
+    except ConfigurationError as exc:
+        # a setting the message names (MICRO_ADMIN_ADDRESS=bogus): no bug to find in a traceback
+        raise CliError(
+            f"{where}: {exc.detail}",
+            hint="fix the setting it names: an argument in the code, or a MICRO_* environment variable",
+            code=2,
+        ) from None
     except Exception as exc:
         # A bug in the user's module: here the traceback is the useful part, trimmed to their code.
         err.print(_user_traceback(exc))

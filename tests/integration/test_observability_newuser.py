@@ -1,0 +1,89 @@
+"""What a new user of the observability features ran into, run as they ran it: `microweave run`
+of the example greeter as a process, with the environment they would set.
+
+- a node traced to an OTLP collector that never answers still stops on SIGTERM (the SDK's
+  force_flush ignores its timeout and retries every queued batch);
+- MICRO_ADMIN_ADDRESS with a port above 65535 is an error, not a port modulo 65536;
+- a bad MICRO_ADMIN_ADDRESS does not break the commands that start no service;
+- an admin port that is taken is an error naming the admin endpoint and MICRO_ADMIN_ADDRESS.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_helpers import CliProcess, assert_clean, cli, registry_env, wait_for_service
+
+GREETER = "examples/greeter/service.py"
+
+
+@pytest.fixture
+def silent_collector() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers: an OTLP
+    collector that hangs."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield sock.getsockname()[1]
+
+
+def test_a_node_exporting_to_a_collector_that_never_answers_still_stops(
+    tmp_path: Path, silent_collector: int
+) -> None:
+    env = registry_env(tmp_path / "registry")
+    traced = {
+        **env,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{silent_collector}",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "3600",  # each export waits for an answer that never comes
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    with CliProcess("run", GREETER, env=traced, log=tmp_path / "greeter.log") as greeter:
+        wait_for_service("greeter", env=env, process=greeter)
+        for name in ("a", "b", "c"):
+            called = cli("call", "greeter", "Greeter.SayHello", f'{{"name": "{name}"}}', env=env)
+            assert called.returncode == 0, called.stderr
+        greeter.signal(signal.SIGTERM)
+        code = greeter.wait(60)  # without a bound on the flush: an hour per batch
+        output = greeter.output()
+        assert code == 0, output
+        assert "could not export the last spans" in output, output
+        assert "greeter stopped" in output, output
+
+
+def test_an_admin_port_above_65535_is_an_error(tmp_path: Path) -> None:
+    env = {**registry_env(tmp_path / "registry"), "MICRO_ADMIN_ADDRESS": "127.0.0.1:99999"}
+    result = cli("run", GREETER, env=env, timeout=60)
+    assert result.returncode != 0, result.stderr
+    assert "MICRO_ADMIN_ADDRESS" in result.stderr, result.stderr
+    assert "65535" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_bad_admin_address_leaves_the_commands_that_serve_nothing_working(tmp_path: Path) -> None:
+    env = {**registry_env(tmp_path / "registry"), "MICRO_ADMIN_ADDRESS": "bogus"}
+    listed = cli("services", env=env)
+    assert listed.returncode == 0, listed.stderr
+    helped = cli("--help", env=env)
+    assert helped.returncode == 0, helped.stderr
+    ran = cli("run", GREETER, env=env, timeout=60)
+    assert ran.returncode != 0
+    assert "MICRO_ADMIN_ADDRESS" in ran.stderr, ran.stderr
+    assert "Traceback" not in ran.stderr, ran.stderr
+
+
+def test_an_admin_port_that_is_taken_names_the_admin_endpoint(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {**registry_env(tmp_path / "registry"), "MICRO_ADMIN_ADDRESS": f"127.0.0.1:{port}"}
+        result = cli("run", GREETER, env=env, timeout=60)
+    assert result.returncode != 0
+    assert "admin" in result.stderr, result.stderr
+    assert "MICRO_ADMIN_ADDRESS" in result.stderr, result.stderr
+    assert "--address" not in result.stderr, result.stderr
+    assert_clean(result.stderr)

@@ -139,6 +139,56 @@ async def test_random_paths_callers_and_metadata_on_tcp_and_grpc_add_no_series(r
     assert len(found) < 100, found
 
 
+class Relay:
+    """Calls `card_back` over gRPC with the metadata its own caller sent (tracing's, a user's)."""
+
+    client: Client | None = None
+
+    async def relay(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert Relay.client is not None
+        reply: dict[str, Any] = await Relay.client.call("card_back", "Echo.Echo", req)
+        return reply
+
+
+async def test_metadata_grpc_cannot_carry_is_refused_with_a_clear_error_on_every_hop(
+    registry_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """tcp carries any text in metadata, gRPC printable ASCII only: a value a peer sent a node
+    over tcp travels on (trace context and user keys propagate) into the node's gRPC calls,
+    where grpc-core refused it with a raw ExecuteBatchError and wrote its own lines on stderr."""
+    back = Service("card_back", drain_delay=0, grace=2, admin_address=False)
+    back.handler(Echo)
+    front = Service("card_front", drain_delay=0, grace=2, admin_address=False)
+    front.handler(Relay)
+    await back.start()
+    await front.start()
+    try:
+        async with (
+            Client(transports=("grpc",), timeout=20) as grpc_client,
+            Client(transports=("tcp",)) as tcp,
+        ):
+            Relay.client = grpc_client
+            assert await grpc_client.call("card_back", "Echo.Echo", {"a": 1}, metadata={"k": "v"}) == {"a": 1}
+            for metadata in (
+                {"x-user": "a\nb"},
+                {"x-user": "\u00e9"},
+                {"x user": "v"},
+                {"baggage": "k=v\x1b"},
+            ):
+                with pytest.raises(MicroError) as direct:
+                    await grpc_client.call("card_back", "Echo.Echo", {}, metadata=metadata)
+                assert direct.value.code == 400, direct.value
+                assert "metadata" in direct.value.detail, direct.value.detail
+                with pytest.raises(MicroError) as relayed:  # tcp takes it; the node's gRPC call does not
+                    await tcp.call("card_front", "Relay.Relay", {}, metadata=metadata)
+                assert relayed.value.code == 400, relayed.value
+    finally:
+        Relay.client = None
+        await front.stop()
+        await back.stop()
+    assert "Illegal header" not in capfd.readouterr().err
+
+
 # -- a hostile registry entry: its admin address and its /metrics page --------------------------
 
 

@@ -5,13 +5,14 @@ could not connect to is closed and dropped, so a churning fleet does not grow th
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import grpc
 
 from ...codec import JSON
-from ...errors import ConnectionLost, MicroError, NotDelivered, from_grpc
+from ...errors import BadRequest, ConnectionLost, MicroError, NotDelivered, from_grpc
 from ...registry import Node
 from ...server import Kind
 from .. import ClientTransport, StreamBody
@@ -36,7 +37,26 @@ def _grpc_metadata(metadata: Mapping[str, str], content_type: str) -> tuple[tupl
     as a plain grpcio client's, in the endpoint's own codec (protobuf for protobuf-typed ones)."""
     if not metadata and content_type == JSON:
         return _JSON_ONLY
+    for key, value in metadata.items():
+        if not (value.isascii() and value.isprintable()) or _KEY.fullmatch(key) is None:
+            raise _unsendable(key, value)
     return (*metadata.items(), (CONTENT_TYPE_KEY, content_type))
+
+
+#: a text metadata key gRPC takes (`-bin` keys carry bytes, which call metadata never holds)
+_KEY = re.compile(r"(?![0-9a-z_.-]*-bin$)[0-9a-z_.-]+")
+
+
+def _unsendable(key: str, value: str) -> BadRequest:
+    """Metadata grpc-core would refuse (with an exception of its own and lines on stderr): tcp
+    carries any text, so a value a peer sent over tcp may be propagated into a gRPC call."""
+    from ...logs import printable
+
+    return BadRequest(
+        f"metadata {printable(key, 60)}={printable(value, 60)} cannot go over gRPC: keys are "
+        "lowercase letters, digits, '-', '_' and '.' (not ending in -bin), values printable ASCII",
+        id="microweave.client",
+    )
 
 
 # what grpc-core says when no connection could be made: the request never left

@@ -5,7 +5,8 @@ of the example greeter as a process, with the environment they would set.
   force_flush ignores its timeout and retries every queued batch);
 - MICRO_ADMIN_ADDRESS with a port above 65535 is an error, not a port modulo 65536;
 - a bad MICRO_ADMIN_ADDRESS does not break the commands that start no service;
-- an admin port that is taken is an error naming the admin endpoint and MICRO_ADMIN_ADDRESS.
+- an admin port that is taken is an error naming the admin endpoint and MICRO_ADMIN_ADDRESS;
+- a bad MICRO_LOG_LEVEL's hint is about the variable, not the command's options.
 """
 
 from __future__ import annotations
@@ -87,3 +88,12 @@ def test_an_admin_port_that_is_taken_names_the_admin_endpoint(tmp_path: Path) ->
     assert "MICRO_ADMIN_ADDRESS" in result.stderr, result.stderr
     assert "--address" not in result.stderr, result.stderr
     assert_clean(result.stderr)
+
+
+def test_a_bad_log_variable_points_at_the_variable_not_at_the_options(tmp_path: Path) -> None:
+    env = {**registry_env(tmp_path / "registry"), "MICRO_LOG_LEVEL": "loud"}
+    result = cli("run", GREETER, env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "MICRO_LOG_LEVEL='loud'" in result.stderr, result.stderr
+    assert "environment variable" in result.stderr, result.stderr
+    assert "--help" not in result.stderr, result.stderr

@@ -57,9 +57,11 @@ def registry_hint(url: str | None) -> str:
 
 def configuration_hint(detail: str) -> str:
     """The hint for a configuration error raised after the registry was built: a registry's
-    errors name its URL (`etcd://...`), so its page is the place to look; anything else is an
-    option of the command."""
+    errors name its URL (`etcd://...`), so its page is the place to look; one naming an
+    environment variable is that variable's; anything else is an option of the command."""
     for scheme in registry_schemes():
         if re.search(rf"\b{re.escape(scheme)}://", detail):
             return registry_hint(f"{scheme}://")
+    if re.search(r"\b(MICRO|OTEL)_[A-Z_]+", detail):  # MICRO_LOG_LEVEL='loud' is no option's fault
+        return "fix or unset the environment variable it names"
     return "check the command's options: microweave COMMAND --help"

@@ -94,6 +94,60 @@ def test_a_traced_node_logs_no_line_a_peer_wrote_in_its_baggage(tmp_path: Path) 
     assert len(text) < 64 * 1024, len(text)
 
 
+class Liar:
+    """A node whose errors say what it likes: its detail goes back to whoever called it."""
+
+    async def lie(self, req: dict[str, Any]) -> dict[str, Any]:
+        from microweave.errors import BadRequest
+
+        raise BadRequest(f"no\n{FORGED} from a callee\x1b[2J")
+
+
+class Asker:
+    client: Client | None = None
+
+    async def ask(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert Asker.client is not None
+        reply: dict[str, Any] = await Asker.client.call("liar", "Liar.Lie", req)
+        return reply
+
+
+async def test_an_error_detail_a_callee_chose_stays_on_its_line_in_the_callers_log(
+    registry_dir: Path,
+) -> None:
+    import io
+    import logging
+
+    from microweave.logs import TextFormatter
+
+    liar = Service("liar", drain_delay=0, grace=2, admin_address=False)
+    liar.handler(Liar)
+    asker = Service("asker", drain_delay=0, grace=2, admin_address=False)
+    asker.handler(Asker)
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.setFormatter(TextFormatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("microweave.server")
+    logger.addHandler(handler)
+    await liar.start()
+    await asker.start()
+    try:
+        async with Client(transports=("tcp",), timeout=20) as client:
+            Asker.client = client
+            with pytest.raises(MicroError) as failed:
+                await client.call("asker", "Asker.Ask", {})
+            assert failed.value.code == 400
+    finally:
+        Asker.client = None
+        logger.removeHandler(handler)
+        await asker.stop()
+        await liar.stop()
+    text = written.getvalue()
+    assert "a call it made failed" in text, text
+    assert not [line for line in text.splitlines() if line.startswith(FORGED)], text
+    assert "\x1b" not in text, text
+
+
 # -- metrics: whatever a peer sends, the series stay those of the endpoints served ----------------
 
 

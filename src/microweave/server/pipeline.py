@@ -273,7 +273,7 @@ class Pipeline:
         correlation = _correlation_id()
         log.warning(
             "%s: a call it made failed: %s (correlation id %s)",
-            call.endpoint, exc, correlation,
+            call.endpoint, printable(str(exc), 1000), correlation,  # the callee's words: escaped
             extra={"service": self.service, "endpoint": call.endpoint, "correlation_id": correlation},
         )  # fmt: skip
         dependency = exc.callee or exc.id or "a dependency"

@@ -328,6 +328,33 @@ def test_stats_of_a_node_sending_inf_and_nan_prints_json_and_a_table(
     assert_clean(table.stdout + table.stderr)
 
 
+def test_stats_of_a_node_with_thousands_of_endpoints_shows_the_busiest_and_says_how_many_more(
+    tmp_path: Path, hostile_page: tuple[str, type[_Page]]
+) -> None:
+    """A page may name any number of endpoints (16 MiB of them): the table a person reads shows
+    the busiest (rendering 20,000 rows took rich ~10 s and ~200 MB at every refresh); --json
+    still has them all."""
+    address, page = hostile_page
+    family = "# TYPE micro_request_total counter\n"
+    sample = 'micro_request_total{{service="many",endpoint="E.{0}",status="success",transport="t"}} {1}\n'
+    page.body = (family + "".join(sample.format(i, 1 + (i == 7777) * 1000) for i in range(20000))).encode()
+    root = tmp_path / "registry"
+    env = registry_env(root)
+    asyncio.run(register_stopped_node(root, "many", "1.0", "many-1", admin_address=address))
+
+    table = cli("stats", "many", "--once", "--interval", "0.2", env=env, timeout=120)
+    assert table.returncode == 0, table.stdout + table.stderr
+    rows = [line for line in table.stdout.splitlines() if " E." in line]
+    assert 0 < len(rows) <= 100, len(rows)
+    assert any(" E.7777 " in row for row in rows), rows  # the busiest is shown
+    assert "more endpoints" in table.stdout and "--json" in table.stdout, table.stdout[-2000:]
+    assert_clean(table.stdout + table.stderr)
+
+    done = cli("stats", "many", "--once", "--json", "--interval", "0.2", env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(_strict_json(done.stdout)["endpoints"]) == 20000
+
+
 def test_prometheus_sd_writes_only_the_host_port_targets_a_node_may_advertise(tmp_path: Path) -> None:
     root = tmp_path / "registry"
     env = registry_env(root)

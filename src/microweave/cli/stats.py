@@ -39,6 +39,8 @@ __all__ = ["NodeRead", "render", "stats", "summarize"]
 
 #: nodes read at once
 SCRAPES_AT_ONCE = 32
+#: endpoints the table shows, the busiest (a node's page may name any number; --json has all)
+MAX_ROWS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +181,11 @@ def render(snapshot: dict[str, Any]) -> RenderableType:
     endpoints.add_column("endpoint", style="bold cyan", overflow="fold")
     for column in ("calls/s", "error %", "p50", "p99", "calls", "errors"):
         endpoints.add_column(column, justify="right")
-    for row in snapshot["endpoints"]:
+    rows = snapshot["endpoints"]
+    if len(rows) > MAX_ROWS:
+        busiest = sorted(rows, key=lambda row: row["total"]["calls"], reverse=True)[:MAX_ROWS]
+        rows = sorted(busiest, key=lambda row: str(row["endpoint"]))
+    for row in rows:
         total, moved = row["total"], row["window"]
         idle = moved is None or not moved["calls"]
         shown = total if idle else moved
@@ -203,6 +209,12 @@ def render(snapshot: dict[str, Any]) -> RenderableType:
         )
     if not snapshot["endpoints"]:
         endpoints.caption = "no calls counted yet (or the nodes' metrics are off)"
+    elif len(rows) < len(snapshot["endpoints"]):
+        more = len(snapshot["endpoints"]) - len(rows)
+        endpoints.caption = (
+            f"the {len(rows)} busiest endpoints; {more:,} more endpoints not shown (--json has them); "
+            f"{endpoints.caption}"
+        )
     table = Table(title="nodes", title_justify="left")
     for column in ("node", "version", "admin address", "in flight", "status"):
         table.add_column(column, overflow="fold")

@@ -148,6 +148,37 @@ async def test_an_error_detail_a_callee_chose_stays_on_its_line_in_the_callers_l
     assert "\x1b" not in text, text
 
 
+# -- the admin endpoint: one host holding connections open does not lock the probes out ----------
+
+
+async def test_one_host_holding_every_admin_connection_leaves_room_for_the_probes() -> None:
+    from microweave.admin import AdminServer, Readiness
+
+    readiness = Readiness("held")
+    await readiness.start()
+    readiness.serving()
+    server = AdminServer(readiness, "127.0.0.1:0", max_connections=8)
+    await server.start()
+    held: list[asyncio.StreamWriter] = []
+    try:
+        host, port = str(server.address).rsplit(":", 1)
+        for _ in range(8):  # silent connections, kept open for the keep-alive timeout
+            _, writer = await asyncio.open_connection(host, int(port), local_addr=("127.0.0.1", 0))
+            held.append(writer)
+        await asyncio.sleep(0.2)  # accepted (or closed) by the server
+        # a kubelet or a Prometheus on another address
+        reader, writer = await asyncio.open_connection(host, int(port), local_addr=("127.0.0.2", 0))
+        held.append(writer)
+        writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = await asyncio.wait_for(reader.read(), 20)
+        assert reply.startswith(b"HTTP/1.1 200"), reply
+    finally:
+        for writer in held:
+            writer.close()
+        await server.stop()
+        await readiness.stop()
+
+
 # -- metrics: whatever a peer sends, the series stay those of the endpoints served ----------------
 
 

@@ -5,7 +5,9 @@ body parsing) is not needed: `web.Server` with one handler function, run by a `S
 on a `TCPSite`. aiohttp is imported when the endpoint starts, not with microweave.
 
 What a peer can make the node hold, and the bound on each (constants below):
-- connections: at most `MAX_CONNECTIONS` at once; one more is closed as it is accepted;
+- connections: at most `MAX_CONNECTIONS` at once, and at most three quarters of them from one
+  host (so a host holding connections open cannot lock out the probes and scrapers of others);
+  one more is closed as it is accepted;
 - time: a connection that sends nothing, or no complete request, for `KEEPALIVE_TIMEOUT`
   seconds is closed (aiohttp arms that timer from the connection's first moment);
 - memory: request line and each header at most `MAX_LINE` bytes, at most `MAX_HEADERS`
@@ -177,13 +179,20 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 
 def _bounded_server(web: Any, handler: Any, max_connections: int) -> Any:
-    """aiohttp's low-level server, closing each connection beyond `max_connections` at once."""
+    """aiohttp's low-level server, closing at once each connection beyond `max_connections`, or
+    beyond three quarters of them from the connection's host."""
+    per_host = max(1, max_connections - max_connections // 4)
 
     class BoundedServer(web.Server):  # type: ignore[misc]
         def connection_made(self, protocol: Any, transport: Any) -> None:
             super().connection_made(protocol, transport)
-            if len(self.connections) > max_connections:
+            connections = self.connections
+            if len(connections) > max_connections:
                 transport.close()
+            elif len(connections) > per_host:  # O(connections), only once that many are open
+                host = _host(transport)
+                if sum(1 for other in connections if _host(other.transport) == host) > per_host:
+                    transport.close()
 
     return BoundedServer(
         handler,
@@ -194,3 +203,8 @@ def _bounded_server(web: Any, handler: Any, max_connections: int) -> Any:
         lingering_time=LINGER,
         access_log=None,
     )
+
+
+def _host(transport: Any) -> str | None:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None

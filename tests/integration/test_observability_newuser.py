@@ -97,3 +97,12 @@ def test_a_bad_log_variable_points_at_the_variable_not_at_the_options(tmp_path: 
     assert "MICRO_LOG_LEVEL='loud'" in result.stderr, result.stderr
     assert "environment variable" in result.stderr, result.stderr
     assert "--help" not in result.stderr, result.stderr
+
+
+def test_the_command_list_does_not_break_a_command_s_help_mid_sentence(tmp_path: Path) -> None:
+    helped = cli("--help", env=registry_env(tmp_path / "registry"))  # 200 columns: room for one line
+    assert helped.returncode == 0, helped.stderr
+    assert "read from its nodes' /metrics (admin endpoint), refreshed every --interval" in helped.stdout, (
+        helped.stdout
+    )
+    assert "the admin address (/metrics) of every node in the registry" in helped.stdout, helped.stdout

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -58,13 +59,22 @@ def _global(
     ctx.obj = {"registry": registry}
 
 
-app.command("run")(run)
-app.command("services")(services)
-app.command("describe")(describe)
-app.command("call")(call)
-app.command("publish")(publish)
-app.command("subscribe")(subscribe)
-app.command("demo")(demo)
-app.command("stats")(stats)
-app.command("prometheus-sd")(prometheus_sd)
+def _short_help(command: Callable[..., Any]) -> str:
+    """The docstring's first paragraph on one line: the command list prints it as written, so a
+    docstring wrapped at 100 columns would break mid-sentence there."""
+    return " ".join((command.__doc__ or "").split("\n\n")[0].split())
+
+
+for _name, _command in (
+    ("run", run),
+    ("services", services),
+    ("describe", describe),
+    ("call", call),
+    ("publish", publish),
+    ("subscribe", subscribe),
+    ("demo", demo),
+    ("stats", stats),
+    ("prometheus-sd", prometheus_sd),
+):
+    app.command(_name, short_help=_short_help(_command))(_command)
 app.add_typer(config_app, name="config")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +108,24 @@ def test_the_command_list_does_not_break_a_command_s_help_mid_sentence(tmp_path:
         helped.stdout
     )
     assert "the admin address (/metrics) of every node in the registry" in helped.stdout, helped.stdout
+
+
+def _non_loopback_ipv4() -> set[str]:
+    """This host's IPv4 addresses other than loopback, as `hostname -I` (Debian's hostname
+    package, which the test image has) lists them."""
+    listed = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=True).stdout.split()
+    return {a for a in listed if "." in a and not a.startswith("127.")}
+
+
+def test_a_wildcard_admin_address_is_advertised_with_an_address_other_hosts_reach(tmp_path: Path) -> None:
+    """Debian maps the host name to a loopback address in /etc/hosts: the name's address is
+    not what a Prometheus on another host can scrape."""
+    env = {**registry_env(tmp_path / "registry"), "MICRO_ADMIN_ADDRESS": "0.0.0.0:0"}
+    with CliProcess("run", GREETER, env=env, log=tmp_path / "greeter.log") as greeter:
+        records = wait_for_service("greeter", env=env, process=greeter)
+        admin = records[0]["nodes"][0]["metadata"]["admin_address"]
+        host = admin.rpartition(":")[0]
+        expected = _non_loopback_ipv4() or {"127.0.0.1"}
+        assert host in expected, (admin, expected)
+        with urllib.request.urlopen(f"http://{admin}/health/live", timeout=10) as answer:
+            assert answer.status == 200

@@ -29,14 +29,29 @@ __all__ = ["ClientTransport", "ServerTransport", "StreamBody", "advertised"]
 
 
 def advertised(address: str) -> str:
-    """Callers cannot dial 0.0.0.0: advertise this host's name-resolved address instead."""
+    """Callers cannot dial 0.0.0.0: advertise this host's address instead."""
     host, port = address.rsplit(":", 1)
     if host in ("0.0.0.0", "::", "[::]"):
-        try:
-            host = socket.gethostbyname(socket.gethostname())
-        except OSError:
-            host = "127.0.0.1"
+        host = _this_host()
     return f"{host}:{port}"
+
+
+def _this_host() -> str:
+    """This host's address as other hosts reach it: its name's, unless that is a loopback one
+    (Debian's /etc/hosts maps the host name to 127.0.1.1), then the one the routing table
+    would send from; 127.0.0.1 on a host with no network."""
+    try:
+        host = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        host = ""
+    if host and not host.startswith("127."):
+        return host
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # UDP connect only picks a route: nothing is sent
+            return str(probe.getsockname()[0])
+    except OSError:  # no route anywhere
+        return host or "127.0.0.1"
 
 
 #: one body (unary and server-streaming calls) or an async iterator of bodies (client/bidi)

@@ -162,10 +162,14 @@ async def test_one_host_holding_every_admin_connection_leaves_room_for_the_probe
     held: list[asyncio.StreamWriter] = []
     try:
         host, port = str(server.address).rsplit(":", 1)
+        readers = []
         for _ in range(8):  # silent connections, kept open for the keep-alive timeout
-            _, writer = await asyncio.open_connection(host, int(port), local_addr=("127.0.0.1", 0))
+            reader, writer = await asyncio.open_connection(host, int(port), local_addr=("127.0.0.1", 0))
+            readers.append(reader)
             held.append(writer)
-        await asyncio.sleep(0.2)  # accepted (or closed) by the server
+        # the server took 6 of them and closed the last 2 (3/4 of its 8 from one host)
+        closed = [await asyncio.wait_for(r.read(), 20) for r in readers[6:]]
+        assert closed == [b"", b""]
         # a kubelet or a Prometheus on another address
         reader, writer = await asyncio.open_connection(host, int(port), local_addr=("127.0.0.2", 0))
         held.append(writer)

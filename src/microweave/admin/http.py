@@ -187,12 +187,15 @@ def _bounded_server(web: Any, handler: Any, max_connections: int) -> Any:
         def connection_made(self, protocol: Any, transport: Any) -> None:
             super().connection_made(protocol, transport)
             connections = self.connections
-            if len(connections) > max_connections:
+            if len(connections) <= per_host:
+                return
+            # O(connections), once that many are open; one closed lately may still be listed
+            live = [
+                c.transport for c in connections if c.transport is not None and not c.transport.is_closing()
+            ]
+            host = _host(transport)
+            if len(live) > max_connections or sum(1 for t in live if _host(t) == host) > per_host:
                 transport.close()
-            elif len(connections) > per_host:  # O(connections), only once that many are open
-                host = _host(transport)
-                if sum(1 for other in connections if _host(other.transport) == host) > per_host:
-                    transport.close()
 
     return BoundedServer(
         handler,

@@ -11,6 +11,7 @@ of the example greeter as a process, with the environment they would set.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -127,5 +128,18 @@ def test_a_wildcard_admin_address_is_advertised_with_an_address_other_hosts_reac
         host = admin.rpartition(":")[0]
         expected = _non_loopback_ipv4() or {"127.0.0.1"}
         assert host in expected, (admin, expected)
+        with urllib.request.urlopen(f"http://{admin}/health/live", timeout=10) as answer:
+            assert answer.status == 200
+
+
+def test_an_ipv6_admin_address_is_advertised_in_brackets_and_scraped(tmp_path: Path) -> None:
+    env = {**registry_env(tmp_path / "registry"), "MICRO_ADMIN_ADDRESS": "[::1]:0"}
+    with CliProcess("run", GREETER, env=env, log=tmp_path / "greeter.log") as greeter:
+        records = wait_for_service("greeter", env=env, process=greeter)
+        admin = records[0]["nodes"][0]["metadata"]["admin_address"]
+        assert admin.startswith("[::1]:"), admin
+        targets = cli("prometheus-sd", env=env)
+        assert targets.returncode == 0, targets.stderr
+        assert json.loads(targets.stdout)[0]["targets"] == [admin], targets.stdout + targets.stderr
         with urllib.request.urlopen(f"http://{admin}/health/live", timeout=10) as answer:
             assert answer.status == 200

@@ -119,7 +119,8 @@ class AdminServer:
             raise
         self._runner = runner
         bound_port = runner.addresses[0][1]
-        self.address = self._advertise(f"{host}:{bound_port}")
+        # an IPv6 host goes back in brackets: "::1:9100" is no host:port anyone can split
+        self.address = self._advertise(f"[{host}]:{bound_port}" if ":" in host else f"{host}:{bound_port}")
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None

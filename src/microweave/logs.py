@@ -38,6 +38,7 @@ __all__ = [
     "configure",
     "printable",
     "trace_ids",
+    "unbind_node",
 ]
 
 #: what MICRO_LOG_LEVEL may say (go-micro's names too: trace, warn, fatal)
@@ -164,6 +165,12 @@ def bind_node(pipeline: Pipeline, node_id: str) -> None:
         if ref() is None:
             del _nodes[key]
     _nodes[node_id] = weakref.ref(pipeline)
+
+
+def unbind_node(node_id: str) -> None:
+    """The node stopped: records written after this are no longer its (a stopped Service object
+    can live on, and would tag a later node's or the process's records)."""
+    _nodes.pop(node_id, None)
 
 
 def _node_of(service: str | None) -> tuple[str, str] | None:

@@ -453,6 +453,9 @@ class Service:
 
     async def _release(self) -> None:
         """Close what this service built for itself: its client and a registry from a URL."""
+        from .logs import unbind_node
+
+        unbind_node(self.node_id)  # a stopped node's object may live on: the log no longer names it
         if self._client is not None and self._owns_client:
             await self._client.aclose()
             self._client = None

@@ -1,0 +1,28 @@
+{{/*
+The objects' name: the release name, or "<release>-<chart>" unless the release name already
+holds the chart's (so `helm install greeter .` names them greeter, as deploy/k8s does).
+*/}}
+{{- define "greeter.fullname" -}}
+{{- if contains .Chart.Name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* What the Service and the Deployment select pods by. */}}
+{{- define "greeter.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Every object's labels. */}}
+{{- define "greeter.labels" -}}
+{{ include "greeter.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+
+{{/* Seconds between SIGTERM's preStop and SIGKILL: preStop + drain grace + margin. */}}
+{{- define "greeter.terminationGracePeriodSeconds" -}}
+{{- addf .Values.preStopSeconds .Values.grace .Values.terminationMarginSeconds | ceil | int }}
+{{- end }}

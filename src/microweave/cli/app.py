@@ -13,6 +13,7 @@ from .config import config_app
 from .demo import demo
 from .describe import describe
 from .hints import registry_help
+from .new import new
 from .prometheus_sd import prometheus_sd
 from .publish import publish
 from .run import run
@@ -75,6 +76,7 @@ for _name, _command in (
     ("demo", demo),
     ("stats", stats),
     ("prometheus-sd", prometheus_sd),
+    ("new", new),
 ):
     app.command(_name, short_help=_short_help(_command))(_command)
 app.add_typer(config_app, name="config")

@@ -1,0 +1,245 @@
+"""The greeter's image, built by podman from the repository's Dockerfile on a base image made
+locally (mmdebstrap + podman import), running in containers: registered in a real etcd on the
+host, called by a host client, and stopped by `podman stop` under a load of calls without one
+failing, its node leaving the registry before the container exits.
+
+Network (tests/engines/podman.py): slirp4netns with the host's loopback reachable as 10.0.2.2,
+ports published on the host's 127.0.0.1 under the numbers they listen on inside, and
+MICRO_ADVERTISE_ADDRESS=127.0.0.1, so every advertised address is one the host can dial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import urllib.error
+import urllib.request
+
+import msgspec
+import pytest
+from engines.etcd import EtcdServer
+from engines.podman import HOST_LOOPBACK, Container, Containers, Podman
+from helpers import async_wait_until
+
+from microweave import Client
+from microweave.registry import Action, Registry
+from microweave.registry import from_url as registry_from_url
+
+# the first test of a session builds the image (~1-2 min with a warm pip cache)
+pytestmark = pytest.mark.timeout(900)
+
+
+class HelloRequest(msgspec.Struct):
+    name: str
+
+
+class HelloReply(msgspec.Struct):
+    message: str
+
+
+def inside(url: str) -> str:
+    """The registry URL as a container reaches it (the host's loopback is 10.0.2.2 there)."""
+    return url.replace("127.0.0.1", HOST_LOOPBACK, 1)
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+async def ready(container: Container) -> tuple[int, str]:
+    """/health/ready of the container, from the host: its status once it answers 200."""
+
+    async def answered() -> tuple[int, str] | None:
+        try:
+            status, body = await asyncio.to_thread(http_get, container.admin_url("/health/ready"))
+        except OSError:
+            status, body = 0, ""
+        if status == 200:
+            return status, body
+        if not await asyncio.to_thread(container.running):
+            raise AssertionError(f"the container exited before it was ready:\n{container.logs()[-3000:]}")
+        return None
+
+    found = await async_wait_until(answered, timeout=60, interval=0.2, what="/health/ready to answer 200")
+    assert found is not None
+    return found
+
+
+async def node_of(registry: Registry, container: Container) -> str:
+    """The id of the container's node, found in the registry by its advertised gRPC address."""
+    address = f"127.0.0.1:{container.ports['grpc']}"
+
+    async def registered() -> str | None:
+        for record in await registry.get_service("greeter"):
+            for node in record.nodes:
+                if node.address == address:
+                    return node.id
+        return None
+
+    return await async_wait_until(registered, timeout=30, what=f"a greeter node at {address} in etcd")
+
+
+def served(container: Container) -> float:
+    """Greeter.SayHello calls the container's node served, read from its /metrics (a node's
+    own calls out are micro_client_request_total)."""
+    _, text = http_get(container.admin_url("/metrics"))
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("micro_request_total{") and 'endpoint="Greeter.SayHello"' in line:
+            total += float(line.rpartition(" ")[2])
+    return total
+
+
+@contextlib.asynccontextmanager
+async def registry_on(url: str) -> collections.abc.AsyncIterator[Registry]:
+    registry = registry_from_url(url)
+    try:
+        yield registry
+    finally:
+        await registry.aclose()
+
+
+async def test_the_image_serves_as_a_healthy_non_root_pid_1_without_compilers(
+    podman: Podman, greeter_image: str, containers: Containers, etcd_registry_url: str
+) -> None:
+    greeter = containers.run(greeter_image, env={"MICRO_REGISTRY": inside(etcd_registry_url)})
+    status, body = await ready(greeter)  # from the host, through the published admin port
+    assert status == 200, body
+
+    assert greeter.exec("id", "-u").strip() == "10001"
+    # python is PID 1 (no shell, no init in between): it gets podman's SIGTERM itself
+    argv = greeter.exec("cat", "/proc/1/cmdline").split("\0")
+    assert argv[1:4] == ["/opt/venv/bin/microweave", "run", "service.py"], argv
+    compilers = greeter.exec(
+        "python",
+        "-c",
+        "import shutil; print([c for c in ('gcc', 'cc', 'c++', 'clang', 'make', 'ld') if shutil.which(c)])",
+    )
+    assert compilers.strip() == "[]"
+    # the image's own HEALTHCHECK (podman keeps it in --format docker images)
+    podman("healthcheck", "run", greeter.id)
+    image = json.loads(podman("image", "inspect", greeter_image))[0]
+    assert image["Config"]["User"] == "10001:10001"
+    assert "/health/live" in " ".join(image["Healthcheck"]["Test"])
+
+
+async def test_a_container_registers_in_etcd_and_a_host_client_calls_it(
+    greeter_image: str, containers: Containers, etcd_registry_url: str
+) -> None:
+    greeter = containers.run(greeter_image, env={"MICRO_REGISTRY": inside(etcd_registry_url)})
+    await ready(greeter)
+    async with registry_on(etcd_registry_url) as registry:
+        node_id = await node_of(registry, greeter)
+        [record] = await registry.get_service("greeter")
+        [node] = record.nodes
+        # every advertised address is the published one, never the container's own 10.0.2.100
+        assert node.id == node_id
+        assert node.metadata["tcp_address"] == f"127.0.0.1:{greeter.ports['tcp']}"
+        assert node.metadata["admin_address"] == f"127.0.0.1:{greeter.ports['admin']}"
+
+    for transports in (("tcp",), ("grpc",)):
+        async with Client(registry=etcd_registry_url, transports=transports, timeout=20) as client:
+            reply = await client.call(
+                "greeter", "Greeter.SayHello", HelloRequest(name="ada"), response=HelloReply
+            )
+            assert reply == HelloReply(message="Hello ada"), transports
+            stream = client.stream(
+                "greeter", "Greeter.SayHelloStream", HelloRequest(name="bo"), response=HelloReply
+            )
+            assert [r.message async for r in stream] == ["Hello b", "Hello o"], transports
+
+
+async def test_podman_stop_under_load_fails_no_call_and_the_node_leaves_before_the_exit(
+    podman: Podman,
+    greeter_image: str,
+    containers: Containers,
+    etcd_server: EtcdServer,
+    etcd_registry_url: str,
+) -> None:
+    env = {"MICRO_REGISTRY": inside(etcd_registry_url)}
+    leaving, staying = containers.run(greeter_image, env=env), containers.run(greeter_image, env=env)
+    await ready(leaving)
+    await ready(staying)
+    failures: list[str] = []
+    calls = 0
+    stop_load = asyncio.Event()
+
+    async with registry_on(etcd_registry_url) as registry, Client(registry=registry, timeout=20) as client:
+        leaving_node = await node_of(registry, leaving)
+        pid1 = leaving.process()
+        await node_of(registry, staying)
+
+        async def caller(i: int) -> None:
+            nonlocal calls
+            n = 0
+            while not stop_load.is_set():
+                name = f"{i}-{n}"
+                try:
+                    reply = await client.call(
+                        "greeter", "Greeter.SayHello", HelloRequest(name=name), response=HelloReply
+                    )
+                except Exception as exc:
+                    failures.append(repr(exc))
+                else:
+                    if reply.message != f"Hello {name}":
+                        failures.append(f"wrong reply {reply!r} to {name}")
+                    calls += 1
+                n += 1
+
+        # what happened, in the order this test saw it
+        seen: list[str] = []
+
+        async def watch_leaving(watcher: collections.abc.AsyncIterator[object]) -> None:
+            async for event in watcher:
+                action, record = event.action, event.service  # type: ignore[attr-defined]
+                if action is Action.DELETE and leaving_node in {n.id for n in record.nodes}:
+                    # read after the delete: PID 1 still running then proves the order
+                    alive = leaving.alive(pid1)
+                    seen.append("deregistered while running" if alive else "deregistered after the exit")
+                    return
+
+        watcher = await registry.watch("greeter")
+        workers = [asyncio.create_task(caller(i)) for i in range(16)]
+        watching = asyncio.create_task(watch_leaving(watcher))
+        try:
+
+            async def both_busy() -> bool:
+                counts = await asyncio.gather(
+                    asyncio.to_thread(served, leaving), asyncio.to_thread(served, staying)
+                )
+                return min(counts) >= 50
+
+            await async_wait_until(both_busy, timeout=60, interval=0.2, what="both containers to serve calls")
+
+            stopped = await asyncio.create_subprocess_exec(
+                *podman.argv("stop", leaving.id), env=podman.env, stdout=asyncio.subprocess.DEVNULL
+            )
+            assert await stopped.wait() == 0
+            assert not leaving.alive(pid1)  # `podman stop` returns once PID 1 has exited
+            seen.append("exited")
+            await asyncio.wait_for(watching, timeout=30)
+            after_exit = calls
+
+            async def still_served() -> bool:  # the load goes on, on the remaining container
+                return calls >= after_exit + 300
+
+            await async_wait_until(still_served, timeout=60, what="calls after the container exited")
+        finally:
+            stop_load.set()
+            await asyncio.gather(*workers)
+            watching.cancel()
+            await watcher.aclose()  # type: ignore[attr-defined]
+
+    logs = leaving.logs()
+    assert failures == [], failures[:10]
+    # 0: SIGTERM drained and exited by itself; 137 would be podman's SIGKILL after 10 s
+    assert leaving.exit_code() == 0, logs[-3000:]
+    assert seen[0] == "deregistered while running", seen
+    assert "signal received, draining" in logs
+    assert "Traceback" not in logs

@@ -1,0 +1,255 @@
+"""`microweave new`: the generated project passes its own tests and linters as generated, and
+each of them fails when the project is broken (so passing means something).
+
+Everything runs as a user would: the `microweave` console script of this virtualenv generates
+the project, then this virtualenv's pytest, ruff and mypy run in the project's directory with
+its own configuration (its pyproject.toml), without installing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+from cli_helpers import assert_clean, cli, registry_env, wait_for_service
+
+pytestmark = pytest.mark.timeout(300)
+
+BIN = Path(sys.executable).parent
+MICROWEAVE = str(BIN / "microweave")
+
+#: the longest name allowed: its package and class names stretch every templated line
+LONGEST = "abcdefghij-klmnopqrst-uvwxyzabcd-efghijk"
+assert len(LONGEST) == 40
+
+#: (variant, name): both kinds of project, with a usual name and with the extremes
+PROJECTS = [("typed", "hello-svc"), ("proto", "hello-svc"), ("typed", LONGEST), ("proto", "x")]
+
+
+def _env() -> dict[str, str]:
+    """This environment without what would steer the tools: no MICRO_* settings, no pytest
+    options from the outer run, no PYTHONPATH (the project's pyproject puts src on the path)."""
+    drop = ("MICRO_", "PYTEST_", "PYTHONPATH", "MYPY", "RUFF_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)} | {"NO_COLOR": "1"}
+
+
+def run(args: list[str], cwd: Path, *, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def new(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run([MICROWEAVE, "new", *args], cwd)
+
+
+def tool(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m <tool> ...` with this virtualenv's python, in the project's directory."""
+    return run([sys.executable, "-m", *args], project)
+
+
+def generate(parent: Path, variant: str, name: str) -> Path:
+    made = new(name, *(["--proto"] if variant == "proto" else []), cwd=parent)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "next:" in made.stderr and "pytest" in made.stderr
+    return parent / name
+
+
+@pytest.fixture(scope="module")
+def projects(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    """Each of PROJECTS generated once for the module (tests that break one work on a copy)."""
+    made = {}
+    for variant, name in PROJECTS:
+        made[variant, name] = generate(tmp_path_factory.mktemp(variant), variant, name)
+    return made
+
+
+@pytest.fixture
+def copy_of(projects: dict[tuple[str, str], Path], tmp_path: Path) -> Callable[[str], Path]:
+    """A copy of the hello-svc project of a variant, to break."""
+
+    def copy(variant: str) -> Path:
+        return Path(shutil.copytree(projects[variant, "hello-svc"], tmp_path / variant))
+
+    return copy
+
+
+def passed(result: subprocess.CompletedProcess[str]) -> int:
+    """How many tests pytest's summary line says passed."""
+    found = re.search(r"(\d+) passed", result.stdout)
+    return int(found.group(1)) if found else 0
+
+
+# -- what the command writes ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["typed", "proto"])
+def test_the_project_has_its_service_tests_and_shipping_files(
+    projects: dict[tuple[str, str], Path], variant: str
+) -> None:
+    project = projects[variant, "hello-svc"]
+    files = {str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()}
+    assert {
+        "pyproject.toml",
+        "README.md",
+        ".gitignore",
+        "src/hello_svc/__init__.py",
+        "src/hello_svc/service.py",
+        "tests/test_service.py",
+    } <= files
+    if variant == "proto":
+        generated = {f"src/hello_svc/hello_svc{suffix}" for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")}
+        assert {"src/hello_svc/hello_svc.proto", *generated} <= files
+    if (project / "Dockerfile").exists():  # the deploy templates come with the image work
+        assert 'CMD ["hello_svc.service"]' in (project / "Dockerfile").read_text()
+        assert "COPY src /app" in (project / "Dockerfile").read_text()
+    assert not [f for f in files if "__" in Path(f).name.replace("__init__", "") or f.endswith(".tmpl")]
+    for path in project.rglob("*"):
+        if path.is_file():
+            assert not re.search(r"__[A-Z][A-Z0-9_]*__", path.read_text()), path
+
+
+# -- its tests and linters pass -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("variant", "name"), PROJECTS)
+def test_its_tests_pass(projects: dict[tuple[str, str], Path], variant: str, name: str) -> None:
+    result = tool(projects[variant, name], "pytest", "-q", "-p", "no:cacheprovider")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert passed(result) >= 4, result.stdout
+
+
+@pytest.mark.parametrize(("variant", "name"), PROJECTS)
+def test_its_linters_pass(projects: dict[tuple[str, str], Path], variant: str, name: str) -> None:
+    project = projects[variant, name]
+    for args in (["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy"]):
+        result = tool(project, *args)
+        assert result.returncode == 0, f"{args}:\n{result.stdout}{result.stderr}"
+    mypy = tool(project, "mypy")
+    # its configuration checks the service and the tests, strictly
+    assert re.search(r"no issues found in [3-9] source files", mypy.stdout), mypy.stdout
+
+
+# -- and they fail when the project is broken -----------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["typed", "proto"])
+def test_a_broken_handler_fails_its_tests(copy_of: Callable[[str], Path], variant: str) -> None:
+    project = copy_of(variant)
+    service = project / "src/hello_svc/service.py"
+    text = service.read_text()
+    assert 'f"Hello {letter}"' in text
+    service.write_text(text.replace('f"Hello {letter}"', 'f"Hi {letter}"'))
+    result = tool(project, "pytest", "-q", "-p", "no:cacheprovider")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 failed" in result.stdout and "test_say_hello_stream_greets_each_letter" in result.stdout
+
+
+@pytest.mark.parametrize("variant", ["typed", "proto"])
+def test_its_linters_catch_what_they_are_for(copy_of: Callable[[str], Path], variant: str) -> None:
+    project = copy_of(variant)
+    service = project / "src/hello_svc/service.py"
+    text = service.read_text()
+    # a misspelt field (mypy), an unused import (ruff check), a line left unformatted (format)
+    service.write_text(
+        text.replace('return HelloReply(message=f"Hello', 'return HelloReply(mesage=f"Hello')
+        .replace("from __future__ import annotations\n", "from __future__ import annotations\n\nimport os\n")
+        .replace("if __name__ == ", "if  __name__ == ")
+    )
+    mypy = tool(project, "mypy")
+    assert mypy.returncode == 1 and "Unexpected keyword argument" in mypy.stdout, mypy.stdout
+    check = tool(project, "ruff", "check", ".")
+    assert check.returncode == 1 and "F401" in check.stdout, check.stdout
+    fmt = tool(project, "ruff", "format", "--check", ".")
+    assert fmt.returncode == 1 and "service.py" in fmt.stdout, fmt.stdout
+
+
+# -- it runs as the image runs it -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["typed", "proto"])
+def test_it_runs_as_the_image_runs_it(
+    projects: dict[tuple[str, str], Path], variant: str, tmp_path: Path
+) -> None:
+    """The image copies src/ to /app and runs `microweave run hello_svc.service` there: the same
+    from the project's src/, then a call by name through the registry, then SIGTERM."""
+    env: Mapping[str, str] = registry_env(tmp_path / "registry")
+    log = (tmp_path / "run.log").open("wb")
+    proc = subprocess.Popen(
+        [MICROWEAVE, "run", "hello_svc.service"],
+        cwd=projects[variant, "hello-svc"] / "src",
+        env=dict(env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_service("hello-svc", env=env)
+        called = cli("call", "hello-svc", "HelloSvc.SayHello", '{"name": "Ada"}', env=env)
+        assert called.returncode == 0, called.stderr
+        assert json.loads(called.stdout) == {"message": "Hello Ada"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp_path / "run.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+# -- what it refuses ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("Hello", "lowercase letters"),
+        ("9lives", "starting with a letter"),
+        ("hello_svc", "lowercase letters, digits and '-'"),
+        ("hello-", "not ending with '-'"),
+        ("a" * 41, "at most 40 characters"),
+        ("for", "is a Python keyword"),
+        ("email", "standard library"),
+        ("microweave", "shadow a package the service imports"),
+    ],
+)
+def test_a_bad_name_is_refused_with_what_is_allowed(tmp_path: Path, name: str, said: str) -> None:
+    result = new(name, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert said in " ".join(result.stderr.replace("│", " ").split()), result.stderr
+    assert_clean(result.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_directory_is_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "hello-svc").mkdir()
+    (tmp_path / "hello-svc" / "notes.txt").write_text("mine")
+    result = new("hello-svc", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "already exists and is not empty" in result.stderr
+    assert_clean(result.stderr)
+    assert [p.name for p in (tmp_path / "hello-svc").iterdir()] == ["notes.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["hello-svc"]  # no staging directory left
+
+
+def test_an_empty_directory_and_dir_are_fine(tmp_path: Path) -> None:
+    (tmp_path / "parent" / "hello-svc").mkdir(parents=True)
+    result = new("hello-svc", "--dir", str(tmp_path / "parent"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "parent/hello-svc/src/hello_svc/service.py").is_file()
+    assert sorted(p.name for p in (tmp_path / "parent").iterdir()) == ["hello-svc"]
+
+
+def test_proto_without_grpcio_tools_says_what_to_install(tmp_path: Path) -> None:
+    # grpcio-tools hidden from this process only: the virtualenv keeps it
+    hide = "import sys; sys.modules['grpc_tools'] = None; from microweave.cli import main; main()"
+    result = run([sys.executable, "-c", hide, "new", "hello-svc", "--proto"], tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "pip install grpcio-tools" in result.stderr
+    assert_clean(result.stderr)
+    assert list(tmp_path.iterdir()) == []

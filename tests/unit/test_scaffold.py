@@ -1,0 +1,143 @@
+"""microweave.scaffold: names, token values and what a new project is made of (rendering only;
+tests/integration/test_new.py runs the generated projects' own tests and linters)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from microweave.scaffold import (
+    TEMPLATES,
+    ScaffoldError,
+    name_problem,
+    new_project,
+    project_values,
+    render_project,
+    render_text,
+    render_tree,
+)
+
+TOKEN = re.compile(r"__[A-Z][A-Z0-9_]*[A-Z0-9]__")
+
+
+@pytest.mark.parametrize("name", ["x", "hello", "hello-svc", "a1", "a-1-b", "a" * 40, "orders2"])
+def test_valid_names(name: str) -> None:
+    assert name_problem(name) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("", "not a valid service name"),
+        ("Hello", "not a valid service name"),
+        ("1abc", "not a valid service name"),
+        ("-abc", "not a valid service name"),
+        ("abc-", "not a valid service name"),
+        ("a_b", "not a valid service name"),
+        ("a.b", "not a valid service name"),
+        ("a b", "not a valid service name"),
+        ("a" * 41, "not a valid service name"),
+        ("héllo", "not a valid service name"),
+        ("abc\n", "not a valid service name"),
+        ("class", "Python keyword"),
+        ("email", "standard library"),
+        ("asyncio", "standard library"),
+        ("microweave", "package the service imports"),
+        ("msgspec", "package the service imports"),
+        ("tests", "package the service imports"),
+    ],
+)
+def test_invalid_names_say_why(name: str, why: str) -> None:
+    problem = name_problem(name)
+    assert problem is not None and why in problem
+    with pytest.raises(ScaffoldError, match=re.escape(why)):
+        project_values(name)
+
+
+def test_values_of_a_project() -> None:
+    assert project_values("hello-svc") == {
+        "NAME": "hello-svc",
+        "PKG": "hello_svc",
+        "CLASS": "HelloSvc",
+        "VERSION": "0.1.0",
+        "TARGET": "hello_svc.service",
+        "APP_DIR": "src",
+        "EXTRAS": "",
+        "IMAGE": "localhost/hello-svc:0.1.0",
+    }
+    assert project_values("a-1")["CLASS"] == "A1"
+    assert project_values("a-1")["CLASS"].isidentifier()
+
+
+def test_an_unknown_token_is_an_error() -> None:
+    assert render_text("__NAME__ and __init__ and $HOME {{ .Values.x }}", {"NAME": "n"}) == (
+        "n and __init__ and $HOME {{ .Values.x }}"
+    )
+    with pytest.raises(ScaffoldError, match="__PKG__"):
+        render_text("import __PKG__", {"NAME": "n"})
+
+
+def test_typed_project_files() -> None:
+    files = render_project("hello-svc")
+    expected = {
+        "pyproject.toml",
+        "README.md",
+        ".gitignore",
+        "src/hello_svc/__init__.py",
+        "src/hello_svc/service.py",
+        "tests/test_service.py",
+    }
+    assert expected <= {str(p) for p in files}
+    assert not any(str(p).endswith(".proto") for p in files)
+    assert 'Service("hello-svc", version="0.1.0")' in files[PurePosixPath("src/hello_svc/service.py")]
+    assert "class HelloSvc:" in files[PurePosixPath("src/hello_svc/service.py")]
+
+
+def test_proto_project_lays_its_files_over_the_typed_ones() -> None:
+    files = render_project("hello-svc", proto=True)
+    service = files[PurePosixPath("src/hello_svc/service.py")]
+    assert "class Servicer(rpc.HelloSvcServicer):" in service
+    assert "service HelloSvc {" in files[PurePosixPath("src/hello_svc/hello_svc.proto")]
+    assert "package hello_svc;" in files[PurePosixPath("src/hello_svc/hello_svc.proto")]
+    pyproject = files[PurePosixPath("pyproject.toml")]
+    assert "grpcio-tools" in pyproject and '"*_pb2.py"' in pyproject
+    assert '"hello_svc.hello_svc_pb2_grpc"' in pyproject
+
+
+@pytest.mark.parametrize("proto", [False, True])
+def test_every_token_is_rendered_and_no_template_suffix_is_left(proto: bool) -> None:
+    for path, text in render_project("hello-svc", proto=proto).items():
+        assert not TOKEN.search(str(path)) and not TOKEN.search(text), path
+        assert not path.name.endswith(".tmpl") and not path.name.startswith("dot-"), path
+
+
+def test_the_deploy_files_come_with_the_project_values() -> None:
+    values = project_values("hello-svc")
+    files = render_project("hello-svc")
+    deploy = render_tree("deploy", values) if (TEMPLATES / "deploy").is_dir() else {}
+    for path, text in deploy.items():
+        assert files[path] == text
+    if PurePosixPath("Dockerfile") in deploy:
+        assert 'CMD ["hello_svc.service"]' in deploy[PurePosixPath("Dockerfile")]
+
+
+def test_python_templates_carry_the_tmpl_suffix() -> None:
+    """So this repository's ruff, mypy and pytest never take a template for its own code."""
+    root = TEMPLATES / "project"
+    assert not list(root.rglob("*.py")) and not list(root.rglob("pyproject.toml"))
+    assert list(root.rglob("*.py.tmpl"))
+
+
+def test_new_project_writes_into_a_new_or_empty_directory_only(tmp_path: Path) -> None:
+    written = new_project("hello-svc", tmp_path / "a")
+    assert (tmp_path / "a/src/hello_svc/service.py") in written
+    assert all(path.is_file() for path in written)
+    (tmp_path / "b").mkdir()
+    assert new_project("hello-svc", tmp_path / "b")
+    with pytest.raises(ScaffoldError, match="not an empty directory"):
+        new_project("hello-svc", tmp_path / "a")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ScaffoldError, match="not an empty directory"):
+        new_project("hello-svc", tmp_path / "file")

@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -33,7 +34,15 @@ from helpers import REPO
 
 from engines import find_binary, free_port
 
-__all__ = ["HOST_LOOPBACK", "Container", "Containers", "Podman"]
+__all__ = [
+    "HOST_LOOPBACK",
+    "Container",
+    "Containers",
+    "Podman",
+    "build_image",
+    "find_base_image",
+    "image_size_mb",
+]
 
 #: the host's 127.0.0.1 as a container on slirp4netns (allow_host_loopback=true) reaches it
 HOST_LOOPBACK = "10.0.2.2"
@@ -186,9 +195,9 @@ def podman() -> Podman:
     return Podman()
 
 
-@pytest.fixture(scope="session")
-def base_image(podman: Podman) -> str:
-    """localhost/microweave-base:<key>, made by scripts/peers/baseimage (cached)."""
+def find_base_image(podman: Podman) -> str:
+    """localhost/microweave-base:<key> if scripts/peers/baseimage made it; an error saying to
+    run it if not."""
     done = subprocess.run(
         [str(REPO / "scripts/peers/baseimage"), "--path"],
         capture_output=True,
@@ -206,11 +215,18 @@ def base_image(podman: Podman) -> str:
 
 
 @pytest.fixture(scope="session")
-def greeter_image(podman: Podman, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The greeter image, built once per session from the repository's Dockerfile."""
-    log = tmp_path_factory.mktemp("podman-build") / "build.log"
+def base_image(podman: Podman) -> str:
+    """localhost/microweave-base:<key>, made by scripts/peers/baseimage (cached)."""
+    return find_base_image(podman)
+
+
+def build_image(podman: Podman, base_image: str, tag: str, log: Path) -> None:
+    """`podman build` of the repository's Dockerfile on `base_image`; its output in `log`.
+    Untagged images of earlier builds (~220 MB each: the build stage) are removed afterwards,
+    so the storage does not grow by one at every change of the repository."""
+    started = time.time()
     argv = podman.argv(
-        "build", "--format", "docker", "--tag", GREETER_IMAGE,
+        "build", "--format", "docker", "--tag", tag,
         "--build-arg", f"PYTHON_BASE={base_image}",
         "--build-arg", f"PIP_ARGS=--cert {HOST_CA_BUNDLE}",
         "--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro",
@@ -222,6 +238,13 @@ def greeter_image(podman: Podman, base_image: str, tmp_path_factory: pytest.Temp
         )
     if done.returncode != 0:
         raise AssertionError(f"podman build failed ({done.returncode}):\n{log.read_text()[-4000:]}")
+    podman("image", "prune", "--force", "--filter", f"until={int(started)}", check=False)
+
+
+@pytest.fixture(scope="session")
+def greeter_image(podman: Podman, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The greeter image, built once per session from the repository's Dockerfile."""
+    build_image(podman, base_image, GREETER_IMAGE, tmp_path_factory.mktemp("podman-build") / "build.log")
     return GREETER_IMAGE
 
 

@@ -100,6 +100,9 @@ class Settings:
     log_level: str | None = None  # DEBUG, INFO, ... (MICRO_LOG_LEVEL)
     log_format: str | None = None  # text | json (MICRO_LOG_FORMAT)
     access_log: str | None = None  # a true value turns the access log on (MICRO_ACCESS_LOG)
+    #: the host callers dial instead of the bound one (a pod IP, a published address)
+    advertise_address: str | None = None
+    grace: str | None = None  # seconds a drain lets in-flight calls finish (MICRO_GRACE)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -116,6 +119,8 @@ class Settings:
             log_level=env.get("MICRO_LOG_LEVEL") or None,
             log_format=env.get("MICRO_LOG_FORMAT") or None,
             access_log=env.get("MICRO_ACCESS_LOG") or None,
+            advertise_address=env.get("MICRO_ADVERTISE_ADDRESS") or None,
+            grace=env.get("MICRO_GRACE") or None,
         )
 
 

@@ -32,7 +32,7 @@ from .registry import Service as ServiceRecord
 from .server import Kind, Router
 from .server.pipeline import Pipeline
 from .server.threads import DEFAULT_THREADS, WorkerThreads
-from .transport import ServerTransport, advertised
+from .transport import ServerTransport, advertise_host, advertised
 
 if TYPE_CHECKING:
     from .broker import AckMode
@@ -45,6 +45,8 @@ H = TypeVar("H")
 C = TypeVar("C", bound=CheckFunction)
 
 DEFAULT_TTL = 15.0
+#: seconds a drain lets in-flight calls finish, unless grace= or MICRO_GRACE say otherwise
+DEFAULT_GRACE = 10.0
 
 
 def _split_address(address: str, what: str = "address") -> tuple[str, int]:
@@ -56,6 +58,19 @@ def _split_address(address: str, what: str = "address") -> tuple[str, int]:
             f"{what} {address!r} must be host:port with a port from 0 to 65535 (0 picks a free one)"
         )
     return host or "0.0.0.0", int(port)
+
+
+def _grace_setting() -> float:
+    text = settings().grace
+    if text is None:
+        return DEFAULT_GRACE
+    try:
+        grace = float(text)
+    except ValueError:
+        grace = -1.0
+    if not 0 <= grace < float("inf"):
+        raise ConfigurationError(f"MICRO_GRACE {text!r} must be a number of seconds (0 or more), e.g. 10")
+    return grace
 
 
 def _value(data: dict[str, Any] | None) -> Value | None:
@@ -96,7 +111,7 @@ class Service:
         address: str | None = None,
         tcp_address: str | Literal[False] | None = None,
         ttl: float = DEFAULT_TTL,
-        grace: float = 10.0,
+        grace: float | None = None,
         drain_delay: float = 0.5,
         max_message: int = 4 * 1024 * 1024,
         middleware: Sequence[ServerMiddleware] = (),
@@ -106,6 +121,7 @@ class Service:
         broker: Broker | str | None = None,
         metrics: bool = True,
         admin_address: str | Literal[False] | None = None,
+        advertise_address: str | None = None,
     ) -> None:
         """`middleware` wraps every call this node serves, first outermost; `threads` sizes the
         pool that runs sync handlers (a deadline cannot stop a thread: size it for the slowest
@@ -117,7 +133,10 @@ class Service:
         its subscribers' events and `client.publish` (a URL, else MICRO_BROKER, else
         `direct://`: no server, events go over the transports to subscribers found in the
         registry). `admin_address` serves /metrics and /health (host:port; default
-        MICRO_ADMIN_ADDRESS, else a free port on this service's host; False or "off": none)."""
+        MICRO_ADMIN_ADDRESS, else a free port on this service's host; False or "off": none).
+        `advertise_address` is the host callers dial instead of the bound one (default
+        MICRO_ADVERTISE_ADDRESS; in Kubernetes the pod IP); `grace` defaults to MICRO_GRACE,
+        else 10 seconds."""
         if not name or any(c in name for c in "/ "):
             raise ConfigurationError(f"service name {name!r} must be non-empty, without '/' or spaces")
         self.name = name
@@ -142,7 +161,14 @@ class Service:
             _split_address(self._admin_bind, "the admin address (admin_address= / MICRO_ADMIN_ADDRESS)")
         self._admin: AdminServer | None = None
         self.ttl = ttl
-        self.grace = grace
+        self.grace = grace if grace is not None else _grace_setting()
+        #: the host advertised for every listener instead of the bound one (None: the bound
+        #: host, or this host's routable address for 0.0.0.0)
+        self.advertise_address: str | None = None
+        advertise = advertise_address or settings().advertise_address
+        if advertise:
+            what = "advertise_address=" if advertise_address else "MICRO_ADVERTISE_ADDRESS"
+            self.advertise_address = advertise_host(advertise, what)
         self.drain_delay = drain_delay
         self.max_message = max_message  # per message, both transports (gRPC's default, 4 MiB)
         self.node_id = f"{name}-{uuid.uuid4()}"
@@ -248,6 +274,9 @@ class Service:
         self._registry_arg = registry
         self._registry = registry if isinstance(registry, Registry) else None
         self._client, self._owns_client = None, True  # it was bound to the old registry
+
+    def _advertised(self, bound: str) -> str:
+        return advertised(bound, self.advertise_address)
 
     @property
     def admin_address(self) -> str | None:
@@ -387,13 +416,16 @@ class Service:
         if self.metrics:  # micro_server_in_flight: its running calls, read at scrape time
             watch_pipeline(self.pipeline)
         listening = Listeners(
-            self.pipeline, self._listeners(), node_id=self.node_id, grace=self.grace, advertise=advertised
-        )
+            self.pipeline, self._listeners(), node_id=self.node_id, grace=self.grace,
+            advertise=self._advertised,
+        )  # fmt: skip
         self.transports = [t for t, _ in listening.listeners]
         self.addresses = listening.addresses
         subscribers = list(self.router.subscribers.values())
         registration = Registration(self.registry, self.record, ttl=self.ttl, drain_delay=self.drain_delay)
-        admin = AdminServer(self.health, self._admin_bind, advertise=advertised) if self._admin_bind else None
+        admin = None
+        if self._admin_bind:
+            admin = AdminServer(self.health, self._admin_bind, advertise=self._advertised)
         self._admin = admin
         self.components = [
             # first: /health/live answers while the rest starts; stopped last

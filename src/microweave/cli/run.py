@@ -11,6 +11,8 @@ import typer
 
 from .. import logs
 from ..admin.http import AdminListenError
+from ..errors import ConfigurationError
+from ..transport import advertise_host
 from .options import RegistryOption, open_registry, registry_url
 from .output import CliError, reporting_errors
 from .target import load_service
@@ -63,6 +65,16 @@ def run(
             callback=lambda v: None if v is None else _check_address(v),
         ),
     ] = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            "--advertise",
+            metavar="HOST",
+            help="The host callers dial, advertised for every listener instead of the bound one "
+            "(a pod IP, a published host; default MICRO_ADVERTISE_ADDRESS).",
+            show_default=False,
+        ),
+    ] = None,
     config: Annotated[
         list[str] | None,
         typer.Option(
@@ -100,6 +112,11 @@ def run(
                 service.tcp_address = f"{address.rpartition(':')[0]}:0"
         if tcp_address is not None:
             service.tcp_address = tcp_address
+        if advertise is not None:
+            try:
+                service.advertise_address = advertise_host(advertise, "--advertise")
+            except ConfigurationError as exc:
+                raise CliError(str(exc.detail), code=2) from None
         _log_to_stderr()
         try:
             service.run()

@@ -14,26 +14,60 @@ have, and an error with `remote=True` when the node answered with it.
 from __future__ import annotations
 
 import abc
+import ipaddress
+import re
 import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
+from .._backends import settings
 from ..codec import JSON
+from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ..registry import Node
     from ..server import Kind
     from ..server.pipeline import Pipeline
 
-__all__ = ["ClientTransport", "ServerTransport", "StreamBody", "advertised"]
+__all__ = ["ClientTransport", "ServerTransport", "StreamBody", "advertise_host", "advertised"]
 
 
-def advertised(address: str) -> str:
-    """Callers cannot dial 0.0.0.0: advertise this host's address instead."""
-    host, port = address.rsplit(":", 1)
-    if host in ("0.0.0.0", "::", "[::]"):
-        host = _this_host()
-    return f"{host}:{port}"
+def advertised(address: str, host: str | None = None) -> str:
+    """The address callers dial for a listener bound at `address`. `host` (default:
+    MICRO_ADVERTISE_ADDRESS) replaces the bound host: a pod IP, or the host a container's port is
+    published on. Without one, an unspecified bind (0.0.0.0, ::) advertises this host's routable
+    address: nobody can dial 0.0.0.0."""
+    bound, port = address.rsplit(":", 1)
+    override = host if host is not None else settings().advertise_address
+    if override:
+        return f"{advertise_host(override)}:{port}"
+    if bound in ("0.0.0.0", "::", "[::]"):
+        bound = _this_host()
+    return f"{bound}:{port}"
+
+
+def advertise_host(value: str, what: str = "MICRO_ADVERTISE_ADDRESS") -> str:
+    """`value` checked as an advertised host: an IP address or a DNS name, no port (each
+    listener keeps its own); IPv6 comes back in brackets, ready for host:port."""
+    host = value.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(host):
+            raise ConfigurationError(
+                f"{what} {value!r} is no host: give an IP address or a DNS name without a port "
+                "(each listener advertises its own port), e.g. the pod IP"
+            ) from None
+        return host
+    if ip.is_unspecified:
+        raise ConfigurationError(f"{what} {value!r}: nobody can dial an unspecified address; give a real one")
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
 
 
 def _this_host() -> str:

@@ -142,7 +142,8 @@ async def test_timeout_header_is_the_deadline_when_sooner(channel: tuple[str, gr
 async def test_grpc_deadline_wins_when_sooner(channel: tuple[str, grpc.aio.Channel]) -> None:
     name, ch = channel
     seen = await _sleep(ch, name, deadline=2, **{"timeout": _ns(60)})
-    assert 0 < seen["remaining"] <= 2
+    # gRPC carries its deadline as a rounded-up timeout header: a few ms over 2 s is gRPC's 2 s
+    assert 0 < seen["remaining"] <= 2.1
 
 
 @pytest.mark.parametrize("header", ["soon", "-5", "1.5", "9" * 30])

@@ -4,6 +4,7 @@ tests/integration/test_new.py runs the generated projects' own tests and linters
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -141,3 +142,19 @@ def test_new_project_writes_into_a_new_or_empty_directory_only(tmp_path: Path) -
     (tmp_path / "file").write_text("")
     with pytest.raises(ScaffoldError, match="not an empty directory"):
         new_project("hello-svc", tmp_path / "file")
+
+
+@pytest.mark.parametrize("proto", [False, True])
+def test_the_pyproject_is_valid_metadata(proto: bool) -> None:
+    from packaging.requirements import Requirement  # pytest's own dependency
+    from packaging.version import Version
+
+    pyproject = tomllib.loads(render_project("hello-svc", proto=proto)[PurePosixPath("pyproject.toml")])
+    project = pyproject["project"]
+    assert project["name"] == "hello-svc" and Version(project["version"]) == Version("0.1.0")
+    requirements = [Requirement(r) for r in project["dependencies"]]
+    requirements += [Requirement(r) for r in project["optional-dependencies"]["dev"]]
+    assert {"etcd", "consul", "nats"} <= requirements[0].extras and requirements[0].name == "microweave"
+    assert pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == ["src/hello_svc"]
+    assert pyproject["tool"]["pytest"]["ini_options"]["pythonpath"] == ["src"]
+    assert pyproject["tool"]["mypy"]["strict"] is True

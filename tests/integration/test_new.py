@@ -15,11 +15,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_clean, cli, registry_env, wait_for_service
+from cli_helpers import REPO, assert_clean, cli, registry_env, wait_for_service
+from engines.podman import HOST_CA_BUNDLE, HOST_LOOPBACK, Containers, Podman
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,6 +34,13 @@ assert len(LONGEST) == 40
 
 #: (variant, name): both kinds of project, with a usual name and with the extremes
 PROJECTS = [("typed", "hello-svc"), ("proto", "hello-svc"), ("typed", LONGEST), ("proto", "x")]
+
+NEW_IMAGE = "localhost/microweave-new-hello-svc:test"
+
+
+def inside(url: str) -> str:
+    """The registry URL as a container reaches it (the host's loopback is 10.0.2.2 there)."""
+    return url.replace("127.0.0.1", HOST_LOOPBACK, 1)
 
 
 def _env() -> dict[str, str]:
@@ -200,6 +209,46 @@ def test_it_runs_as_the_image_runs_it(
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.mark.timeout(900)
+def test_its_image_builds_registers_in_etcd_and_answers_a_host_call(
+    projects: dict[tuple[str, str], Path],
+    podman: Podman,
+    base_image: str,
+    containers: Containers,
+    etcd_registry_url: str,
+    tmp_path: Path,
+) -> None:
+    """The project's own Dockerfile, as generated, built by podman (microweave from a wheel of
+    this checkout in ./wheels, as the Dockerfile's header says), run, called by name from the
+    host through etcd, and stopped by `podman stop` with exit 0."""
+    project = Path(shutil.copytree(projects["typed", "hello-svc"], tmp_path / "hello-svc"))
+    wheel = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", "wheels", str(REPO)], project)
+    assert wheel.returncode == 0, wheel.stderr
+    started = time.time()
+    build = podman.argv(
+        "build", "--format", "docker", "--tag", NEW_IMAGE,
+        "--build-arg", f"PYTHON_BASE={base_image}",
+        "--build-arg", f"PIP_ARGS=--cert {HOST_CA_BUNDLE}",
+        "--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro",
+        str(project),
+    )  # fmt: skip
+    try:
+        built = subprocess.run(build, env=podman.env, capture_output=True, text=True, timeout=840)
+        assert built.returncode == 0, (built.stdout + built.stderr)[-4000:]
+        container = containers.run(NEW_IMAGE, env={"MICRO_REGISTRY": inside(etcd_registry_url)})
+        env = registry_env(tmp_path / "unused") | {"MICRO_REGISTRY": etcd_registry_url}
+        wait_for_service("hello-svc", env=env, timeout=60)
+        called = cli("call", "hello-svc", "HelloSvc.SayHello", '{"name": "Ada"}', env=env)
+        assert called.returncode == 0, called.stderr + container.logs()[-3000:]
+        assert json.loads(called.stdout) == {"message": "Hello Ada"}
+        podman("stop", "--time", "30", container.id)
+        assert container.exit_code() == 0, container.logs()[-3000:]
+    finally:
+        containers.remove_all()
+        podman("rmi", "--force", NEW_IMAGE, check=False)
+        podman("image", "prune", "--force", "--filter", f"until={int(started)}", check=False)
 
 
 # -- what it refuses ------------------------------------------------------------------------

@@ -207,10 +207,8 @@ def find_base_image(podman: Podman) -> str:
         timeout=120,
     )
     if done.returncode != 0:
-        raise pytest.UsageError(
-            f"the base image is not built ({done.stderr.strip()}): run scripts/peers/baseimage "
-            "(./scripts/test does it for you)"
-        )
+        said = done.stderr.strip() or "the base image is not built: run scripts/peers/baseimage"
+        raise pytest.UsageError(f"{said} (./scripts/test does it for you)")
     return done.stdout.strip()
 
 

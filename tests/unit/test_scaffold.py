@@ -4,6 +4,7 @@ tests/integration/test_new.py runs the generated projects' own tests and linters
 from __future__ import annotations
 
 import re
+import shutil
 import tomllib
 from pathlib import Path, PurePosixPath
 
@@ -158,3 +159,23 @@ def test_the_pyproject_is_valid_metadata(proto: bool) -> None:
     assert pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == ["src/hello_svc"]
     assert pyproject["tool"]["pytest"]["ini_options"]["pythonpath"] == ["src"]
     assert pyproject["tool"]["mypy"]["strict"] is True
+
+
+#: what a tool or an editor leaves in a directory it ran in
+STRAYS = {".ruff_cache", ".mypy_cache", ".DS_Store"}
+
+
+def test_what_tools_leave_among_the_templates_is_not_rendered(tmp_path: Path) -> None:
+    # ruff, mypy or an editor run inside templates/ leave caches there: a new project got them
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES / "project" / "base", templates / "base")
+    (templates / "base" / ".ruff_cache").mkdir(exist_ok=True)
+    (templates / "base" / ".ruff_cache" / "CACHEDIR.TAG").write_text("Signature: x\n")
+    (templates / "base" / "src" / "__PKG__" / ".mypy_cache").mkdir()
+    (templates / "base" / "src" / "__PKG__" / ".mypy_cache" / "3.11.json").write_text("{}")
+    (templates / "base" / ".DS_Store").write_text("")
+    rendered = render_tree("base", project_values("hello-svc"), templates=templates)
+    assert PurePosixPath(".gitignore") in rendered  # dot-gitignore: a template's dotfile
+    assert PurePosixPath("src/hello_svc/service.py") in rendered
+    strays = [path for path in rendered if any(part in STRAYS for part in path.parts)]
+    assert strays == []

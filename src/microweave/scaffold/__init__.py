@@ -7,6 +7,8 @@ text, so Helm's `{{ }}` and the shell's `$VAR` in the files stay as they are). A
 `dot-x` becomes `.x` (a dotfile would be left out of some packaging tools), and a trailing
 `.tmpl` is dropped: Python templates carry it so this repository's linters, type checker and
 test runner leave them alone (they are Python only once rendered; the tests lint the result).
+A real dotfile or dot-directory under `templates/` is never a template (they are spelled
+`dot-x`): it is what a tool left there (`.ruff_cache`, `.mypy_cache`), and is skipped.
 
     templates/deploy/         what ships a service: Dockerfile, .dockerignore, deploy/k8s, deploy/helm
     templates/project/base/   the rest of a new project: pyproject, README, a typed service, its tests
@@ -70,8 +72,8 @@ def _walk(root: Path, prefix: PurePosixPath | None = None) -> _Found:
     prefix = prefix or PurePosixPath()
     found: _Found = []
     for entry in sorted(root.iterdir(), key=lambda e: e.name):
-        if entry.name == "__pycache__":
-            continue
+        if entry.name == "__pycache__" or entry.name.startswith("."):
+            continue  # a tool's leftovers (templates spell their dotfiles `dot-x`)
         if entry.is_dir():
             found.extend(_walk(entry, prefix / entry.name))
         else:
@@ -79,9 +81,11 @@ def _walk(root: Path, prefix: PurePosixPath | None = None) -> _Found:
     return found
 
 
-def render_tree(kind: str, values: Mapping[str, str]) -> dict[PurePosixPath, str]:
+def render_tree(
+    kind: str, values: Mapping[str, str], *, templates: Path = TEMPLATES
+) -> dict[PurePosixPath, str]:
     """Every template under `templates/<kind>/`, rendered: output path -> text."""
-    root = TEMPLATES / kind
+    root = templates / kind
     rendered = {}
     for relative, entry in _walk(root):
         text = entry.read_text(encoding="utf-8")

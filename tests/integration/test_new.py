@@ -265,6 +265,9 @@ def test_its_image_builds_registers_in_etcd_and_answers_a_host_call(
         ("for", "is a Python keyword"),
         ("email", "standard library"),
         ("microweave", "shadow a package the service imports"),
+        # installed with microweave: `microweave run typer.service` found no module in it
+        ("typer", "clash with the module of that name installed here"),
+        ("yaml", "clash with the module of that name installed here"),
     ],
 )
 def test_a_bad_name_is_refused_with_what_is_allowed(tmp_path: Path, name: str, said: str) -> None:
@@ -284,6 +287,26 @@ def test_an_existing_directory_is_left_alone(tmp_path: Path) -> None:
     assert_clean(result.stderr)
     assert [p.name for p in (tmp_path / "hello-svc").iterdir()] == ["notes.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["hello-svc"]  # no staging directory left
+
+
+def test_a_file_in_the_way_is_named_as_one(tmp_path: Path) -> None:
+    (tmp_path / "hello-svc").write_text("mine")
+    result = new("hello-svc", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "already exists and is a file" in result.stderr
+    assert (tmp_path / "hello-svc").read_text() == "mine"
+
+
+def test_a_dir_that_cannot_hold_the_project_is_said_plainly(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    result = new("hello-svc", "--dir", "notes.txt/sub", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "could not create notes.txt/sub/hello-svc: Not a directory" in said, result.stderr
+    assert "give --dir a directory you can write to" in said
+    assert "Errno" not in said and ".hello-svc-" not in said  # no staging directory's name
+    assert_clean(result.stderr)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def test_an_empty_directory_and_dir_are_fine(tmp_path: Path) -> None:

@@ -22,10 +22,28 @@ _PROTOC_HINT = 'pip install grpcio-tools (from a microweave checkout: pip instal
 
 
 def _check_name(name: str) -> str:
-    problem = name_problem(name)
+    problem = name_problem(name) or _installed_clash(name)
     if problem is not None:
         raise typer.BadParameter(problem)
     return name
+
+
+def _installed_clash(name: str) -> str | None:
+    """Why `name` cannot be used here: its package is a module already installed where
+    microweave runs (typer, rich, yaml, ...: one of microweave's own dependencies, or the
+    user's). Whichever comes first on the path would hide the other: `microweave run
+    PKG.service` would find no `service` in it, or microweave would import the project."""
+    package = name.replace("-", "_")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # a broken installed module: it still takes the name
+        return f"{name!r}: a module {package!r} is already installed here; pick another name"
+    if spec is None:
+        return None
+    return (
+        f"{name!r}: its Python package {package!r} would clash with the module of that name "
+        f"installed here (python -c 'import {package}' finds it); pick another name, such as {name}-svc"
+    )
 
 
 def _generate_proto(project: Path, package: str) -> list[Path]:
@@ -85,7 +103,7 @@ def new(
         dest = directory / name
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise CliError(
-                f"{dest} already exists and is not empty",
+                f"{dest} already exists and is {'not empty' if dest.is_dir() else 'a file'}",
                 hint="pick another NAME or --dir, or remove it first",
                 code=2,
             )
@@ -94,8 +112,13 @@ def new(
                            hint=_PROTOC_HINT)  # fmt: skip
         try:
             written = _write(name, dest, proto=proto)
-        except (ScaffoldError, OSError) as exc:
+        except ScaffoldError as exc:
             raise CliError(str(exc)) from None
+        except OSError as exc:  # the errno and the staging directory's name tell a user little
+            raise CliError(
+                f"could not create {dest}: {exc.strerror or exc}",
+                hint=f"give --dir a directory you can write to (this one: {dest.parent})",
+            ) from None
         _report(name, dest, written)
 
 

@@ -73,6 +73,13 @@ def _grace_setting() -> float:
     return grace
 
 
+def _checked_grace(grace: float) -> float:
+    # a negative or NaN grace cancelled every in-flight call at once (inf: wait for them all)
+    if not grace >= 0:
+        raise ConfigurationError(f"grace={grace!r} must be a number of seconds (0 or more), e.g. 10")
+    return float(grace)
+
+
 def _value(data: dict[str, Any] | None) -> Value | None:
     if data is None:
         return None
@@ -161,7 +168,7 @@ class Service:
             _split_address(self._admin_bind, "the admin address (admin_address= / MICRO_ADMIN_ADDRESS)")
         self._admin: AdminServer | None = None
         self.ttl = ttl
-        self.grace = grace if grace is not None else _grace_setting()
+        self.grace = _grace_setting() if grace is None else _checked_grace(grace)
         #: the host advertised for every listener instead of the bound one (None: the bound
         #: host, or this host's routable address for 0.0.0.0)
         self.advertise_address: str | None = None

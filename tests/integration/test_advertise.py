@@ -78,6 +78,8 @@ def test_an_unspecified_bind_is_never_advertised(monkeypatch: pytest.MonkeyPatch
 
 
 NO_HOSTS = ["10.0.0.1:8080", "0.0.0.0", "::", "under_score", "two words", "[fd00::1]:80"]
+#: mistyped IPs: all-digit labels pass as a DNS name's, but no name ends in one
+NO_HOSTS += ["999.1.1.1", "10.0.5", "12345", "10.0.0.5."]
 
 
 @pytest.mark.parametrize("bad", NO_HOSTS)
@@ -105,6 +107,19 @@ def test_a_micro_grace_that_is_no_number_of_seconds_is_refused(
     monkeypatch.setenv("MICRO_GRACE", value)
     with pytest.raises(ConfigurationError, match="MICRO_GRACE"):
         Service("greeter", registry="memory://x")
+
+
+@pytest.mark.parametrize("grace", [-1.0, float("nan")])
+def test_a_grace_argument_that_is_no_number_of_seconds_is_refused(grace: float) -> None:
+    # it cancelled every in-flight call the moment the drain began
+    with pytest.raises(ConfigurationError, match="grace="):
+        Service("greeter", registry="memory://x", grace=grace)
+
+
+def test_names_that_look_like_numbers_somewhere_are_still_names() -> None:
+    for name in ("host1", "1a.example", "pod-10-0-0-5.ns.pod", "svc.ns.svc.cluster.local."):
+        assert advertise_host(name) == name
+    assert Service("greeter", registry="memory://x", grace=float("inf")).grace == float("inf")
 
 
 def test_run_refuses_an_advertise_option_with_a_port() -> None:

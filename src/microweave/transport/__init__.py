@@ -55,7 +55,8 @@ def advertise_host(value: str, what: str = "MICRO_ADVERTISE_ADDRESS") -> str:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        if not _HOST_NAME.fullmatch(host):
+        # a last label of digits only is a mistyped IP (999.1.1.1, 10.0.5), never a name
+        if not _HOST_NAME.fullmatch(host) or host.rstrip(".").rpartition(".")[2].isdigit():
             raise ConfigurationError(
                 f"{what} {value!r} is no host: give an IP address or a DNS name without a port "
                 "(each listener advertises its own port), e.g. the pod IP"

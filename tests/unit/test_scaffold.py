@@ -179,3 +179,12 @@ def test_what_tools_leave_among_the_templates_is_not_rendered(tmp_path: Path) ->
     assert PurePosixPath("src/hello_svc/service.py") in rendered
     strays = [path for path in rendered if any(part in STRAYS for part in path.parts)]
     assert strays == []
+
+
+@pytest.mark.parametrize("proto", [False, True])
+def test_the_readme_says_what_to_do_when_pip_finds_no_microweave(proto: bool) -> None:
+    # its first command failed with "No matching distribution found for microweave" on an
+    # index without microweave, and the README only told how to get past that for the image
+    readme = render_project("hello-svc", proto=proto)[PurePosixPath("README.md")]
+    develop = readme.split("## Develop", 1)[1].split("\n## ", 1)[0]
+    assert "pip install '/path/to/microweave[etcd,consul,nats]'" in develop

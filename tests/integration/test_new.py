@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -122,6 +123,25 @@ def test_the_project_has_its_service_tests_and_shipping_files(
     for path in project.rglob("*"):
         if path.is_file():
             assert not re.search(r"__[A-Z][A-Z0-9_]*__", path.read_text()), path
+
+
+def test_a_proto_project_depends_on_the_runtimes_its_generated_code_checks_for(
+    projects: dict[tuple[str, str], Path],
+) -> None:
+    """The _pb2 modules refuse an older protobuf, the _pb2_grpc module an older grpcio, than the
+    grpcio-tools that generated them: the project's dependencies say so, so pip never pairs
+    them with older runtimes."""
+    project = projects["proto", "hello-svc"]
+    package = project / "src" / "hello_svc"
+    pb2 = (package / "hello_svc_pb2.py").read_text()
+    pb2_grpc = (package / "hello_svc_pb2_grpc.py").read_text()
+    major, minor, patch = re.findall(r"Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),", pb2)[0]
+    [grpc_needed] = re.findall(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", pb2_grpc)
+    dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"protobuf>={major}.{minor}.{patch}" in dependencies
+    assert f"grpcio>={grpc_needed}" in dependencies
+    typed = tomllib.loads((projects["typed", "hello-svc"] / "pyproject.toml").read_text())
+    assert not [d for d in typed["project"]["dependencies"] if d.startswith(("grpcio", "protobuf"))]
 
 
 # -- its tests and linters pass -------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -59,7 +60,26 @@ def _generate_proto(project: Path, package: str) -> list[Path]:
     if code != 0:
         raise CliError(f"protoc failed on {proto} (exit {code})", hint="its message is above")
     stem = src / package / f"{package}_pb2"
-    return [stem.with_suffix(".py"), stem.with_suffix(".pyi"), stem.with_name(f"{stem.name}_grpc.py")]
+    generated = [stem.with_suffix(".py"), stem.with_suffix(".pyi"), stem.with_name(f"{stem.name}_grpc.py")]
+    _pin_runtimes(project / "pyproject.toml", generated[0], generated[2])
+    return generated
+
+
+_PROTOBUF_NEEDED = re.compile(r"ValidateProtobufRuntimeVersion\(\s*\S+,\s*(\d+),\s*(\d+),\s*(\d+),")
+_GRPC_NEEDED = re.compile(r"GRPC_GENERATED_VERSION = '([0-9.]+)'")
+_DEPENDENCIES = 'dependencies = ["microweave[etcd,consul,nats]>=0.1"'
+
+
+def _pin_runtimes(pyproject: Path, pb2: Path, pb2_grpc: Path) -> None:
+    """The generated code refuses older protobuf and grpcio runtimes than the grpcio-tools that
+    made it: the project depends on those versions or newer, so pip never installs older ones."""
+    protobuf = _PROTOBUF_NEEDED.search(pb2.read_text(encoding="utf-8"))
+    grpcio = _GRPC_NEEDED.search(pb2_grpc.read_text(encoding="utf-8"))
+    text = pyproject.read_text(encoding="utf-8")
+    if protobuf is None or grpcio is None or _DEPENDENCIES not in text:
+        return  # a grpcio-tools that writes no version check needs no pin
+    pins = f', "grpcio>={grpcio.group(1)}", "protobuf>={".".join(protobuf.groups())}"'
+    pyproject.write_text(text.replace(_DEPENDENCIES, _DEPENDENCIES + pins, 1), encoding="utf-8")
 
 
 def _write(name: str, dest: Path, *, proto: bool) -> list[Path]:

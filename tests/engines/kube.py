@@ -42,19 +42,19 @@ CONTROLLERS = "deployment,replicaset"
 SERVICE_RANGE = "10.96.0.0/24"
 
 
-def peer_binary(script: str, binary: str | None = None) -> Path:
-    """A binary built by scripts/peers/<script>, from its `--path` mode; a missing one fails
-    the test with the script to run (never a skip). `binary`: a file in the printed directory."""
+def peer_binary(script: str, what: str | None = None) -> Path:
+    """The path scripts/peers/<script> prints in its `--path` mode (a binary, or a directory of
+    them); a missing build fails the test with the script to run (never a skip). `what`: the
+    binaries' names for the message (default: the script's)."""
     done = subprocess.run(
         [str(REPO / "scripts" / "peers" / script), "--path"], capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         raise pytest.UsageError(
-            f"{binary or script} is not built: run scripts/peers/{script} (./scripts/test does it "
-            f"for you)\n{done.stderr.strip()[-2000:]}"
+            f"{what or script} not built: run scripts/peers/{script} (./scripts/test does it for you)\n"
+            f"{done.stderr.strip()[-2000:]}"
         )
-    path = Path(done.stdout.strip().splitlines()[-1])
-    return path / binary if binary else path
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def _write_service_account_keys(directory: Path) -> tuple[Path, Path]:
@@ -92,7 +92,7 @@ class KubeCluster:
     """etcd + kube-apiserver + kube-controller-manager; `kubectl(...)` runs against it."""
 
     def __init__(self, base: Path) -> None:
-        binaries = peer_binary("kube")
+        binaries = peer_binary("kube", "kube-apiserver, kube-controller-manager and kubectl are")
         self.kubectl_path = binaries / "kubectl"
         self.base = base
         self.token = secrets.token_hex(16)

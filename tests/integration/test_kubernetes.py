@@ -68,7 +68,7 @@ def kube_schemas(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def kubeconform(kube_schemas: Path) -> Any:
     """kubeconform -strict against the schema copy: a function of paths -> CompletedProcess."""
-    binary = peer_binary("kubeconform")
+    binary = peer_binary("kubeconform", "kubeconform is")
 
     def validate(*paths: Path) -> subprocess.CompletedProcess[str]:
         return run(
@@ -89,7 +89,7 @@ def kubeconform(kube_schemas: Path) -> Any:
 def helm(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """helm with its cache, config and data in a directory of the session's own (not ~/.config):
     a function of args -> CompletedProcess."""
-    binary = peer_binary("helm")
+    binary = peer_binary("helm", "helm is")
     home = tmp_path_factory.mktemp("helm-home")
     env = {
         **os.environ,
@@ -136,6 +136,21 @@ def container(objects: Objects, name: str = "greeter") -> dict[str, Any]:
     return containers[0]
 
 
+def missing(want: Any, got: Any, path: str = "") -> list[str]:
+    """Where `got` (an object read back from the server) lacks or changes what `want` (our
+    manifest) says; fields only `got` has (server defaults, status) do not count."""
+    if isinstance(want, dict):
+        if not isinstance(got, dict):
+            return [f"{path}: {got!r}"]
+        return [m for key, value in want.items() for m in missing(value, got.get(key), f"{path}.{key}")]
+    if isinstance(want, list):
+        if not isinstance(got, list) or len(got) != len(want):
+            return [f"{path}: {got!r}"]
+        pairs = enumerate(zip(want, got, strict=True))
+        return [m for i, (w, g) in pairs for m in missing(w, g, f"{path}[{i}]")]
+    return [] if want == got else [f"{path}: {got!r} (want {want!r})"]
+
+
 # -- offline: kubeconform, helm lint and template --------------------------------------------
 
 
@@ -167,14 +182,31 @@ def test_the_rendered_chart_is_valid(helm: Any, kubeconform: Any, tmp_path: Path
     assert "Valid: 3, Invalid: 0, Errors: 0, Skipped: 0" in out, out
 
 
+def config_checksum(objects: Objects, name: str = "greeter") -> str:
+    """Take the chart's checksum/config annotation off its Deployment (the one thing the plain
+    manifests lack: a settings change rolls the pods) and return it."""
+    annotations = objects[("Deployment", name)]["spec"]["template"]["metadata"]["annotations"]
+    checksum: str = annotations.pop("checksum/config")
+    return checksum
+
+
 def test_the_chart_renders_the_plain_manifests(helm: Any) -> None:
     """One content, two forms: with the default values (release name = chart name) the chart's
     objects are the plain manifests' objects, field for field."""
     chart = parse(ok(helm("template", "greeter", str(CHART))))
+    config_checksum(chart)
     plain = plain_manifests()
     assert sorted(chart) == sorted(plain)
     for key, obj in plain.items():
         assert chart[key] == obj, f"{key}: the chart renders\n{chart[key]}\nthe manifest says\n{obj}"
+
+
+def test_a_settings_change_rolls_the_pods(helm: Any) -> None:
+    """The pods read the ConfigMap at start only: a new registry changes the pod template."""
+    before = parse(ok(helm("template", "greeter", str(CHART))))
+    after = parse(ok(helm("template", "greeter", str(CHART), "--set", "registry=nats://nats:4222")))
+    assert config_checksum(before) != config_checksum(after)
+    assert before[("Deployment", "greeter")] == after[("Deployment", "greeter")]
 
 
 def test_the_drain_timing_adds_up() -> None:
@@ -223,8 +255,9 @@ def test_a_new_projects_manifests_and_chart_are_valid(
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(ok(helm("template", "billing-api", str(chart))))
     assert "Valid: 3, Invalid: 0" in ok(kubeconform(rendered))
-    objects = plain_manifests(k8s)
-    assert parse(rendered.read_text()) == objects
+    objects, chart_objects = plain_manifests(k8s), parse(rendered.read_text())
+    config_checksum(chart_objects, "billing-api")
+    assert chart_objects == objects
     assert container(objects, "billing-api")["image"] == "localhost/billing-api:0.1.0"
 
 
@@ -289,19 +322,21 @@ def test_server_side_apply_creates_a_running_deployment(kube_cluster: KubeCluste
     out = kube_cluster.kubectl("apply", "--server-side", "--namespace", namespace, "-f", str(K8S)).stdout
     assert "deployment.apps/greeter serverside-applied" in out, out
 
+    # every field we set is there as we wrote it (the server adds defaults we left out)
+    for (kind, name), want in plain_manifests().items():
+        got = kube_cluster.get_json(kind.lower(), name, "--namespace", namespace)
+        assert not (lost := missing(want, got)), f"{kind} {name} lost or changed: {lost}"
+
     deployment = kube_cluster.get_json("deployment", "greeter", "--namespace", namespace)
-    want = plain_manifests()[("Deployment", "greeter")]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 20
-    assert pod["securityContext"] == want["spec"]["template"]["spec"]["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["automountServiceAccountToken"] is False
-    got, wanted = pod["containers"][0], container(plain_manifests())
-    for field in ("startupProbe", "readinessProbe", "livenessProbe"):
-        # the server fills in the defaults we left out (scheme, successThreshold, ...)
-        assert got[field] == {**got[field], **wanted[field]}, field
+    got = pod["containers"][0]
     assert got["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "admin", "scheme": "HTTP"}
+    assert got["startupProbe"]["httpGet"]["path"] == "/health/ready"
     assert got["livenessProbe"]["httpGet"]["path"] == "/health/live"
-    assert got["securityContext"] == wanted["securityContext"]
+    assert got["securityContext"]["readOnlyRootFilesystem"] is True
     assert got["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
     assert got["env"] == [
         {
@@ -310,7 +345,6 @@ def test_server_side_apply_creates_a_running_deployment(kube_cluster: KubeCluste
         }
     ]
     assert got["envFrom"] == [{"configMapRef": {"name": "greeter-config"}}]
-    assert got["resources"] == wanted["resources"]
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
     settings = kube_cluster.get_json("configmap", "greeter-config", "--namespace", namespace)["data"]
@@ -339,10 +373,9 @@ def test_the_server_refuses_a_misspelled_field(
         "apply", "--server-side", "--namespace", namespace, "-f", str(broken), check=False
     )
     assert done.returncode != 0
-    assert (
-        'unknown field "spec.template.spec.containers[0].securityContext.readOnlyRootFileSystem"'
-        in done.stderr
-    )
+    # server-side apply refuses a field its schema does not declare
+    assert "securityContext.readOnlyRootFileSystem: field not declared in schema" in done.stderr
+    assert "greeter" not in kube_cluster.kubectl("get", "deployments", "--namespace", namespace).stdout
 
 
 @pytest.mark.timeout(600)
@@ -350,15 +383,9 @@ def test_helm_install_creates_a_running_deployment(
     kube_cluster: KubeCluster, namespace: str, helm: Any
 ) -> None:
     """`helm install` into another namespace, with a Consul registry: the same objects, the
-    chosen setting, Pods from the controller-manager."""
-    out = ok(
-        helm(
-            "install", "greeter", str(CHART),
-            "--kubeconfig", str(kube_cluster.kubeconfig),
-            "--namespace", namespace,
-            "--set", "registry=consul://consul:8500",
-        )
-    )  # fmt: skip
+    chosen setting, Pods from the controller-manager; `helm upgrade` of a setting rolls them."""
+    cluster = ("--kubeconfig", str(kube_cluster.kubeconfig), "--namespace", namespace)
+    out = ok(helm("install", "greeter", str(CHART), *cluster, "--set", "registry=consul://consul:8500"))
     assert "STATUS: deployed" in out, out
     settings = kube_cluster.get_json("configmap", "greeter-config", "--namespace", namespace)["data"]
     assert settings["MICRO_REGISTRY"] == "consul://consul:8500"
@@ -366,18 +393,19 @@ def test_helm_install_creates_a_running_deployment(
     assert deployment["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 20
     check_replicaset_and_pods(kube_cluster, namespace, "greeter")
-    status = json.loads(
-        ok(
-            helm(
-                "status",
-                "greeter",
-                "--kubeconfig",
-                str(kube_cluster.kubeconfig),
-                "--namespace",
-                namespace,
-                "-o",
-                "json",
-            )
-        )
+
+    upgrade = ("--reuse-values", "--set", "registry=nats://nats:4222,grace=30")
+    assert "STATUS: deployed" in ok(helm("upgrade", "greeter", str(CHART), *cluster, *upgrade))
+    settings = kube_cluster.get_json("configmap", "greeter-config", "--namespace", namespace)["data"]
+    assert settings["MICRO_REGISTRY"] == "nats://nats:4222" and settings["MICRO_GRACE"] == "30"
+    deployment = kube_cluster.get_json("deployment", "greeter", "--namespace", namespace)
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 5 + 30 + 5
+    # a new pod template: the Deployment starts a second ReplicaSet (one surge pod at a time)
+    wait_until(
+        lambda: len(kube_cluster.get_json("replicasets", "--namespace", namespace)["items"]) == 2,
+        timeout=90,
+        interval=0.5,
+        what="the upgrade's ReplicaSet",
     )
-    assert status["info"]["status"] == "deployed"
+    status = json.loads(ok(helm("status", "greeter", *cluster, "-o", "json")))
+    assert status["info"]["status"] == "deployed" and status["version"] == 2

@@ -84,6 +84,13 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     image = GREETER_IMAGE if args.no_build else IMAGE
+    if args.no_build and not podman.succeeds("image", "exists", image):
+        print(
+            f"error: no {image} to measure: the container tests build it "
+            "(pytest tests/integration/test_container.py); or run without --no-build",
+            file=sys.stderr,
+        )
+        return 2
     built = None
     if not args.no_build:
         print(f"building {IMAGE} on {base} ...", file=sys.stderr)

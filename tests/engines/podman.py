@@ -83,6 +83,13 @@ class Podman:
             )
         return done.stdout
 
+    def succeeds(self, *args: str, timeout: float = 120.0) -> bool:
+        """Whether `podman ARGS` exits 0 (`image exists`, `healthcheck run`, ...)."""
+        done = subprocess.run(
+            [self.binary, *args], env=self.env, capture_output=True, timeout=timeout, check=False
+        )
+        return done.returncode == 0
+
     def argv(self, *args: str) -> list[str]:
         """The command line of `podman ARGS`, to run as a process of one's own (with `env`)."""
         return [self.binary, *args]

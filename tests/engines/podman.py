@@ -165,10 +165,16 @@ class Containers:
         self.started: list[Container] = []
 
     def run(
-        self, image: str, *, env: Mapping[str, str] | None = None, args: tuple[str, ...] = ()
+        self,
+        image: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        options: tuple[str, ...] = (),
     ) -> Container:
         """A detached container of `image` with gRPC, tcp and admin listening on 0.0.0.0 at
-        ports free on the host, each published on the host's 127.0.0.1 under its own number."""
+        ports free on the host, each published on the host's 127.0.0.1 under its own number;
+        `options` go to `podman run` (`--read-only`), `args` to the entrypoint."""
         ports = {"grpc": free_port(), "tcp": free_port(), "admin": free_port()}
         settings = {
             "MICRO_SERVER_ADDRESS": f"0.0.0.0:{ports['grpc']}",
@@ -185,7 +191,7 @@ class Containers:
             argv += ["--publish", f"127.0.0.1:{port}:{port}"]
         for name, value in settings.items():
             argv += ["--env", f"{name}={value}"]
-        container_id = self.podman(*argv, image, *args).strip()
+        container_id = self.podman(*argv, *options, image, *args).strip()
         container = Container(self.podman, container_id, ports)
         self.started.append(container)
         return container

@@ -30,6 +30,9 @@ from microweave.registry import from_url as registry_from_url
 # the first test of a session builds the image (~1-2 min with a warm pip cache)
 pytestmark = pytest.mark.timeout(900)
 
+#: a container's own address on slirp4netns (podman's default for that network)
+CONTAINER_ADDRESS = "10.0.2.100"
+
 
 class HelloRequest(msgspec.Struct):
     name: str
@@ -243,3 +246,36 @@ async def test_podman_stop_under_load_fails_no_call_and_the_node_leaves_before_t
     assert seen[0] == "deregistered while running", seen
     assert "signal received, draining" in logs
     assert "Traceback" not in logs
+
+
+def health_log(podman: Podman, container: Container) -> str:
+    """What the image's HEALTHCHECK said, its last run."""
+    runs = json.loads(podman("container", "inspect", "--format", "{{json .State.Health.Log}}", container.id))
+    return str(runs[-1]["Output"]) if runs else ""
+
+
+async def test_the_healthcheck_asks_where_the_admin_endpoint_listens_and_says_why_it_fails(
+    podman: Podman, greeter_image: str, containers: Containers
+) -> None:
+    # the admin endpoint on the container's own address, not on the loopback nor a wildcard
+    own = containers.run(
+        greeter_image, env={"MICRO_REGISTRY": "memory://", "MICRO_ADMIN_ADDRESS": f"{CONTAINER_ADDRESS}:9100"}
+    )
+
+    async def healthy() -> bool:
+        return await asyncio.to_thread(podman.succeeds, "healthcheck", "run", own.id)
+
+    what = f"the healthcheck on {CONTAINER_ADDRESS}:9100"
+    await async_wait_until(healthy, timeout=60, interval=0.5, what=what)
+
+    # the admin endpoint off: there is nothing to ask, which is no reason to call it unhealthy
+    off = containers.run(greeter_image, env={"MICRO_REGISTRY": "memory://", "MICRO_ADMIN_ADDRESS": "off"})
+    assert podman.succeeds("healthcheck", "run", off.id), health_log(podman, off)
+    assert "no admin port to check" in health_log(podman, off)
+
+    # no service answering: unhealthy, and the health log says what was asked, in one line
+    silent = containers.run(greeter_image, options=("--entrypoint", "sleep"), args=("300",))
+    assert not podman.succeeds("healthcheck", "run", silent.id)
+    said = health_log(podman, silent)
+    assert said.startswith(f"unhealthy: http://127.0.0.1:{silent.ports['admin']}/health/live: "), said
+    assert "Connection refused" in said and "Traceback" not in said, said

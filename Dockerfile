@@ -29,9 +29,11 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 FROM ${PYTHON_BASE}
 LABEL org.opencontainers.image.title="greeter" org.opencontainers.image.version="1.0.0"
-# a fixed numeric uid, so Kubernetes' runAsNonRoot can check it; no home, no login
+# a fixed numeric uid, so Kubernetes' runAsNonRoot can check it; no home, no login; no
+# set-user-id programs (su, mount, passwd, ...): nothing in the image can become root again
 RUN groupadd --gid 10001 app \
- && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /app --shell /usr/sbin/nologin app
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /app --shell /usr/sbin/nologin app \
+ && find / -xdev -type f -perm /6000 -exec chmod a-s {} +
 COPY --from=build /opt/venv /opt/venv
 COPY examples/greeter /app
 WORKDIR /app

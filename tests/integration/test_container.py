@@ -119,6 +119,9 @@ async def test_the_image_serves_as_a_healthy_non_root_pid_1_without_compilers(
     # python is PID 1 (no shell, no init in between): it gets podman's SIGTERM itself
     argv = greeter.exec("cat", "/proc/1/cmdline").split("\0")
     assert argv[1:4] == ["/opt/venv/bin/microweave", "run", "service.py"], argv
+    # no set-user-id programs left (su, mount, passwd): nothing becomes root again
+    setuid = greeter.exec("find", "/", "-xdev", "-type", "f", "-perm", "/6000", check=False)
+    assert setuid.split() == []
     compilers = greeter.exec(
         "python",
         "-c",

@@ -14,6 +14,8 @@ import asyncio
 import collections
 import contextlib
 import json
+import pathlib
+import shutil
 import urllib.error
 import urllib.request
 
@@ -21,7 +23,7 @@ import msgspec
 import pytest
 from engines.etcd import EtcdServer
 from engines.podman import HOST_LOOPBACK, Container, Containers, Podman
-from helpers import async_wait_until
+from helpers import REPO, async_wait_until
 
 from microweave import Client
 from microweave.registry import Action, Registry
@@ -282,3 +284,32 @@ async def test_the_healthcheck_asks_where_the_admin_endpoint_listens_and_says_wh
     said = health_log(podman, silent)
     assert said.startswith(f"unhealthy: http://127.0.0.1:{silent.ports['admin']}/health/live: "), said
     assert "Connection refused" in said and "Traceback" not in said, said
+
+
+def test_the_build_context_leaves_secrets_and_local_state_out(
+    podman: Podman, base_image: str, tmp_path: pathlib.Path
+) -> None:
+    """The repository's .dockerignore (the template's), applied by podman to a project with
+    secrets, environments and caches lying around: only the sources and wheels get in."""
+    context = tmp_path / "context"
+    left_out = [
+        ".env", ".env.production", "src/app/.env", "tls/server.pem", "tls/server.key",
+        "certs/client.p12", ".netrc", ".pypirc", "pip.conf", ".git-credentials", "deploy/id_ed25519",
+        ".git/config", ".venv/pyvenv.cfg", "tests/test_app.py", "src/app/__pycache__/service.cpython-311.pyc",
+        ".pytest_cache/README.md", "dist/app-0.1.0.tar.gz",
+    ]  # fmt: skip
+    kept = ["pyproject.toml", "README.md", "src/app/service.py", "wheels/microweave-0.1.0-py3-none-any.whl"]
+    for name in left_out + kept:
+        (context / name).parent.mkdir(parents=True, exist_ok=True)
+        (context / name).write_text(f"{name}\n")
+    shutil.copy(REPO / ".dockerignore", context / ".dockerignore")
+    (context / "Containerfile").write_text(f"FROM {base_image}\nCOPY . /context\n")
+    tag = "localhost/microweave-context-probe:test"
+    podman("build", "--tag", tag, str(context), timeout=300)
+    try:
+        listing = podman("run", "--rm", "--network", "none", "--entrypoint", "find", tag, "/context")
+    finally:
+        podman("rmi", "--force", tag, check=False)
+    copied = {line.removeprefix("/context/") for line in listing.split()}
+    assert copied & set(left_out) == set(), sorted(copied)
+    assert set(kept) <= copied, sorted(copied)

@@ -253,6 +253,27 @@ async def test_podman_stop_under_load_fails_no_call_and_the_node_leaves_before_t
     assert "Traceback" not in logs
 
 
+async def test_the_image_serves_and_drains_on_a_read_only_root_filesystem(
+    greeter_image: str, containers: Containers, etcd_registry_url: str
+) -> None:
+    # Kubernetes runs it with readOnlyRootFilesystem: nothing may need to write under /app, the
+    # home directory or anywhere else, not even /tmp (no tmpfs here, unlike podman's default)
+    greeter = containers.run(
+        greeter_image,
+        env={"MICRO_REGISTRY": inside(etcd_registry_url)},
+        options=("--read-only", "--read-only-tmpfs=false"),
+    )
+    await ready(greeter)
+    assert greeter.exec("find", "/", "-xdev", "-writable", check=False).split() == []
+    async with Client(registry=etcd_registry_url, timeout=20) as client:
+        reply = await client.call("greeter", "Greeter.SayHello", HelloRequest(name="ro"), response=HelloReply)
+    assert reply == HelloReply(message="Hello ro")
+    greeter.podman("stop", greeter.id)
+    logs = greeter.logs()
+    assert greeter.exit_code() == 0, logs[-3000:]
+    assert "Traceback" not in logs
+
+
 def health_log(podman: Podman, container: Container) -> str:
     """What the image's HEALTHCHECK said, its last run."""
     runs = json.loads(podman("container", "inspect", "--format", "{{json .State.Health.Log}}", container.id))

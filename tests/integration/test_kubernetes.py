@@ -409,3 +409,25 @@ def test_helm_install_creates_a_running_deployment(
     )
     status = json.loads(ok(helm("status", "greeter", *cluster, "-o", "json")))
     assert status["info"]["status"] == "deployed" and status["version"] == 2
+
+
+@pytest.mark.timeout(600)
+def test_the_namespace_refuses_pods_that_break_the_restricted_standard(
+    kube_cluster: KubeCluster, namespace: str, tmp_path: Path
+) -> None:
+    """The Pod Security check the pods above pass is real: without the seccomp profile the
+    apiserver refuses the ReplicaSet's pods (the control for check_replicaset_and_pods)."""
+    text = (K8S / "deployment.yaml").read_text()
+    loose = tmp_path / "deployment.yaml"
+    loose.write_text(text.replace("        seccompProfile:\n          type: RuntimeDefault\n", ""))
+    assert loose.read_text() != text
+    done = kube_cluster.kubectl("apply", "--server-side", "--namespace", namespace, "-f", str(loose))
+    assert 'would violate PodSecurity "restricted:latest": seccompProfile' in done.stderr
+
+    def refused() -> list[str]:
+        events = kube_cluster.get_json("events", "--namespace", namespace)["items"]
+        return [e["message"] for e in events if e["reason"] == "FailedCreate"]
+
+    messages = wait_until(refused, timeout=90, interval=0.5, what="the ReplicaSet's FailedCreate event")
+    assert 'violates PodSecurity "restricted:latest": seccompProfile' in messages[0]
+    assert pods_of(kube_cluster, namespace, "greeter") == []

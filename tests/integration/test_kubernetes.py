@@ -41,6 +41,9 @@ SCHEMA_VERSION = "1.37.0"
 
 Objects = dict[tuple[str, str], dict[str, Any]]
 
+# one control plane for them all: under pytest-xdist these tests share a worker
+pytestmark = pytest.mark.xdist_group("kube")
+
 
 # -- tools ----------------------------------------------------------------------------------
 
@@ -235,6 +238,43 @@ def test_the_chart_computes_the_drain_timing_from_its_values(helm: Any) -> None:
         objects[("Deployment", "greeter")]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 8
     )
     assert "lifecycle" not in container(objects)
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        # addf read "abc" as 0: terminationGracePeriodSeconds 10, and a pod that cannot start
+        ("grace=abc", "at '/grace': 'oneOf' failed"),
+        ("grace=-1", "at '/grace': 'oneOf' failed"),
+        ("preStopSeconds=-5", "minimum: got -5, want 0"),
+        ("image=", "at '/image': minLength: got 0, want 1"),
+        ("replicas=-1", "at '/replicas': minimum: got -1, want 0"),
+        ("ports.admin=abc", "at '/ports/admin': got string, want integer"),
+        ("ports.grpc=70000", "at '/ports/grpc': maximum: got 70,000, want 65,535"),
+        ("registry=mdns://", "'mdns://' does not match pattern"),
+        ("registry=etcd:2379", "'etcd:2379' does not match pattern"),
+        ("imagePullPolicy=Sometimes", "at '/imagePullPolicy'"),
+        ("graces=30", "additional properties 'graces' not allowed"),
+    ],
+)
+def test_the_chart_refuses_bad_values(helm: Any, setting: str, complaint: str) -> None:
+    """values.schema.json: a value the pods cannot run with fails `helm template` (and so
+    install and upgrade) with where and why, instead of rendering a broken Deployment."""
+    done = helm("template", "greeter", str(CHART), "--set", setting)
+    assert done.returncode == 1, f"{setting} rendered:\n{done.stdout[:2000]}"
+    assert "values don't meet the specifications of the schema" in done.stderr, done.stderr
+    assert complaint in done.stderr, done.stderr
+
+
+def test_the_chart_takes_good_values(helm: Any) -> None:
+    """The schema's control: what an operator may set renders (a fractional grace arrives from
+    --set as a string of digits, a broker as an extra setting)."""
+    settings = "grace=2.5,preStopSeconds=0,replicas=0,registry=consul://consul:8500,imagePullPolicy=Always"
+    extra = "extraSettings.MICRO_BROKER=nats://nats:4222"
+    objects = parse(ok(helm("template", "greeter", str(CHART), "--set", settings, "--set", extra)))
+    data = objects[("ConfigMap", "greeter-config")]["data"]
+    assert data["MICRO_GRACE"] == "2.5" and data["MICRO_BROKER"] == "nats://nats:4222"
+    assert objects[("Deployment", "greeter")]["spec"]["replicas"] == 0
 
 
 def test_the_chart_moves_the_admin_port_everywhere(helm: Any) -> None:

@@ -159,7 +159,7 @@ def missing(want: Any, got: Any, path: str = "") -> list[str]:
 
 def test_the_manifests_are_valid_kubernetes_objects(kubeconform: Any) -> None:
     out = ok(kubeconform(K8S))
-    assert "Valid: 3, Invalid: 0, Errors: 0, Skipped: 0" in out, out
+    assert "Valid: 4, Invalid: 0, Errors: 0, Skipped: 0" in out, out
 
 
 def test_a_misspelled_field_is_refused(kubeconform: Any, tmp_path: Path) -> None:
@@ -182,7 +182,7 @@ def test_the_rendered_chart_is_valid(helm: Any, kubeconform: Any, tmp_path: Path
     rendered = tmp_path / "greeter.yaml"
     rendered.write_text(ok(helm("template", "greeter", str(CHART))))
     out = ok(kubeconform(rendered))
-    assert "Valid: 3, Invalid: 0, Errors: 0, Skipped: 0" in out, out
+    assert "Valid: 4, Invalid: 0, Errors: 0, Skipped: 0" in out, out
 
 
 def config_checksum(objects: Objects, name: str = "greeter") -> str:
@@ -210,6 +210,20 @@ def test_a_settings_change_rolls_the_pods(helm: Any) -> None:
     after = parse(ok(helm("template", "greeter", str(CHART), "--set", "registry=nats://nats:4222")))
     assert config_checksum(before) != config_checksum(after)
     assert before[("Deployment", "greeter")] == after[("Deployment", "greeter")]
+
+
+def test_evictions_take_one_pod_at_a_time(helm: Any) -> None:
+    """A PodDisruptionBudget (plain and chart) selects the Deployment's pods and lets one go at
+    a time: maxUnavailable, so a one-replica Deployment never blocks a node drain."""
+    for objects, name in (
+        (plain_manifests(), "greeter"),
+        (parse(ok(helm("template", "pay", str(CHART)))), "pay-greeter"),
+    ):
+        budget = objects[("PodDisruptionBudget", name)]["spec"]
+        deployment = objects[("Deployment", name)]["spec"]
+        assert budget == {"maxUnavailable": 1, "selector": deployment["selector"]}
+        labels = deployment["template"]["metadata"]["labels"]
+        assert budget["selector"]["matchLabels"].items() <= labels.items()
 
 
 def test_the_drain_timing_adds_up() -> None:
@@ -290,11 +304,11 @@ def test_a_new_projects_manifests_and_chart_are_valid(
     scaffolded: Path, helm: Any, kubeconform: Any, tmp_path: Path
 ) -> None:
     k8s, chart = scaffolded / "deploy" / "k8s", scaffolded / "deploy" / "helm" / "billing-api"
-    assert "Valid: 3, Invalid: 0" in ok(kubeconform(k8s))
+    assert "Valid: 4, Invalid: 0" in ok(kubeconform(k8s))
     assert "0 chart(s) failed" in ok(helm("lint", "--strict", str(chart)))
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(ok(helm("template", "billing-api", str(chart))))
-    assert "Valid: 3, Invalid: 0" in ok(kubeconform(rendered))
+    assert "Valid: 4, Invalid: 0" in ok(kubeconform(rendered))
     objects, chart_objects = plain_manifests(k8s), parse(rendered.read_text())
     config_checksum(chart_objects, "billing-api")
     assert chart_objects == objects
@@ -394,10 +408,19 @@ def test_server_side_apply_creates_a_running_deployment(kube_cluster: KubeCluste
     assert [(p["name"], p["port"]) for p in service["ports"]] == [("grpc", 8080), ("admin", 9100)]
 
     check_replicaset_and_pods(kube_cluster, namespace, "greeter")
+    # the disruption budget covers exactly the Deployment's pods
+    budget = kube_cluster.get_json("poddisruptionbudget", "greeter", "--namespace", namespace)["spec"]
+    assert budget["maxUnavailable"] == 1
+    selector = ",".join(f"{k}={v}" for k, v in budget["selector"]["matchLabels"].items())
+    covered = kube_cluster.get_json("pods", "--namespace", namespace, "-l", selector)["items"]
+    assert sorted(p["metadata"]["name"] for p in covered) == sorted(
+        p["metadata"]["name"] for p in pods_of(kube_cluster, namespace, "greeter")
+    )
+    assert len(covered) == 2
 
     # applying again changes nothing the server would report as a conflict or an error
     again = kube_cluster.kubectl("apply", "--server-side", "--namespace", namespace, "-f", str(K8S)).stdout
-    assert again.count("serverside-applied") == 3, again
+    assert again.count("serverside-applied") == 4, again
 
 
 @pytest.mark.timeout(600)

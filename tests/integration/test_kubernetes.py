@@ -221,7 +221,12 @@ def test_evictions_take_one_pod_at_a_time(helm: Any) -> None:
     ):
         budget = objects[("PodDisruptionBudget", name)]["spec"]
         deployment = objects[("Deployment", name)]["spec"]
-        assert budget == {"maxUnavailable": 1, "selector": deployment["selector"]}
+        assert budget == {
+            "maxUnavailable": 1,
+            "selector": deployment["selector"],
+            # readiness follows the registry: if it fails on every pod, node drains still proceed
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        }
         labels = deployment["template"]["metadata"]["labels"]
         assert budget["selector"]["matchLabels"].items() <= labels.items()
 
@@ -410,7 +415,7 @@ def test_server_side_apply_creates_a_running_deployment(kube_cluster: KubeCluste
     check_replicaset_and_pods(kube_cluster, namespace, "greeter")
     # the disruption budget covers exactly the Deployment's pods
     budget = kube_cluster.get_json("poddisruptionbudget", "greeter", "--namespace", namespace)["spec"]
-    assert budget["maxUnavailable"] == 1
+    assert budget["maxUnavailable"] == 1 and budget["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     selector = ",".join(f"{k}={v}" for k, v in budget["selector"]["matchLabels"].items())
     covered = kube_cluster.get_json("pods", "--namespace", namespace, "-l", selector)["items"]
     assert sorted(p["metadata"]["name"] for p in covered) == sorted(

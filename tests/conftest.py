@@ -7,7 +7,10 @@ processes, never see those of another test or of a developer's running services.
 
 from __future__ import annotations
 
+import os
 import pkgutil
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +24,21 @@ pytest_plugins = [
     for module in pkgutil.iter_modules(engines.__path__)
     if not module.name.startswith("_")
 ]
+
+
+_RUNTIME_DIR = tempfile.mkdtemp(prefix="microweave-tests-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A default `local://` registry of this pytest process's own (under a fresh
+    XDG_RUNTIME_DIR, which the services it starts inherit): parallel workers (pytest-xdist,
+    scripts/test) and a developer's running services never meet a test's nodes that use the
+    default registry."""
+    os.environ["XDG_RUNTIME_DIR"] = _RUNTIME_DIR
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_RUNTIME_DIR, ignore_errors=True)
 
 
 @pytest.fixture

@@ -231,8 +231,8 @@ def base_image(podman: Podman) -> str:
     return find_base_image(podman)
 
 
-def build_image(podman: Podman, base_image: str, tag: str, log: Path) -> None:
-    """`podman build` of the repository's Dockerfile on `base_image`; its output in `log`.
+def build_image(podman: Podman, base_image: str, tag: str, log: Path, context: Path = REPO) -> None:
+    """`podman build` of `context`'s Dockerfile (the repository's) on `base_image`; its output in `log`.
     Untagged images of earlier builds (~220 MB each: the build stage) are removed afterwards,
     so the storage does not grow by one at every change of the repository."""
     started = time.time()
@@ -241,7 +241,7 @@ def build_image(podman: Podman, base_image: str, tag: str, log: Path) -> None:
         "--build-arg", f"PYTHON_BASE={base_image}",
         "--build-arg", f"PIP_ARGS=--cert {HOST_CA_BUNDLE}",
         "--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro",
-        str(REPO),
+        str(context),
     )  # fmt: skip
     with log.open("wb") as out:
         done = subprocess.run(

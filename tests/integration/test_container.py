@@ -30,7 +30,9 @@ from microweave.registry import Action, Registry
 from microweave.registry import from_url as registry_from_url
 
 # the first test of a session builds the image (~1-2 min with a warm pip cache)
-pytestmark = pytest.mark.timeout(900)
+# one podman storage: under pytest-xdist these tests share a worker (a build's prune of
+# earlier build stages must not meet another worker's build)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("podman")]
 
 #: a container's own address on slirp4netns (podman's default for that network)
 CONTAINER_ADDRESS = "10.0.2.100"

@@ -15,14 +15,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 from cli_helpers import REPO, assert_clean, cli, registry_env, wait_for_service
-from engines.podman import HOST_CA_BUNDLE, HOST_LOOPBACK, Containers, Podman
+from engines.podman import HOST_LOOPBACK, Containers, Podman, build_image
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -232,6 +231,7 @@ def test_it_runs_as_the_image_runs_it(
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.xdist_group("podman")  # with test_container.py: one podman storage
 def test_its_image_builds_registers_in_etcd_and_answers_a_host_call(
     projects: dict[tuple[str, str], Path],
     podman: Podman,
@@ -246,17 +246,8 @@ def test_its_image_builds_registers_in_etcd_and_answers_a_host_call(
     project = Path(shutil.copytree(projects["typed", "hello-svc"], tmp_path / "hello-svc"))
     wheel = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", "wheels", str(REPO)], project)
     assert wheel.returncode == 0, wheel.stderr
-    started = time.time()
-    build = podman.argv(
-        "build", "--format", "docker", "--tag", NEW_IMAGE,
-        "--build-arg", f"PYTHON_BASE={base_image}",
-        "--build-arg", f"PIP_ARGS=--cert {HOST_CA_BUNDLE}",
-        "--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro",
-        str(project),
-    )  # fmt: skip
     try:
-        built = subprocess.run(build, env=podman.env, capture_output=True, text=True, timeout=840)
-        assert built.returncode == 0, (built.stdout + built.stderr)[-4000:]
+        build_image(podman, base_image, NEW_IMAGE, tmp_path / "build.log", context=project)
         container = containers.run(NEW_IMAGE, env={"MICRO_REGISTRY": inside(etcd_registry_url)})
         env = registry_env(tmp_path / "unused") | {"MICRO_REGISTRY": etcd_registry_url}
         wait_for_service("hello-svc", env=env, timeout=60)
@@ -268,7 +259,6 @@ def test_its_image_builds_registers_in_etcd_and_answers_a_host_call(
     finally:
         containers.remove_all()
         podman("rmi", "--force", NEW_IMAGE, check=False)
-        podman("image", "prune", "--force", "--filter", f"until={int(started)}", check=False)
 
 
 # -- what it refuses ------------------------------------------------------------------------

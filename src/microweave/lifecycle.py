@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,6 +43,28 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
+class Grace:
+    """A drain's time for in-flight work, shared by the parts that stop in turn (event handlers,
+    then calls): it starts when the first asks how much is left, so the node's drain takes
+    `seconds` in all, not `seconds` per part (which a Deployment's termination grace period,
+    computed from MICRO_GRACE, would cut short with SIGKILL)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._ends: float | None = None
+
+    def left(self) -> float:
+        """Seconds left of the grace; the first call starts it."""
+        now = time.monotonic()
+        if self._ends is None:
+            self._ends = now + self.seconds
+        return max(0.0, self._ends - now)
+
+
+def _grace(grace: float | Grace) -> Grace:
+    return grace if isinstance(grace, Grace) else Grace(grace)
+
+
 class Listeners:
     """The transports serving one pipeline, and the in-process fast path to it."""
 
@@ -51,13 +74,13 @@ class Listeners:
         listeners: list[tuple[ServerTransport, str]],
         *,
         node_id: str,
-        grace: float,
+        grace: float | Grace,
         advertise: Callable[[str], str],
     ) -> None:
         self.pipeline = pipeline
         self.listeners = listeners
         self.node_id = node_id
-        self.grace = grace
+        self.grace = _grace(grace)
         self._advertise = advertise
         self.addresses: dict[str, str] = {}
         self._started: list[ServerTransport] = []
@@ -82,12 +105,13 @@ class Listeners:
         each of their callers is told the call was cancelled and may have run, and the log
         says which calls they were."""
         local.unserve(self.node_id)
-        abort = asyncio.get_running_loop().call_later(self.grace, self._abort)
+        grace = self.grace.left()
+        abort = asyncio.get_running_loop().call_later(grace, self._abort)
         try:
             # in-process calls have no transport to wait for them: the pipeline does
             await asyncio.gather(
-                *(t.stop(self.grace + ABORT_FLUSH) for t in self._started),
-                self.pipeline.drain(self.grace + ABORT_FLUSH),
+                *(t.stop(grace + ABORT_FLUSH) for t in self._started),
+                self.pipeline.drain(grace + ABORT_FLUSH),
             )
         finally:
             abort.cancel()
@@ -95,9 +119,10 @@ class Listeners:
             self.pipeline.threads.shutdown()
 
     def _abort(self) -> None:
-        count = self.pipeline.abort(f"node {self.node_id} stopped after its grace of {self.grace:g}s")
+        seconds = self.grace.seconds
+        count = self.pipeline.abort(f"node {self.node_id} stopped after its grace of {seconds:g}s")
         if count:
-            log.warning("grace of %gs is over: cancelling %d calls still running", self.grace, count)
+            log.warning("grace of %gs is over: cancelling %d calls still running", seconds, count)
 
 
 class Subscriptions:
@@ -111,12 +136,17 @@ class Subscriptions:
     record the node registers anyway is where publishers find it."""
 
     def __init__(
-        self, broker: Callable[[], Broker], pipeline: Pipeline, subscribers: list[Subscriber], *, grace: float
+        self,
+        broker: Callable[[], Broker],
+        pipeline: Pipeline,
+        subscribers: list[Subscriber],
+        *,
+        grace: float | Grace,
     ) -> None:
         self._broker = broker  # built only when there is something to subscribe
         self.pipeline = pipeline
         self.subscribers = subscribers
-        self.grace = grace
+        self.grace = _grace(grace)
         self.subscriptions: list[Subscription] = []
 
     async def start(self) -> None:
@@ -140,7 +170,8 @@ class Subscriptions:
 
     async def stop(self) -> None:
         subscriptions, self.subscriptions = self.subscriptions, []
-        await asyncio.gather(*(s.unsubscribe(grace=self.grace) for s in subscriptions))
+        grace = self.grace.left() if subscriptions else 0.0  # none: the calls get it all
+        await asyncio.gather(*(s.unsubscribe(grace=grace) for s in subscriptions))
 
 
 class Registration:

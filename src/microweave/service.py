@@ -26,7 +26,7 @@ from .client import Client
 from .codec import describe
 from .config import Config, Source
 from .errors import ConfigurationError, MicroError
-from .lifecycle import Component, Listeners, Registration, Subscriptions
+from .lifecycle import Component, Grace, Listeners, Registration, Subscriptions
 from .registry import Endpoint, Node, Registry, Value
 from .registry import Service as ServiceRecord
 from .server import Kind, Router
@@ -422,8 +422,10 @@ class Service:
         )
         if self.metrics:  # micro_server_in_flight: its running calls, read at scrape time
             watch_pipeline(self.pipeline)
+        # one grace for the whole drain: event handlers first, then calls, get what is left
+        grace = Grace(self.grace)
         listening = Listeners(
-            self.pipeline, self._listeners(), node_id=self.node_id, grace=self.grace,
+            self.pipeline, self._listeners(), node_id=self.node_id, grace=grace,
             advertise=self._advertised,
         )  # fmt: skip
         self.transports = [t for t, _ in listening.listeners]
@@ -440,7 +442,7 @@ class Service:
             *([admin] if admin else []),
             _Configured(self.config, owned=not isinstance(self._config_arg, Config)),
             listening,
-            Subscriptions(lambda: self.broker, self.pipeline, subscribers, grace=self.grace),
+            Subscriptions(lambda: self.broker, self.pipeline, subscribers, grace=grace),
             registration,
         ]
         started: list[Component] = []

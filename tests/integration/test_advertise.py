@@ -132,3 +132,23 @@ def test_run_refuses_an_advertise_option_with_a_port() -> None:
     assert done.returncode == 2, done.stderr
     assert "--advertise" in done.stderr and "without a port" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("bind", ["[::1]:0", "[::]:0"])
+async def test_an_ipv6_bind_serves_every_transport_and_advertises_a_dialable_address(
+    registry: Registry, bind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[::] listens on IPv6 and IPv4 alike (an IPv6-first pod network): the bracketed host goes
+    to each listener as it needs it, and what is advertised is host:port callers can split."""
+    monkeypatch.delenv("MICRO_ADVERTISE_ADDRESS", raising=False)
+    advertise = "::1" if bind == "[::]:0" else None  # [::] alone would advertise the route's IPv4
+    async with greeter(registry, address=bind, advertise_address=advertise) as service:
+        [record] = await registry.get_service("greeter")
+        [node] = record.nodes
+        for address in (node.address, node.metadata["tcp_address"]):
+            assert address.startswith("[::1]:"), address
+        assert service.addresses["grpc"] == node.address
+        for transport in ("grpc", "tcp"):
+            async with Client(registry=registry, transports=(transport,)) as client:
+                reply = await client.call("greeter", "Greeter.SayHello", Hello(name="ada"), response=Hello)
+                assert reply == Hello(name="hello ada")

@@ -269,7 +269,7 @@ class TcpClient(ClientTransport):
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _ClientConnection(address, self.max_frame_size), host, int(port)
+                    lambda: _ClientConnection(address, self.max_frame_size), host.strip("[]"), int(port)
                 )
             # the protocol: no stream before the server's SETTINGS (its limits) have arrived
             async with asyncio.timeout(self.connect_timeout):

@@ -82,7 +82,8 @@ class TcpServer(ServerTransport):
     async def start(self, pipeline: Pipeline, *, host: str, port: int) -> str:
         self.pipeline = pipeline
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: ServerConnection(self), host, port)
+        # `host` as an address writes it (IPv6 in brackets, which gRPC wants too); sockets take it bare
+        self._server = await loop.create_server(lambda: ServerConnection(self), host.strip("[]"), port)
         bound = self._server.sockets[0].getsockname()
         return f"{host}:{bound[1]}"
 

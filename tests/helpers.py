@@ -15,7 +15,12 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
+
+import msgspec
+
+if TYPE_CHECKING:
+    from microweave import Client
 
 __all__ = [
     "REPO",
@@ -24,6 +29,7 @@ __all__ = [
     "ServiceProcesses",
     "async_wait_until",
     "local_nodes",
+    "say_hello_until",
     "wait_until",
 ]
 
@@ -232,3 +238,40 @@ class ServiceProcesses:
     def stop_all(self) -> None:
         for process in self.started:
             process.stop()
+
+
+class _HelloRequest(msgspec.Struct):
+    name: str
+
+
+class _Greeting(Protocol):
+    message: str
+
+
+G = TypeVar("G", bound=_Greeting)
+
+
+async def say_hello_until(
+    stop: asyncio.Event,
+    client: Client,
+    caller: int,
+    failures: list[str],
+    reply_type: type[G],
+    on_reply: Callable[[G], None],
+) -> None:
+    """One caller of a load: Greeter.SayHello with a name of its own per call until `stop`;
+    an error or a reply to another name goes into `failures`, every good reply to `on_reply`."""
+    n = 0
+    while not stop.is_set():
+        name = f"{caller}-{n}"
+        try:
+            reply = await client.call(
+                "greeter", "Greeter.SayHello", _HelloRequest(name=name), response=reply_type
+            )
+        except Exception as exc:
+            failures.append(repr(exc))
+        else:
+            if reply.message != f"Hello {name}":
+                failures.append(f"wrong reply {reply!r} to {name}")
+            on_reply(reply)
+        n += 1

@@ -18,12 +18,13 @@ import pathlib
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable
 
 import msgspec
 import pytest
 from engines.etcd import EtcdServer
 from engines.podman import HOST_LOOPBACK, Container, Containers, Podman
-from helpers import REPO, async_wait_until
+from helpers import REPO, async_wait_until, say_hello_until
 
 from microweave import Client
 from microweave.registry import Action, Registry
@@ -185,22 +186,12 @@ async def test_podman_stop_under_load_fails_no_call_and_the_node_leaves_before_t
         pid1 = leaving.process()
         await node_of(registry, staying)
 
-        async def caller(i: int) -> None:
+        def count(reply: HelloReply) -> None:
             nonlocal calls
-            n = 0
-            while not stop_load.is_set():
-                name = f"{i}-{n}"
-                try:
-                    reply = await client.call(
-                        "greeter", "Greeter.SayHello", HelloRequest(name=name), response=HelloReply
-                    )
-                except Exception as exc:
-                    failures.append(repr(exc))
-                else:
-                    if reply.message != f"Hello {name}":
-                        failures.append(f"wrong reply {reply!r} to {name}")
-                    calls += 1
-                n += 1
+            calls += 1
+
+        def caller(i: int) -> Awaitable[None]:
+            return say_hello_until(stop_load, client, i, failures, HelloReply, count)
 
         # what happened, in the order this test saw it
         seen: list[str] = []

@@ -7,10 +7,11 @@ import asyncio
 import collections
 import signal
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import msgspec
-from helpers import ServiceProcesses, async_wait_until
+from helpers import ServiceProcesses, async_wait_until, say_hello_until
 
 from microweave import Client
 from microweave.registry import Service as ServiceRecord
@@ -52,21 +53,11 @@ async def test_sigterm_under_load_loses_no_call(processes: ServiceProcesses) -> 
 
     async with Client(name="load", timeout=20) as client:
 
-        async def caller(i: int) -> None:
-            n = 0
-            while not stop.is_set():
-                name = f"{i}-{n}"
-                try:
-                    reply = await client.call(
-                        "greeter", "Greeter.SayHello", HelloRequest(name=name), response=HelloReply
-                    )
-                except Exception as exc:
-                    failures.append(repr(exc))
-                else:
-                    if reply.message != f"Hello {name}":
-                        failures.append(f"wrong reply {reply!r} to {name}")
-                    served[reply.node] += 1
-                n += 1
+        def count(reply: HelloReply) -> None:
+            served[reply.node] += 1
+
+        def caller(i: int) -> Awaitable[None]:
+            return say_hello_until(stop, client, i, failures, HelloReply, count)
 
         workers = [asyncio.create_task(caller(i)) for i in range(32)]
         try:

@@ -158,7 +158,9 @@ def _load(kind: str, group: str, builtin: dict[str, tuple[str, str, str | None]]
             raise  # our own module is broken or missing: not a driver to install
         raise ConfigurationError(
             f"the {scheme} {kind} needs a driver that is not installed ({exc.name}); "
-            f'run: pip install "microweave[{extra}]" (from a checkout: .venv/bin/pip install -e ".[{extra}]")'
+            f'run: pip install "microweave[{extra}]" (from a checkout: '
+            f'.venv/bin/pip install -e ".[{extra}]"; an image from microweave\'s Dockerfile: '
+            f"build it with --build-arg EXTRAS={extra})"
         ) from None
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from microweave import ConfigurationError, Service
+from microweave import ConfigurationError, Service, _backends
 from microweave._backends import REGISTRIES, Settings, load_broker, load_registry, parse_url
 from microweave.registry.local import LocalRegistry
 from microweave.registry.memory import MemoryRegistry
@@ -177,3 +179,21 @@ def test_a_rabbitmq_address_given_as_a_url_keeps_its_host_and_credentials(
     monkeypatch.setenv("MICRO_BROKER_ADDRESS", "amqp://app:s3cret@10.1.2.3:5673/")
     shown = repr(load_broker())
     assert "10.1.2.3:5673" in shown and "s3cret" not in shown
+
+
+def test_a_missing_driver_says_how_to_install_it_here_and_in_an_image(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_import = importlib.import_module
+
+    def without_aetcd(name: str, *args: Any) -> Any:
+        if name.startswith("microweave.registry.etcd"):
+            raise ImportError("No module named 'aetcd'", name="aetcd")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(_backends.importlib, "import_module", without_aetcd)
+    with pytest.raises(ConfigurationError) as caught:
+        load_registry("etcd://127.0.0.1:2379")
+    detail = caught.value.detail
+    assert "needs a driver that is not installed (aetcd)" in detail
+    assert 'pip install "microweave[etcd]"' in detail and "--build-arg EXTRAS=etcd" in detail

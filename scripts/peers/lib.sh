@@ -33,3 +33,37 @@ progress() {
   done
   wait "$pid"
 }
+
+# go_install_peer NAME BINARY MODULE@VERSION DIR LDFLAGS COLD [--path]
+# `go install`s a command of a module that has no replace directives (helm, kubeconform, the
+# nats CLI) into DIR, once: a warm run only prints DIR/BINARY. With --path it never builds, and
+# exits 3 when there is nothing built yet (the tests ask that way). COLD says how long a cold
+# build takes, for the progress line.
+go_install_peer() {
+  local name=$1 binary=$2 module=$3 dir=$4 ldflags=$5 cold=$6 mode=${7:-}
+  if [[ -x $dir/$binary ]]; then
+    echo "$dir/$binary"
+    return 0
+  fi
+  if [[ $mode == --path ]]; then
+    echo "$name is not built: run scripts/peers/$name" >&2
+    return 3
+  fi
+  need_go
+  echo "==> building $name (${module##*@}; cold: $cold; cached in $dir)" >&2
+  local start=$SECONDS work
+  work=$(mktemp -d "${TMPDIR:-/tmp}/$name-build.XXXXXX")
+  ( cd "$work" && GOBIN=$work/bin GOFLAGS=-mod=mod \
+      go install -trimpath -ldflags "$ldflags" "$module" >"$work/build.log" 2>&1 ) &
+  if ! progress "$name" $!; then
+    tail -30 "$work/build.log" >&2
+    echo "error: building $name ${module##*@} failed (log above)" >&2
+    rm -rf "$work"
+    return 1
+  fi
+  mkdir -p "$dir"
+  mv "$work/bin/$binary" "$dir/$binary.tmp" && mv "$dir/$binary.tmp" "$dir/$binary"
+  rm -rf "$work"
+  echo "    built in $((SECONDS - start)) s" >&2
+  echo "$dir/$binary"
+}

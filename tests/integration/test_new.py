@@ -115,9 +115,9 @@ def test_the_project_has_its_service_tests_and_shipping_files(
     if variant == "proto":
         generated = {f"src/hello_svc/hello_svc{suffix}" for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")}
         assert {"src/hello_svc/hello_svc.proto", *generated} <= files
-    if (project / "Dockerfile").exists():  # the deploy templates come with the image work
-        assert 'CMD ["hello_svc.service"]' in (project / "Dockerfile").read_text()
-        assert "COPY src /app" in (project / "Dockerfile").read_text()
+    dockerfile = (project / "Dockerfile").read_text()
+    assert 'CMD ["hello_svc.service"]' in dockerfile
+    assert "COPY src /app" in dockerfile
     assert not [f for f in files if "__" in Path(f).name.replace("__init__", "") or f.endswith(".tmpl")]
     for path in project.rglob("*"):
         if path.is_file():

@@ -132,7 +132,6 @@ def name_problem(name: str) -> str | None:
     else:
         return None
     return f"{name!r}: its Python package {package!r} {clash}; pick another name, such as {name}-svc"
-    return None
 
 
 def project_values(name: str) -> dict[str, str]:
@@ -164,15 +163,14 @@ def render_project(name: str, *, proto: bool = False) -> dict[PurePosixPath, str
     files = render_tree("project/base", values)
     if proto:
         files.update(render_tree("project/proto", values))
-    if (TEMPLATES / "deploy").is_dir():  # git keeps no empty directory
-        files.update(render_tree("deploy", values))
+    files.update(render_tree("deploy", values))
     return files
 
 
 def new_project(name: str, dest: Path, *, proto: bool = False) -> list[Path]:
     """Write a new project called `name` into `dest` (which must not exist or be empty).
 
-    The protobuf code of a `proto` project is generated afterwards (`generate_proto`), since it
+    The protobuf code of a `proto` project is generated afterwards (cli/new.py), since it
     needs grpcio-tools; this function uses the standard library only.
     """
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):

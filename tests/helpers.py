@@ -7,9 +7,12 @@ any other program would, by reading the local registry's files.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +31,7 @@ __all__ = [
     "ServiceProcess",
     "ServiceProcesses",
     "async_wait_until",
+    "free_port",
     "local_nodes",
     "say_hello_until",
     "wait_until",
@@ -37,6 +41,43 @@ T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = Path(__file__).resolve().parent / "integration" / "services"
+
+
+def _port_range() -> range:
+    """This test process's own ports: below the kernel's ephemeral range, one slice per xdist
+    worker.
+
+    A port the kernel picks for `bind(0)` or for an outgoing connection comes from the ephemeral
+    range, so a server restarted on a port from here never finds it taken by some client
+    socket meanwhile (an etcd restarted on 57191 once did), and two workers never share one.
+    """
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+        ephemeral_low = int(ranges.read().split()[0])
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw-1")  # "gw0", "gw1", ...; -1 without xdist
+    slot, size, base = int(worker.removeprefix("gw")) + 1, 1500, 10000
+    start = base + slot * size
+    if start + size > ephemeral_low:
+        raise RuntimeError(f"no port slice for worker {worker} below the ephemeral range {ephemeral_low}")
+    return range(start, start + size)
+
+
+_PORTS = _port_range()
+_first = random.randrange(len(_PORTS))
+# handed out in turn from a random start, so one process never gives a port out twice soon
+_next_ports = itertools.cycle([*_PORTS[_first:], *_PORTS[:_first]])
+
+
+def free_port() -> int:
+    """A 127.0.0.1 TCP port nobody listens on right now, from this process's own slice."""
+    for _ in range(len(_PORTS)):
+        port = next(_next_ports)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 def wait_until(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, LoggedProcess
+from helpers import REPO, LoggedProcess, free_port
 
 __all__ = [
     "BROKER_BACKENDS",
@@ -85,13 +84,6 @@ def broker_backend(scheme: str) -> Callable[[RegistryFactory], RegistryFactory]:
         return factory
 
     return add
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (the engine binds it a moment later)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def find_binary(name: str, *, debian: str | None = None, peer: tuple[str, str] | None = None) -> str:

@@ -3,12 +3,12 @@ that stopped without deregistering, and reading a node's /metrics the way a scra
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from pathlib import Path
 
 import msgspec
 from cli_helpers import REPO
+from helpers import free_port
 
 from microweave.registry import Node, Service
 from microweave.registry.local import LocalRegistry
@@ -18,7 +18,6 @@ __all__ = [
     "FRONTEND",
     "Item",
     "Stock",
-    "closed_port",
     "metric",
     "register_stopped_node",
     "scrape",
@@ -38,13 +37,6 @@ class Stock(msgspec.Struct):
     count: int
 
 
-def closed_port() -> int:
-    """A loopback port nobody listens on (a stopped node's)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def register_stopped_node(
     root: Path, service: str, version: str, node_id: str, *, admin_address: str | None = None
 ) -> None:
@@ -53,7 +45,7 @@ async def register_stopped_node(
     metadata = {"protocol": "grpc", "transport": "grpc", "registry": "local"}
     if admin_address is not None:
         metadata["admin_address"] = admin_address
-    record = Service(service, version, nodes=[Node(node_id, f"127.0.0.1:{closed_port()}", metadata)])
+    record = Service(service, version, nodes=[Node(node_id, f"127.0.0.1:{free_port()}", metadata)])
     async with LocalRegistry(root) as registry:
         await registry.register(record, ttl=300)
 

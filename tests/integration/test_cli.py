@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from cli_helpers import REPO, CliProcess, assert_clean, cli, registry_env, wait_for_service
+from helpers import free_port
 
 GREETER = "examples/greeter/service.py"
 PROTO_GREETER = "examples/proto_greeter/service.py"
@@ -31,13 +32,6 @@ def greeter(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
     with CliProcess("run", GREETER, env=env, log=log) as process:
         wait_for_service("greeter", env=env, process=process)
         yield process
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- services, describe ----------------------------------------------------------------
@@ -280,7 +274,7 @@ def test_run_stops_on_sigterm_exits_0_and_deregisters(tmp_path: Path) -> None:
 def test_run_overrides_registry_and_address(tmp_path: Path) -> None:
     default_env = registry_env(tmp_path / "default")
     other = tmp_path / "other"
-    port, tcp_port = _free_port(), _free_port()
+    port, tcp_port = free_port(), free_port()
     args = (
         "run", GREETER, "--registry", f"local://{other}",
         "--address", f"127.0.0.1:{port}", "--tcp-address", f"127.0.0.1:{tcp_port}",

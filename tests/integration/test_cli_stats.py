@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import CliProcess, assert_clean, cli, registry_env, wait_for_service
-from metrics_kit import BACKEND, Item, Stock, closed_port, register_stopped_node
+from helpers import free_port
+from metrics_kit import BACKEND, Item, Stock, register_stopped_node
 
 from microweave import Client
 from microweave.errors import NotFound
@@ -44,7 +45,7 @@ def test_once_json_counts_the_calls_made_and_names_the_nodes_it_could_not_read(
     env, root = backend
     asyncio.run(_calls(root, ok=7, missing=2))
     # two nodes that cannot be read: one stopped without deregistering, one with no admin endpoint
-    dead = f"127.0.0.1:{closed_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     asyncio.run(register_stopped_node(root, "backend", "2.1.0", "backend-gone", admin_address=dead))
     asyncio.run(register_stopped_node(root, "backend", "2.1.0", "backend-no-admin"))
 

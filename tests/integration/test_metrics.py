@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import uuid
@@ -20,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import pytest
-from helpers import async_wait_until
+from helpers import async_wait_until, free_port
 from metrics_samples import Samples, samples, series, value
 from registry_kit import Breakable
 
@@ -255,13 +254,6 @@ async def test_an_event_is_a_call_of_its_subscriber_over_the_broker(registry_dir
     assert len(seen) == 2
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 async def test_retries_are_counted_once_per_attempt_sent_again(registry_dir: Path) -> None:
     """A node that cannot be reached (nothing listens at its address) is registered next to a
     live one: a call that picks it first is sent again to the live one."""
@@ -269,7 +261,7 @@ async def test_retries_are_counted_once_per_attempt_sent_again(registry_dir: Pat
     service, _ = node(name, version="1.0.0")
     async with service:
         dead = Node(
-            id=f"{name}-dead", address="127.0.0.1:1", metadata={"tcp_address": f"127.0.0.1:{closed_port()}"}
+            id=f"{name}-dead", address="127.0.0.1:1", metadata={"tcp_address": f"127.0.0.1:{free_port()}"}
         )
         await service.registry.register(ServiceRecord(name=name, version="1.0.0", nodes=[dead]), ttl=60)
         for _ in range(60):  # p2c picks the dead node first about half the time; a new client forgets it

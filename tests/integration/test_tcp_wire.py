@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import struct
 import uuid
 from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
-from helpers import ServiceProcesses, async_wait_until
+from helpers import ServiceProcesses, async_wait_until, free_port
 
 from microweave import BadRequest, Client, NotImplementedError_, Service, TooManyRequests, Unavailable
 from microweave.server import Kind
@@ -109,14 +108,8 @@ async def test_oversized_frame_is_refused_before_it_is_buffered(tcp_service: tup
     assert await client.call("wire", "Echo.Echo", Note("ok"), response=Note) == Note("ok")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_killed_mid_stream_is_unavailable_then_reconnects(processes: ServiceProcesses) -> None:
-    port = _free_port()
+    port = free_port()
     env = {"MICRO_TCP_ADDRESS": f"127.0.0.1:{port}"}
     first = processes.start("examples/greeter/service.py", name="greeter", env=env)
     async with Client(transports=("tcp",)) as client:

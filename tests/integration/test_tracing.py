@@ -489,7 +489,14 @@ async def test_a_service_flushes_its_spans_when_it_stops(processes: ServiceProce
             return names if len(names) >= 2 else []
 
         spans = await async_wait_until(exported, timeout=60, what="the spans of the stopped service")
-        assert "stopped" in process.output() and process.alive()  # not the exit's flush
+
+        # the spans may land a moment before the script prints "stopped": wait for both, then
+        # check the process still lives (the spans came from stop's flush, not the exit's)
+        async def printed_stopped() -> bool:
+            return "stopped" in process.output()
+
+        await async_wait_until(printed_stopped, timeout=30, what="the script's 'stopped'")
+        assert process.alive()
     finally:
         await receiver.stop()
     assert spans == ["client lingering/Echo.Ping", "server lingering/Echo.Ping"]

@@ -3,7 +3,8 @@ go-micro's NATS registry, with TTL expiry for watchers and the NATS micro servic
 
 NATS stores nothing. A node is registered as long as the process that registered it answers
 `micro.nats.query` for it; a lookup asks everyone and gathers replies for `query_timeout`
-seconds (go-micro waits 100 ms). Registering announces on `micro.nats.watch`; each heartbeat
+seconds (go-micro waits 100 ms); the nodes registered through the registry that looks up count
+without waiting for their reply. Registering announces on `micro.nats.watch`; each heartbeat
 re-announces, and watchers count a node dead when it stays silent past its TTL (see watch.py).
 The registering side stops answering for a record whose TTL ran out without a heartbeat, so
 lookups and watchers agree on what "expired" means. A process that dies takes its connection,
@@ -238,26 +239,20 @@ class NatsRegistry(Registry):
         if query is None or not msg.reply:
             return
         action, name = query
-        now = time.monotonic()
         nc = msg._client
-        if action == "list":
-            answers = [r for nodes in self._registrations.values() for r in nodes.values()]
-        else:
-            answers = list(self._registrations.get(name, {}).values())
-        for registration in answers:
-            if registration.live(now):
-                await nc.publish(msg.reply, registration.reply)
+        for registration in self._live(None if action == "list" else name, time.monotonic()):
+            await nc.publish(msg.reply, registration.reply)
+
+    def _live(self, name: str | None, now: float) -> list[_Registration]:
+        """The live registrations made here: of `name`, or all of them."""
+        nodes = self._registrations.values() if name is None else [self._registrations.get(name, {})]
+        return [r for by_id in nodes for r in by_id.values() if r.live(now)]
 
     async def _on_control(self, msg: Msg) -> None:
         if not msg.reply:
             return
         now = time.monotonic()
-        listings = [
-            srv.Listing(r.record, r.started)
-            for nodes in list(self._registrations.values())
-            for r in list(nodes.values())
-            if r.live(now)
-        ]
+        listings = [srv.Listing(r.record, r.started) for r in self._live(None, now)]
         for reply in srv.answer(msg.subject, listings, self._counts):
             await msg._client.publish(msg.reply, reply)
 
@@ -289,15 +284,17 @@ class NatsRegistry(Registry):
         if not nc.is_connected:  # the window may have been cut short: do not pass it off as whole
             raise RegistryError(f"lost NATS at {self.url} during a lookup of {name or 'all services'}")
         now = time.monotonic()
-        records = []
+        # this process's own nodes count even when its reply to itself missed the window (a busy
+        # loop answers late); they come first, so their own record wins over the echo
+        found = [(r.record, r.ttl) for r in self._live(name, now)]
         for data in replies:
             decoded = decode_service(data)
-            if decoded is None or (name is not None and decoded[0].name != name):
-                continue
-            records.append(decoded[0])
+            if decoded is not None and (name is None or decoded[0].name == name):
+                found.append(decoded)
+        for record, ttl in found:
             for watcher in self._watchers:
-                watcher.seed(decoded[0], decoded[1], now)
-        return records
+                watcher.seed(record, ttl, now)
+        return [record for record, _ in found]
 
     async def _reply_inbox(self, nc: Client) -> str:
         """One inbox for every lookup's replies (`<inbox>.<token>`): no subscription per lookup."""

@@ -25,8 +25,9 @@ def record(i: int) -> Service:
 async def test_a_burst_of_registrations_all_land(consul_server: ConsulAgent) -> None:
     consul_server.purge()
     try:
-        # a short timeout: each request has 0.5 s once it runs, not counting its wait in the queue
-        async with registry_from_url(f"{consul_server.url}?timeout=0.5&retries=0") as registry:
+        # a timeout far shorter than the burst (~5 s here) but not than one request on a loaded
+        # machine (0.5 s once was): each has 2 s once it runs, not counting its wait in the queue
+        async with registry_from_url(f"{consul_server.url}?timeout=2&retries=0") as registry:
             await asyncio.gather(*(registry.register(record(i), ttl=30) for i in range(BURST)))
             found = await asyncio.gather(*(registry.get_service(f"burst-{j}") for j in range(64)))
             assert sum(len(s.nodes) for services in found for s in services) == BURST

@@ -81,6 +81,9 @@ class Agent:
         self._slots = asyncio.Semaphore(_SHORT_CONNECTIONS)
         self._short: aiohttp.ClientSession | None = None
         self._long: aiohttp.ClientSession | None = None
+        # bumped by aclose(): a request begun before it (queued for a slot, or between retries)
+        # ends instead of opening new pools that nobody would close
+        self._generation = 0
 
     def __repr__(self) -> str:
         return f"<Agent {self.url}>"  # never the headers: they hold the token
@@ -143,6 +146,7 @@ class Agent:
         data = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
         timeout = self.timeout + (wait * 17 / 16 if wait else 0)  # the agent adds wait/16 jitter
         last: Exception | None = None
+        generation = self._generation
         for attempt in range(attempts):
             if attempt:
                 await asyncio.sleep(backoff.next())
@@ -150,8 +154,10 @@ class Agent:
             try:
                 if wait is None:
                     async with self._slots:
+                        self._still_open(generation, what)
                         reply = await self._once(method, path, params, data, timeout, long=False)
                 else:
+                    self._still_open(generation, what)
                     reply = await self._once(method, path, params, data, timeout, long=True)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 last = exc
@@ -210,7 +216,12 @@ class Agent:
             f"{self.max_response} bytes; raise it in the consul:// URL if that is expected"
         )
 
+    def _still_open(self, generation: int, what: str) -> None:
+        if generation != self._generation:
+            raise RegistryError(f"{self.url}: cannot {what}: closed while the request waited")
+
     async def aclose(self) -> None:
+        self._generation += 1
         for session in (self._short, self._long):
             if session is not None:
                 await session.close()

@@ -243,10 +243,16 @@ def build_image(podman: Podman, base_image: str, tag: str, log: Path, context: P
         "--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro",
         str(context),
     )  # fmt: skip
-    with log.open("wb") as out:
-        done = subprocess.run(
-            argv, env=podman.env, stdout=out, stderr=subprocess.STDOUT, check=False, timeout=900
-        )
+    for _ in range(2):
+        with log.open("wb") as out:
+            done = subprocess.run(
+                argv, env=podman.env, stdout=out, stderr=subprocess.STDOUT, check=False, timeout=900
+            )
+        # buildah's cache lookup can trip over a layer that is being removed ("checking if
+        # cached image exists from a previous build: ... layer not known", buildah#5674, fixed
+        # in 1.43; Debian's podman 4.3 has 1.28): once, a second build goes through
+        if done.returncode == 0 or "layer not known" not in log.read_text(errors="replace"):
+            break
     if done.returncode != 0:
         raise AssertionError(f"podman build failed ({done.returncode}):\n{log.read_text()[-4000:]}")
     podman("image", "prune", "--force", "--filter", f"until={int(started)}", check=False)

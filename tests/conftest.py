@@ -37,6 +37,21 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["XDG_RUNTIME_DIR"] = _RUNTIME_DIR
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Under `--dist loadgroup` (scripts/test), tests marked `xdist_group` must really share a
+    worker: podman builds racing on one storage, or three Kubernetes clusters at once, are what
+    the groups prevent. pytest-xdist tags their nodeids with "@group"; under a pytest it cannot
+    tag (9.2 with xdist 3.8 was one) they fail here instead of spreading silently."""
+    grouped = getattr(item.config.option, "loadgroup", False) and item.get_closest_marker("xdist_group")
+    if grouped and "@" not in item.nodeid:
+        pytest.fail(
+            f"pytest-xdist did not put this xdist_group test in its group under pytest "
+            f"{pytest.__version__}: install the pytest version pyproject.toml's dev extra "
+            "allows (./scripts/test does)",
+            pytrace=False,
+        )
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_RUNTIME_DIR, ignore_errors=True)
 

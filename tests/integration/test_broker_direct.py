@@ -404,6 +404,21 @@ async def test_a_standalone_subscription_is_a_record_of_its_own_until_unsubscrib
         assert await reader.registry.list_services() == []
 
 
+async def test_its_own_node_advertises_micro_advertise_address(
+    registry_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bound to loopback, advertised by name, as a Service's listeners are (test_advertise.py)
+    monkeypatch.setenv("MICRO_ADVERTISE_ADDRESS", "localhost")
+    async with (
+        open_broker("direct://", registry=registry_url) as broker,
+        Client(registry=registry_url) as reader,
+    ):
+        await broker.subscribe("order.placed", Inbox())
+        (record,) = await reader.registry.list_services()
+        (described,) = await reader.registry.get_service(record.name)
+        assert [n.metadata["tcp_address"].rpartition(":")[0] for n in described.nodes] == ["localhost"]
+
+
 async def test_a_taken_address_fails_the_subscription_clearly(registry_url: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

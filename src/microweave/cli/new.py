@@ -92,7 +92,7 @@ def _write(name: str, dest: Path, *, proto: bool) -> list[Path]:
         if proto:
             written += _generate_proto(staging, project_values(name)["PKG"])
         if dest.exists():
-            dest.rmdir()  # empty (new_project checked); rename cannot replace a directory
+            dest.rmdir()  # empty (new() checked); rename cannot replace a directory
         shutil.move(staging, dest)
     return [dest / path.relative_to(staging) for path in written]
 

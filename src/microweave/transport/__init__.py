@@ -20,7 +20,6 @@ import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
-from .._backends import settings
 from ..codec import JSON
 from ..errors import ConfigurationError
 
@@ -33,14 +32,13 @@ __all__ = ["ClientTransport", "ServerTransport", "StreamBody", "advertise_host",
 
 
 def advertised(address: str, host: str | None = None) -> str:
-    """The address callers dial for a listener bound at `address`. `host` (default:
-    MICRO_ADVERTISE_ADDRESS) replaces the bound host: a pod IP, or the host a container's port is
-    published on. Without one, an unspecified bind (0.0.0.0, ::) advertises this host's routable
-    address: nobody can dial 0.0.0.0."""
+    """The address callers dial for a listener bound at `address`. `host` (the caller's
+    MICRO_ADVERTISE_ADDRESS or advertise_address=) replaces the bound host: a pod IP, or the host
+    a container's port is published on. Without one, an unspecified bind (0.0.0.0, ::)
+    advertises this host's routable address: nobody can dial 0.0.0.0."""
     bound, port = address.rsplit(":", 1)
-    override = host if host is not None else settings().advertise_address
-    if override:
-        return f"{advertise_host(override)}:{port}"
+    if host:
+        return f"{advertise_host(host)}:{port}"
     if bound in ("0.0.0.0", "::", "[::]"):
         bound = _this_host()
     return f"{bound}:{port}"

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import uuid
 from typing import TYPE_CHECKING, Final
 
+from ..._backends import settings
 from ...lifecycle import Listeners, Registration
 from ...registry import Endpoint, Node, Registry
 from ...registry import Service as ServiceRecord
@@ -69,7 +71,7 @@ class OwnNode:
         self._transport = self._tcp(max_message)
         self.listeners = Listeners(
             self.pipeline, [(self._transport, address)], node_id=self.node_id, grace=grace,
-            advertise=advertised,
+            advertise=functools.partial(advertised, host=settings().advertise_address),
         )  # fmt: skip
         self._started = False
         self._starting = asyncio.Lock()

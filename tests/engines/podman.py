@@ -118,6 +118,11 @@ class Container:
         found: list[dict[str, Any]] = json.loads(self.podman("container", "inspect", self.id))
         return found[0]
 
+    def running(self) -> bool:
+        """Whether podman says it runs (false already while `podman stop` waits for it)."""
+        state = self.podman("container", "inspect", "--format", "{{.State.Running}}", self.id)
+        return state.strip() == "true"
+
     def process(self) -> tuple[int, str]:
         """The host's PID of the container's PID 1 and its start time (podman runs rootful
         here, so it is a process of this host): what `alive` checks."""
